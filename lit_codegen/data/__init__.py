@@ -1,0 +1,1 @@
+"""APPS data: loading, prompt templates, preprocessing and the Lightning data modules."""

@@ -1,0 +1,1 @@
+"""Reward: sandboxed execution of candidate programs against APPS tests."""
