@@ -1,0 +1,65 @@
+"""The `lit-codegen` command: LightningCLI with the model and data classes chosen in the YAML.
+
+    lit-codegen fit --config configs/demo_cpu.yaml
+    lit-codegen validate --config configs/demo_cpu.yaml --ckpt_path last
+    lit-codegen fit --config configs/demo_cpu.yaml --print_config
+
+Any LightningModule / LightningDataModule can be named with `class_path`; ours are `lit_codegen.module.PPOModule`,
+`lit_codegen.sft.SFTModule`, `lit_codegen.data.datamodule.AppsDataModule` and `SFTDataModule`. The tokenizer is handed
+from the model to the data module explicitly (`datamodule.connect(tokenizer)`) right after both are built.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+# Field docstrings (`"""..."""` under a dataclass field / Args: sections) become `--help` text.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+ROOT_DIR = "${trainer.default_root_dir}"
+"""A logger `save_dir` with this value follows `--trainer.default_root_dir` (also when given on the command line)."""
+
+
+class LitCodegenCLI(LightningCLI):
+    """LightningCLI that connects the data module to the model's tokenizer and saves the resolved config."""
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve `save_dir: ${trainer.default_root_dir}` in logger configs."""
+        trainer_cfg = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        loggers = trainer_cfg.logger if isinstance(trainer_cfg.logger, list) else [trainer_cfg.logger]
+        for logger in loggers:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and init_args.get("save_dir") == ROOT_DIR:
+                init_args.save_dir = trainer_cfg.default_root_dir or "."
+
+    def instantiate_classes(self) -> None:
+        """Build model, data module and trainer, then hand the tokenizer to the data module."""
+        super().instantiate_classes()
+        connect = getattr(self.datamodule, "connect", None)
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if callable(connect) and tokenizer is not None:
+            connect(tokenizer)
+
+
+def main(args: list[str] | None = None) -> LitCodegenCLI:
+    """Entry point of the `lit-codegen` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return LitCodegenCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
