@@ -1,0 +1,575 @@
+"""PPO math as pure tensor-in/tensor-out functions: masks, log-probs, advantages, losses, KL terms, KL controllers.
+
+Nothing here knows about models, configs or distributed training; the LightningModule calls these functions.
+
+Mask convention (the only one in lit_codegen): ``response_mask`` has shape ``(B, T)`` over the response tokens,
+``1`` = a response token that is trained on, ``0`` = padding. It is a prefix mask per row (ones, then zeros): the
+last ``1`` of a row is the last response token (EOS included when the model emitted one). There are no offset
+variants; callers slice their tensors so that position ``t`` of every ``(B, T)`` tensor is response token ``t``.
+Values at padding positions never leak into a result: the masked reductions select rather than multiply, so
+padding may even hold ``inf``/``nan``.
+
+Shapes: ``B`` sequences, ``T`` response tokens, ``V`` vocabulary size, ``N = B * n`` samples when a prompt is
+sampled ``n`` times (its samples are consecutive rows).
+
+Sources, cited again next to each formula:
+    - GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
+    - PPO clipped objective: Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
+    - Dual-clip PPO: Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning".
+    - Value clipping: the PPO2 implementation in OpenAI baselines (Dhariwal et al. 2017), discussed in
+      Engstrom et al. 2020, "Implementation Matters in Deep RL".
+    - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+    - Adaptive KL controller: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
+    - GRPO: Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models".
+    - RLOO: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
+      Human Feedback in LLMs".
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+LossAgg = Literal["token-mean", "seq-mean"]
+KLKind = Literal["k1", "k2", "k3", "abs"]
+
+# exp() of a log-ratio beyond this overflows float16 and makes float32 gradients useless; see `kl_penalty`.
+_MAX_LOG_RATIO = 20.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Masked reductions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` over the positions where ``mask`` is 1.
+
+    Args:
+        x: Values, e.g. ``(B, T)``.
+        mask: Same shape as ``x``; 1 = include, 0 = ignore (bool, int or float).
+        dim: Dimension to reduce; ``None`` reduces everything to a scalar.
+
+    Returns:
+        The masked sum: a scalar for ``dim=None``, otherwise ``x`` with ``dim`` removed. Empty selections sum to 0.
+    """
+    selected = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return selected.sum() if dim is None else selected.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1.
+
+    Args:
+        x: Values, e.g. ``(B, T)``.
+        mask: Same shape as ``x``; 1 = include, 0 = ignore.
+        dim: Dimension to reduce; ``None`` averages over all selected entries.
+
+    Returns:
+        The masked mean. An all-masked tensor (or an all-masked row when ``dim`` is given) gives 0, not NaN.
+    """
+    count = mask.bool().sum() if dim is None else mask.bool().sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of all selected entries of ``x`` (one scalar over the whole tensor).
+
+    Args:
+        x: Values, e.g. ``(B, T)``.
+        mask: Same shape as ``x``; 1 = include, 0 = ignore.
+        unbiased: Divide by ``n - 1`` (Bessel's correction) instead of ``n``.
+
+    Returns:
+        A scalar. With no selected entry, or a single one and ``unbiased=True``, the variance is 0 (not NaN).
+    """
+    mean = masked_mean(x, mask)
+    sum_sq = masked_sum((x - mean) ** 2, mask)
+    n = mask.bool().sum().to(x.dtype)
+    denominator = n - 1 if unbiased else n
+    return sum_sq / denominator.clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalise the selected entries of ``x`` to zero mean and unit (unbiased) variance.
+
+    Used for advantages; statistics are taken over all valid tokens of the batch.
+
+    Args:
+        x: Values, e.g. advantages ``(B, T)``.
+        mask: Same shape as ``x``; 1 = include, 0 = ignore.
+        shift_mean: If False, the mean is added back (only the scale changes).
+        eps: Added to the variance before the square root.
+
+    Returns:
+        Same shape as ``x``; padding positions are 0. With fewer than two selected entries the variance is 0, so
+        the result is ``(x - mean) / sqrt(eps)``, i.e. 0 for a single entry (plus the mean if ``shift_mean=False``).
+    """
+    mean = masked_mean(x, mask)
+    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device))
+
+
+def aggregate_loss(
+    loss_mat: Tensor, response_mask: Tensor, mode: LossAgg = "token-mean", normalizer: float | None = None
+) -> Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    ``token-mean`` weighs every valid token of the batch equally (long responses count more);
+    ``seq-mean`` first averages within each sequence, then over sequences with at least one valid token.
+
+    Args:
+        loss_mat: Per-token loss ``(B, T)``.
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+        mode: ``"token-mean"`` or ``"seq-mean"``.
+        normalizer: Denominator to use instead of this batch's count (valid tokens for ``token-mean``, non-empty
+            sequences for ``seq-mean``). Pass the mini-batch-wide count when accumulating gradients over
+            micro-batches, so that the summed micro-batch losses equal the mini-batch mean.
+
+    Returns:
+        Scalar loss; 0 when every position is masked.
+    """
+    if mode == "token-mean":
+        total = masked_sum(loss_mat, response_mask)
+        count = response_mask.bool().sum() if normalizer is None else torch.tensor(normalizer)
+    elif mode == "seq-mean":
+        non_empty = response_mask.bool().any(dim=-1)  # (B,)
+        total = masked_sum(masked_mean(loss_mat, response_mask, dim=-1), non_empty)
+        count = non_empty.sum() if normalizer is None else torch.tensor(normalizer)
+    else:
+        raise ValueError(f"Unknown loss aggregation {mode!r}; expected 'token-mean' or 'seq-mean'.")
+    return total / count.clamp(min=1).to(device=total.device, dtype=total.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Log-probabilities and entropy from logits
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _map_token_chunks(fn: Callable[..., Tensor], logits: Tensor, *others: Tensor, chunk_tokens: int) -> Tensor:
+    """Apply ``fn(logits_block (b, t, V), *other_blocks (b, t)) -> (b, t)`` over blocks of about ``chunk_tokens``.
+
+    Blocks are views of ``logits`` (no copy of the full tensor), so the temporaries of ``fn`` (exp, softmax,
+    float32 upcast) only ever have the size of one block.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
+    batch, seq_len = logits.shape[:2]
+    if batch == 0 or seq_len == 0:
+        return torch.zeros((batch, seq_len), dtype=torch.float32, device=logits.device)
+    rows_per_block = max(1, chunk_tokens // max(seq_len, 1))
+    steps_per_block = min(seq_len, chunk_tokens)
+    rows = []
+    for b0 in range(0, batch, rows_per_block):
+        row_pieces = []
+        for t0 in range(0, seq_len, steps_per_block):
+            block = (slice(b0, b0 + rows_per_block), slice(t0, t0 + steps_per_block))
+            row_pieces.append(fn(logits[block], *(o[block] for o in others)))
+        rows.append(torch.cat(row_pieces, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def _label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    logits = logits.float()
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return label_logits - torch.logsumexp(logits, dim=-1)
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_tokens: int = 1024) -> Tensor:
+    """Log-probability of each label token: ``logits[label] - logsumexp(logits)``.
+
+    Equal to ``log_softmax(logits).gather(-1, labels)`` but never materialises a ``(B, T, V)`` log-softmax copy:
+    the work runs over blocks of about ``chunk_tokens`` tokens, each upcast to float32 on its own.
+
+    Args:
+        logits: ``(B, T, V)``, the logits that predict ``labels`` (already shifted by the caller).
+        labels: ``(B, T)`` token ids (any value at padding positions that is a valid index, e.g. the pad id).
+        chunk_tokens: Tokens per block; peak extra memory is about ``chunk_tokens * V`` floats.
+
+    Returns:
+        ``(B, T)`` float32 log-probabilities, differentiable with respect to ``logits``.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must agree on (B, T).")
+    return _map_token_chunks(_label_logprobs, logits, labels, chunk_tokens=chunk_tokens)
+
+
+def entropy_from_logits(logits: Tensor, chunk_tokens: int = 1024) -> Tensor:
+    """Entropy of the categorical distribution at every position: ``logsumexp(z) - sum(softmax(z) * z)``.
+
+    Args:
+        logits: ``(B, T, V)``, finite values.
+        chunk_tokens: Tokens per block, as in `logprobs_from_logits`.
+
+    Returns:
+        ``(B, T)`` float32 entropies in nats.
+    """
+    return _map_token_chunks(_entropy, logits, chunk_tokens=chunk_tokens)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rewards and advantages
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_prefix_mask(response_mask: Tensor) -> None:
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be (B, T), got shape {tuple(response_mask.shape)}.")
+    valid = response_mask.bool()
+    if bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+        raise ValueError("response_mask must be a prefix mask per row (ones, then zeros); found a 1 after a 0.")
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"Shape mismatch: {', '.join(f'{k}={v}' for k, v in shapes.items())}.")
+
+
+def terminal_token_rewards(
+    scores: Tensor, response_mask: Tensor, kl_penalty: Tensor | None = None, kl_coef: float = 0.0
+) -> Tensor:
+    """Per-token rewards: the sequence score on the last response token, minus ``kl_coef * kl`` on every token.
+
+    This is the reward shaping of Ziegler et al. 2019 (score at the end, per-token KL penalty to the reference).
+
+    Args:
+        scores: ``(B,)`` sequence rewards (e.g. the fraction of tests passed).
+        response_mask: ``(B, T)`` prefix mask, 1 = response token, 0 = padding.
+        kl_penalty: Optional ``(B, T)`` per-token KL estimate (see `kl_penalty`).
+        kl_coef: Coefficient of the KL penalty.
+
+    Returns:
+        ``(B, T)`` token rewards, 0 at padding. A row without any response token gets all zeros (its score is
+        dropped: there is no token to put it on).
+    """
+    _check_prefix_mask(response_mask)
+    if scores.shape != response_mask.shape[:1]:
+        raise ValueError(f"scores must be (B,) = {tuple(response_mask.shape[:1])}, got {tuple(scores.shape)}.")
+    valid = response_mask.bool()
+    rewards = torch.zeros(response_mask.shape, dtype=scores.dtype, device=scores.device)
+    if kl_penalty is not None and kl_coef != 0.0:
+        _check_same_shape(kl_penalty=kl_penalty, response_mask=response_mask)
+        rewards = torch.where(valid, -kl_coef * kl_penalty.to(scores.dtype), rewards)
+    lengths = valid.sum(-1)  # (B,)
+    rows = torch.nonzero(lengths > 0).squeeze(-1)
+    rewards[rows, lengths[rows] - 1] += scores[rows]
+    return rewards
+
+
+@torch.no_grad()
+def compute_gae(
+    token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Generalized Advantage Estimation over the response tokens (Schulman et al. 2016).
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, run backwards over
+    the valid tokens of each row. After the last response token the episode has ended: ``V_{T_i} = 0`` and
+    ``A_{T_i} = 0`` (no bootstrap). ``returns = advantages + values`` (the lambda-return, the critic's target).
+    Advantages are not whitened here; call `masked_whiten` if wanted. Runs without gradient.
+
+    Args:
+        token_rewards: ``(B, T)`` per-token rewards (see `terminal_token_rewards`).
+        values: ``(B, T)`` critic values ``V_t`` of the state before each response token.
+        response_mask: ``(B, T)`` prefix mask, 1 = response token, 0 = padding.
+        gamma: Discount factor.
+        lam: GAE lambda (1 = Monte-Carlo return minus value, 0 = one-step TD error).
+
+    Returns:
+        ``(advantages, returns)``, both ``(B, T)`` with 0 at padding. With ``gamma = lam = 1``:
+        ``A_t = sum_{k >= t} r_k - V_t``.
+    """
+    _check_prefix_mask(response_mask)
+    _check_same_shape(token_rewards=token_rewards, values=values, response_mask=response_mask)
+    valid = response_mask.bool()
+    mask = valid.to(values.dtype)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    values = torch.where(valid, values.detach(), zero)  # 0 at padding, even where padding held inf/nan
+    rewards = torch.where(valid, token_rewards.detach().to(values.dtype), zero)
+    seq_len = values.shape[1]
+    advantages = torch.zeros_like(values)
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(seq_len)):
+        # With a prefix mask, position t + 1 is padding exactly when t is the last response token: next value 0.
+        next_value = values[:, t + 1] if t + 1 < seq_len else torch.zeros_like(next_advantage)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def _check_groups(scores: Tensor, n: int, name: str) -> None:
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be (N,), got shape {tuple(scores.shape)}.")
+    if n < 2:
+        raise ValueError(f"{name} needs at least 2 samples per prompt (rollout n >= 2), got n={n}.")
+    if scores.shape[0] % n != 0:
+        raise ValueError(f"{name}: the number of samples {scores.shape[0]} is not a multiple of n={n}.")
+
+
+def _broadcast_to_tokens(seq_advantages: Tensor, response_mask: Tensor) -> Tensor:
+    if response_mask.shape[:1] != seq_advantages.shape:
+        raise ValueError(f"response_mask {tuple(response_mask.shape)} does not match {seq_advantages.shape[0]} scores.")
+    return seq_advantages.unsqueeze(-1) * response_mask.to(seq_advantages.dtype)
+
+
+@torch.no_grad()
+def grpo_advantages(
+    scores: Tensor, n: int, response_mask: Tensor, eps: float = 1e-6, norm_by_std: bool = True
+) -> Tensor:
+    """Group-relative advantages (GRPO, Shao et al. 2024): ``(s_i - mean(group)) / (std(group) + eps)``.
+
+    Every prompt has ``n`` consecutive samples; the group statistics use the unbiased standard deviation.
+    The sequence advantage is given to every valid token.
+
+    Args:
+        scores: ``(N,)`` sequence rewards, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 2).
+        response_mask: ``(N, T)``, 1 = response token, 0 = padding.
+        eps: Added to the standard deviation; a group with identical scores gets advantage 0.
+        norm_by_std: Divide by the group standard deviation (False = Dr. GRPO style, mean-centering only).
+
+    Returns:
+        ``(N, T)`` advantages, 0 at padding.
+    """
+    _check_groups(scores, n, "grpo")
+    groups = scores.view(-1, n)  # (B, n)
+    centered = groups - groups.mean(dim=-1, keepdim=True)
+    if norm_by_std:
+        centered = centered / (groups.std(dim=-1, keepdim=True) + eps)
+    return _broadcast_to_tokens(centered.reshape(-1), response_mask)
+
+
+@torch.no_grad()
+def rloo_advantages(scores: Tensor, n: int, response_mask: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantages (RLOO, Ahmadian et al. 2024): ``s_i - mean_{j != i} s_j``.
+
+    Args:
+        scores: ``(N,)`` sequence rewards, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 2).
+        response_mask: ``(N, T)``, 1 = response token, 0 = padding.
+
+    Returns:
+        ``(N, T)`` advantages (the sequence advantage on every valid token), 0 at padding.
+    """
+    _check_groups(scores, n, "rloo")
+    groups = scores.view(-1, n)  # (B, n)
+    baseline = (groups.sum(dim=-1, keepdim=True) - groups) / (n - 1)
+    return _broadcast_to_tokens((groups - baseline).reshape(-1), response_mask)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    dual_clip: float | None = None,
+    loss_agg: LossAgg = "token-mean",
+    normalizer: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
+
+    Per token, with ``ratio = exp(logprobs - old_logprobs)``:
+    ``loss = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high))``.
+    Dual clip bounds the loss of a negative advantage when the ratio explodes: for ``A < 0``,
+    ``loss = min(loss, -A * dual_clip)``.
+
+    Args:
+        logprobs: ``(B, T)`` log-probs of the response tokens under the current policy (with gradient).
+        old_logprobs: ``(B, T)`` log-probs under the policy that sampled the rollout.
+        advantages: ``(B, T)`` advantages.
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+        clip_ratio_low: The ratio is clipped below at ``1 - clip_ratio_low``.
+        clip_ratio_high: The ratio is clipped above at ``1 + clip_ratio_high`` (higher = "clip-higher").
+        dual_clip: Dual-clip constant ``c > 1``; ``None`` disables it.
+        loss_agg: ``"token-mean"`` or ``"seq-mean"``, see `aggregate_loss`.
+        normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
+
+    Returns:
+        ``(loss, metrics)``: scalar loss and detached scalar metrics, token-means over valid tokens:
+        ``clipfrac`` (fraction of tokens where the clipped term is active), ``approx_kl`` (verl's ``ppo_kl``: the
+        k1 estimate ``mean(old_logprobs - logprobs)`` of KL(old || current)) and ``clipfrac_lower`` (fraction where
+        the dual clip is active; 0 without dual clip).
+    """
+    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask)
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}.")
+    logratio = logprobs - old_logprobs
+    # Clamping before exp keeps a stale token from overflowing; the clip makes such tokens gradient-free anyway.
+    ratio = torch.exp(logratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    loss_mat = torch.maximum(unclipped, clipped)
+    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), response_mask)
+    clipfrac_lower = torch.zeros_like(clipfrac)
+    if dual_clip is not None:
+        lower_bound = -advantages * dual_clip
+        dual_active = (advantages < 0) & (loss_mat > lower_bound)
+        loss_mat = torch.where(dual_active, lower_bound, loss_mat)
+        clipfrac_lower = masked_mean(dual_active.to(logprobs.dtype), response_mask)
+    loss = aggregate_loss(loss_mat, response_mask, loss_agg, normalizer)
+    metrics = {
+        "clipfrac": clipfrac.detach(),
+        "approx_kl": masked_mean(-logratio, response_mask).detach(),
+        "clipfrac_lower": clipfrac_lower.detach(),
+    }
+    return loss, metrics
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    response_mask: Tensor,
+    clip_range: float | None = 0.2,
+    loss_agg: LossAgg = "token-mean",
+    normalizer: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Clipped value loss: ``0.5 * max((V - R)^2, (V_clip - R)^2)``, ``V_clip = V_old + clip(V - V_old, +-eps)``.
+
+    Value clipping as in the PPO2 implementation of OpenAI baselines (see Engstrom et al. 2020).
+
+    Args:
+        values: ``(B, T)`` current critic values (with gradient).
+        old_values: ``(B, T)`` critic values at rollout time.
+        returns: ``(B, T)`` targets (see `compute_gae`).
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+        clip_range: ``eps`` above; ``None`` = plain ``0.5 * (V - R)^2``.
+        loss_agg: ``"token-mean"`` or ``"seq-mean"``, see `aggregate_loss`.
+        normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
+
+    Returns:
+        ``(loss, clipfrac)``: scalar loss and the detached fraction of valid tokens where the clipped term is larger.
+    """
+    _check_same_shape(values=values, old_values=old_values, returns=returns, response_mask=response_mask)
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        return 0.5 * aggregate_loss(unclipped, response_mask, loss_agg, normalizer), values.new_zeros(())
+    values_clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * aggregate_loss(torch.maximum(unclipped, clipped), response_mask, loss_agg, normalizer)
+    clipfrac = masked_mean((clipped > unclipped).to(values.dtype), response_mask)
+    return loss, clipfrac.detach()
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens sampled by the policy (Schulman 2020).
+
+    With ``logr = ref_logprobs - logprobs`` (log of ``p_ref / p_policy``):
+    ``k1 = -logr`` (unbiased, high variance, can be negative), ``k2 = 0.5 * logr^2`` (biased, low variance),
+    ``k3 = exp(logr) - logr - 1`` (unbiased, low variance, always >= 0), ``abs = |logr|``.
+    For stability, ``k3`` clamps ``logr`` to ``[-20, 20]`` before ``exp`` and its result to at most 10,
+    so a token the reference finds very unlikely cannot blow up the loss or its gradient.
+
+    Args:
+        logprobs: ``(B, T)`` log-probs of the sampled tokens under the policy.
+        ref_logprobs: ``(B, T)`` log-probs of the same tokens under the reference policy.
+        kind: ``"k1"``, ``"k2"``, ``"k3"`` or ``"abs"``.
+
+    Returns:
+        ``(B, T)`` per-token KL estimates (padding positions are not masked; mask them when reducing).
+    """
+    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    logr = ref_logprobs - logprobs
+    if kind == "k1":
+        return -logr
+    if kind == "k2":
+        return 0.5 * logr**2
+    if kind == "k3":
+        logr = logr.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+        return (torch.exp(logr) - logr - 1.0).clamp(max=10.0)
+    if kind == "abs":
+        return logr.abs()
+    raise ValueError(f"Unknown KL estimator {kind!r}; expected one of 'k1', 'k2', 'k3', 'abs'.")
+
+
+@torch.no_grad()
+def explained_variance(values: Tensor, returns: Tensor, response_mask: Tensor) -> Tensor:
+    """Fraction of the variance of the returns that the critic explains: ``1 - Var(R - V) / Var(R)``.
+
+    1 = perfect critic, 0 = no better than a constant, negative = worse than a constant.
+
+    Args:
+        values: ``(B, T)`` critic values.
+        returns: ``(B, T)`` value targets.
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+
+    Returns:
+        A scalar. When the returns have zero variance (or fewer than two valid tokens) it is 1 if the values match
+        the returns exactly and 0 otherwise, as scikit-learn's ``explained_variance_score`` (never NaN).
+    """
+    _check_same_shape(values=values, returns=returns, response_mask=response_mask)
+    var_returns = masked_var(returns, response_mask)
+    var_residual = masked_var(returns - values, response_mask)
+    if var_returns > 0:
+        return 1.0 - var_residual / var_returns
+    exact = bool((masked_sum((returns - values).abs(), response_mask) == 0).item())
+    return torch.tensor(1.0 if exact else 0.0, dtype=returns.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# KL coefficient controllers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """A constant KL coefficient (same interface as `AdaptiveKLController`)."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Do nothing: the coefficient is fixed."""
+
+    def state_dict(self) -> dict[str, float]:
+        """Return the state to checkpoint."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore the state saved by `state_dict`."""
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient of Ziegler et al. 2019 (section 2.2).
+
+    ``e = clip(KL / target - 1, -0.2, 0.2)`` and ``beta <- beta * (1 + e * n_steps / horizon)``: the coefficient
+    grows while the measured KL is above the target and shrinks while it is below.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"Adaptive KL needs target > 0 and horizon > 0, got target={target}, horizon={horizon}.")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Adapt the coefficient to the KL measured over the last ``n_steps`` samples."""
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        """Return the state to checkpoint (the current coefficient)."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore the state saved by `state_dict`."""
+        self.value = float(state["value"])

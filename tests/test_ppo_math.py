@@ -1,0 +1,478 @@
+"""Known-answer and parity tests of `lit_codegen.ppo`: every expected number below is computed by hand.
+
+Run: `pytest tests/test_ppo_math.py`.
+"""
+
+import math
+
+import pytest
+import torch
+
+from lit_codegen import ppo
+
+D = torch.float64
+LN2 = math.log(2.0)
+
+
+def t(values, dtype=D):
+    return torch.tensor(values, dtype=dtype)
+
+
+def close(actual, expected, atol=1e-9):
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=atol, rtol=0)
+
+
+# Shared 3x3 example: row 0 partly padded, row 1 one token, row 2 all padding.
+X = t([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+MASK = t([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masked reductions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_masked_sum():
+    close(ppo.masked_sum(X, MASK), 7.0)
+    close(ppo.masked_sum(X, MASK, dim=-1), [3.0, 4.0, 0.0])
+    close(ppo.masked_sum(X, MASK, dim=0), [5.0, 2.0, 0.0])
+
+
+def test_masked_mean_all_masked_row_is_zero():
+    close(ppo.masked_mean(X, MASK), 7.0 / 3.0)
+    close(ppo.masked_mean(X, MASK, dim=-1), [1.5, 4.0, 0.0])
+    close(ppo.masked_mean(X, torch.zeros_like(MASK)), 0.0)
+
+
+def test_masked_reductions_ignore_inf_and_nan_in_padding():
+    garbage = X.clone()
+    garbage[0, 2], garbage[1, 1], garbage[2, 0] = float("nan"), float("inf"), -float("inf")
+    close(ppo.masked_mean(garbage, MASK), 7.0 / 3.0)
+    close(ppo.masked_var(garbage, MASK), 7.0 / 3.0)
+    assert torch.isfinite(ppo.masked_whiten(garbage, MASK)).all()
+
+
+def test_masked_var():
+    # valid values 1, 2, 4: mean 7/3, squared deviations 16/9 + 1/9 + 25/9 = 14/3
+    close(ppo.masked_var(X, MASK, unbiased=True), 7.0 / 3.0)
+    close(ppo.masked_var(X, MASK, unbiased=False), 14.0 / 9.0)
+    close(ppo.masked_var(X, torch.zeros_like(MASK)), 0.0)  # nothing valid: 0, not NaN
+    single = t([[1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    close(ppo.masked_var(X, single), 0.0)  # one value, unbiased: 0, not NaN
+
+
+def test_masked_whiten():
+    std = math.sqrt(7.0 / 3.0)
+    expected = t([[-4 / 3, -1 / 3, 0.0], [5 / 3, 0.0, 0.0], [0.0, 0.0, 0.0]]) / std
+    close(ppo.masked_whiten(X, MASK, eps=0.0), expected)
+    shifted_back = expected + MASK * 7.0 / 3.0
+    close(ppo.masked_whiten(X, MASK, shift_mean=False, eps=0.0), shifted_back)
+    whitened = ppo.masked_whiten(X, MASK)
+    close(ppo.masked_mean(whitened, MASK), 0.0, atol=1e-7)
+    close(ppo.masked_var(whitened, MASK), 1.0, atol=1e-7)
+
+
+def test_masked_whiten_degenerate_masks():
+    close(ppo.masked_whiten(X, torch.zeros_like(MASK)), torch.zeros(3, 3))
+    single = t([[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+    close(ppo.masked_whiten(X, single), torch.zeros(3, 3))
+
+
+def test_aggregate_loss_modes():
+    loss_mat = X
+    mask = t([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    close(ppo.aggregate_loss(loss_mat, mask, "token-mean"), (1 + 2 + 3 + 4) / 4)
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean"), (2.0 + 4.0) / 2)  # the empty row is not counted
+    close(ppo.aggregate_loss(loss_mat, mask, "token-mean", normalizer=8), 10 / 8)
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean", normalizer=4), 6 / 4)
+    for mode in ("token-mean", "seq-mean"):
+        close(ppo.aggregate_loss(loss_mat, torch.zeros_like(mask), mode), 0.0)
+    with pytest.raises(ValueError, match="loss aggregation"):
+        ppo.aggregate_loss(loss_mat, mask, "sum")
+
+
+def test_aggregate_loss_normalizer_makes_micro_batches_add_up():
+    torch.manual_seed(0)
+    loss_mat = torch.randn(6, 5, dtype=D)
+    mask = (torch.arange(5) < t([5, 3, 0, 1, 4, 2]).unsqueeze(-1)).to(D)
+    for mode, count in (("token-mean", mask.sum()), ("seq-mean", (mask.sum(-1) > 0).sum())):
+        whole = ppo.aggregate_loss(loss_mat, mask, mode)
+        parts = sum(
+            ppo.aggregate_loss(loss_mat[i : i + 2], mask[i : i + 2], mode, normalizer=float(count)) for i in (0, 2, 4)
+        )
+        close(parts, whole)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Log-probs and entropy
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_logprobs_from_logits_known_answer():
+    logits = t([[[0.0, 0.0, LN2], [0.0, 0.0, LN2]], [[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]]])
+    labels = torch.tensor([[2, 0], [1, 2]])
+    # logsumexp(0, 0, ln 2) = ln 4
+    expected = [[-LN2, -2 * LN2], [-math.log(3), -math.log(3)]]
+    close(ppo.logprobs_from_logits(logits, labels), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 7, 10_000])
+def test_logprobs_from_logits_matches_log_softmax_and_its_gradient(chunk_tokens):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7))
+    ours = ppo.logprobs_from_logits(logits, labels, chunk_tokens=chunk_tokens)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+    reference = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    (grad_reference,) = torch.autograd.grad(reference.sum(), logits)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad_ours, grad_reference)
+
+
+def test_logprobs_from_logits_upcasts_bf16_and_takes_non_contiguous_views():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 9).to(torch.bfloat16)[:, :-1]  # a shifted view, as a caller would pass
+    labels = torch.randint(0, 9, (2, 5))
+    ours = ppo.logprobs_from_logits(logits, labels, chunk_tokens=4)
+    assert ours.dtype == torch.float32
+    reference = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_logprobs_from_logits_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="must agree on"):
+        ppo.logprobs_from_logits(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_entropy_from_logits_known_answer():
+    # -1e4 is finite but an effectively zero probability
+    logits = t([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, LN2, -1e4]], [[0.0, -1e4, -1e4, -1e4], [1.0, 1.0, 1.0, 1.0]]])
+    # uniform over 4: ln 4; p = (1/4, 1/4, 1/2): 1/2 ln 4 + 1/2 ln 2 = 1.5 ln 2; one-hot: 0
+    expected = [[2 * LN2, 1.5 * LN2], [0.0, 2 * LN2]]
+    close(ppo.entropy_from_logits(logits, chunk_tokens=1), expected, atol=1e-6)
+
+
+def test_entropy_from_logits_matches_categorical():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 13) * 3
+    expected = torch.distributions.Categorical(logits=logits).entropy()
+    torch.testing.assert_close(ppo.entropy_from_logits(logits, chunk_tokens=4), expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rewards and advantages
+# ----------------------------------------------------------------------------------------------------------------
+
+PREFIX_MASK = t([[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+SCORES = t([1.0, 0.5, 0.7])
+
+
+def test_terminal_token_rewards_score_on_last_token():
+    expected = [[0.0, 0.0, 1.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]]  # empty row: score dropped
+    close(ppo.terminal_token_rewards(SCORES, PREFIX_MASK), expected)
+
+
+def test_terminal_token_rewards_with_kl_penalty():
+    kl = t([[0.1, 0.2, 0.3], [0.4, 0.5, float("nan")], [1.0, 1.0, 1.0]])
+    expected = [[-0.05, -0.1, 1.0 - 0.15], [-0.2, 0.5 - 0.25, 0.0], [0.0, 0.0, 0.0]]
+    close(ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_penalty=kl, kl_coef=0.5), expected)
+
+
+def test_terminal_token_rewards_rejects_bad_input():
+    with pytest.raises(ValueError, match="prefix mask"):
+        ppo.terminal_token_rewards(SCORES, t([[1, 0, 1], [1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="scores must be"):
+        ppo.terminal_token_rewards(t([1.0, 2.0]), PREFIX_MASK)
+
+
+VALUES = t([[0.2, 0.4, 0.6], [0.1, 0.3, 9.0], [5.0, 5.0, 5.0]])  # 9 and 5 sit on padding and must not matter
+
+
+def test_gae_gamma_lambda_one_is_score_minus_value():
+    rewards = ppo.terminal_token_rewards(SCORES, PREFIX_MASK)
+    advantages, returns = ppo.compute_gae(rewards, VALUES, PREFIX_MASK, gamma=1.0, lam=1.0)
+    close(advantages, [[0.8, 0.6, 0.4], [0.4, 0.2, 0.0], [0.0, 0.0, 0.0]])
+    close(returns, [[1.0, 1.0, 1.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_gae_gamma_lambda_one_with_kl_penalty_sums_future_rewards():
+    kl = t([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [1.0, 1.0, 1.0]])
+    rewards = ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_penalty=kl, kl_coef=0.5)
+    # rewards: row 0 (-0.05, -0.1, 0.85), row 1 (-0.2, 0.25); returns = reward-to-go
+    advantages, returns = ppo.compute_gae(rewards, VALUES, PREFIX_MASK, gamma=1.0, lam=1.0)
+    close(returns, [[0.7, 0.75, 0.85], [0.05, 0.25, 0.0], [0.0, 0.0, 0.0]])
+    close(advantages, [[0.5, 0.35, 0.25], [-0.05, -0.05, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_gae_discounted_and_td_cases():
+    rewards = ppo.terminal_token_rewards(SCORES, PREFIX_MASK)
+    # gamma = 0.5, lam = 1: A_t = 0.5^(L-1-t) * score - V_t -> row 0: 0.25 - 0.2, 0.5 - 0.4, 1 - 0.6
+    advantages, returns = ppo.compute_gae(rewards, VALUES, PREFIX_MASK, gamma=0.5, lam=1.0)
+    close(advantages, [[0.05, 0.1, 0.4], [0.15, 0.2, 0.0], [0.0, 0.0, 0.0]])
+    close(returns, [[0.25, 0.5, 1.0], [0.25, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    # gamma = 1, lam = 0: A_t = r_t + V_{t+1} - V_t (one-step TD error), V after the last token = 0
+    advantages, returns = ppo.compute_gae(rewards, VALUES, PREFIX_MASK, gamma=1.0, lam=0.0)
+    close(advantages, [[0.2, 0.2, 0.4], [0.2, 0.2, 0.0], [0.0, 0.0, 0.0]])
+    close(returns, [[0.4, 0.6, 1.0], [0.3, 0.5, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_gae_rejects_bad_input():
+    with pytest.raises(ValueError, match="prefix mask"):
+        ppo.compute_gae(VALUES, VALUES, t([[0, 1, 1], [1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.compute_gae(VALUES[:2], VALUES, PREFIX_MASK)
+
+
+def naive_gae(rewards, values, lengths, gamma, lam):
+    """GAE re-typed as a plain python loop over each row's valid tokens (cleanrl's formula)."""
+    batch, seq_len = len(rewards), len(rewards[0])
+    advantages = [[0.0] * seq_len for _ in range(batch)]
+    returns = [[0.0] * seq_len for _ in range(batch)]
+    for b in range(batch):
+        last_gae = 0.0
+        for step in reversed(range(lengths[b])):
+            next_value = values[b][step + 1] if step + 1 < lengths[b] else 0.0
+            delta = rewards[b][step] + gamma * next_value - values[b][step]
+            last_gae = delta + gamma * lam * last_gae
+            advantages[b][step] = last_gae
+            returns[b][step] = last_gae + values[b][step]
+    return t(advantages), t(returns)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.99, 0.95), (0.9, 0.0), (0.5, 0.7)])
+@pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [6, 3, 0, 1], [0, 0, 0, 0], [2, 5, 4, 6]])
+def test_gae_matches_naive_loop(gamma, lam, lengths):
+    torch.manual_seed(len(lengths) + sum(lengths))
+    rewards, values = torch.randn(4, 6, dtype=D), torch.randn(4, 6, dtype=D)
+    mask = (torch.arange(6) < torch.tensor(lengths).unsqueeze(-1)).to(D)
+    advantages, returns = ppo.compute_gae(rewards, values, mask, gamma=gamma, lam=lam)
+    ref_advantages, ref_returns = naive_gae(rewards.tolist(), values.tolist(), lengths, gamma, lam)
+    close(advantages, ref_advantages, atol=1e-12)
+    close(returns, ref_returns, atol=1e-12)
+
+
+def test_grpo_advantages_known_answer():
+    scores = t([1.0, 0.0, 0.5, 0.5, 0.3, 0.9])
+    mask = t([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 0]])
+    inv_sqrt2 = 1 / math.sqrt(2)  # (s - mean) / unbiased std for any two different scores: +-1/sqrt(2)
+    expected = t([inv_sqrt2, -inv_sqrt2, 0.0, 0.0, -inv_sqrt2, inv_sqrt2]).unsqueeze(-1) * mask
+    close(ppo.grpo_advantages(scores, 2, mask, eps=1e-12), expected, atol=1e-9)
+    centered = t([0.5, -0.5, 0.0, 0.0, -0.3, 0.3]).unsqueeze(-1) * mask
+    close(ppo.grpo_advantages(scores, 2, mask, norm_by_std=False), centered)
+
+
+def test_grpo_advantages_group_of_three():
+    # scores 1, 0, 0: mean 1/3, unbiased std sqrt((4/9 + 1/9 + 1/9) / 2) = 1/sqrt(3)
+    advantages = ppo.grpo_advantages(t([1.0, 0.0, 0.0]), 3, torch.ones(3, 2, dtype=D), eps=0.0)
+    close(advantages[:, 0], [2 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3)])
+
+
+def test_rloo_advantages_known_answer():
+    # n = 3, groups (1, 0, 0) and (0.2, 0.6, 0.1): baselines 0, 1/2, 1/2 and 0.35, 0.15, 0.4
+    mask = t([[1, 1], [1, 0], [0, 0], [1, 1], [1, 1], [1, 0]])
+    expected = t([1.0, -0.5, -0.5, -0.15, 0.45, -0.3]).unsqueeze(-1) * mask
+    close(ppo.rloo_advantages(t([1.0, 0.0, 0.0, 0.2, 0.6, 0.1]), 3, mask), expected)
+    # n = 2: s_i - s_j
+    close(ppo.rloo_advantages(t([0.2, 0.6]), 2, torch.ones(2, 2, dtype=D)), [[-0.4, -0.4], [0.4, 0.4]])
+
+
+@pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages])
+def test_group_estimators_reject_bad_groups(estimator):
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        estimator(t([1.0, 0.0]), 1, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="not a multiple"):
+        estimator(t([1.0, 0.0, 1.0]), 2, torch.ones(3, 3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------------
+
+RATIOS = t([[1.5, 0.5, 1.0], [1.1, 0.7, 2.0]])
+ADVANTAGES = t([[1.0, -1.0, 2.0], [-1.0, 1.0, 5.0]])
+LOSS_MASK = t([[1, 1, 1], [1, 1, 0]])
+
+
+def test_policy_loss_known_answer_and_gradient():
+    logprobs = RATIOS.log().requires_grad_()
+    loss, metrics = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK)
+    # token losses: max(-A r, -A clip(r)): -1.2 (clipped), 0.8 (clipped), -2, 1.1, -0.7; padding ignored
+    close(loss, (-1.2 + 0.8 - 2.0 + 1.1 - 0.7) / 5)
+    close(metrics["clipfrac"], 2 / 5)
+    close(metrics["approx_kl"], -(math.log(1.5) + math.log(0.5) + math.log(1.1) + math.log(0.7)) / 5)
+    close(metrics["clipfrac_lower"], 0.0)
+    loss.backward()
+    # d/dlogprob of -A r = -A r on unclipped tokens, 0 on clipped ones and padding; /5 for the token mean
+    close(logprobs.grad, [[0.0, 0.0, -2.0 / 5], [1.1 / 5, -0.7 / 5, 0.0]])
+
+
+def test_policy_loss_seq_mean_and_asymmetric_clip():
+    logprobs = RATIOS.log()
+    loss, _ = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, loss_agg="seq-mean")
+    close(loss, ((-1.2 + 0.8 - 2.0) / 3 + (1.1 - 0.7) / 2) / 2)
+    # clip-higher: ratio 1.5 is inside [0.8, 1.6] now, ratio 0.5 clips at 0.8
+    loss, metrics = ppo.policy_loss(
+        logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, clip_ratio_low=0.2, clip_ratio_high=0.6
+    )
+    close(loss, (-1.5 + 0.8 - 2.0 + 1.1 - 0.7) / 5)
+    close(metrics["clipfrac"], 1 / 5)
+
+
+def test_policy_loss_dual_clip():
+    logprobs = t([[5.0, 2.0, 5.0]]).log().requires_grad_()
+    old, advantages, mask = torch.zeros(1, 3, dtype=D), t([[-1.0, -1.0, 1.0]]), torch.ones(1, 3, dtype=D)
+    # without dual clip: max(5, 1.2) = 5, max(2, 1.2) = 2, max(-5, -1.2) = -1.2
+    loss, metrics = ppo.policy_loss(logprobs, old, advantages, mask)
+    close(loss, (5.0 + 2.0 - 1.2) / 3)
+    # dual clip c = 3 caps the first token at -A * c = 3; 2 < 3 stays; positive advantages are untouched
+    loss, metrics = ppo.policy_loss(logprobs, old, advantages, mask, dual_clip=3.0)
+    close(loss, (3.0 + 2.0 - 1.2) / 3)
+    close(metrics["clipfrac_lower"], 1 / 3)
+    close(metrics["clipfrac"], 1 / 3)
+    loss.backward()
+    close(logprobs.grad, [[0.0, 2.0 / 3, 0.0]])
+    with pytest.raises(ValueError, match="dual_clip must be > 1"):
+        ppo.policy_loss(logprobs, old, advantages, mask, dual_clip=1.0)
+
+
+def test_policy_loss_all_masked_is_zero_without_nan():
+    logprobs = RATIOS.log().requires_grad_()
+    loss, metrics = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, torch.zeros_like(LOSS_MASK))
+    loss.backward()
+    close(loss, 0.0)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    close(logprobs.grad, torch.zeros(2, 3))
+
+
+def test_value_loss_known_answer():
+    values = t([[0.1, 0.5, -0.5], [1.0, 0.2, 7.0]])
+    old_values = torch.zeros(2, 3, dtype=D)
+    returns = t([[0.0, 1.0, 0.0], [0.3, 0.0, 0.0]])
+    # clipped values 0.1, 0.2, -0.2, 0.2, 0.2; max(unclipped^2, clipped^2) = 0.01, 0.64, 0.25, 0.49, 0.04
+    loss, clipfrac = ppo.value_loss(values, old_values, returns, LOSS_MASK, clip_range=0.2)
+    close(loss, 0.5 * (0.01 + 0.64 + 0.25 + 0.49 + 0.04) / 5)
+    close(clipfrac, 1 / 5)
+    loss, _ = ppo.value_loss(values, old_values, returns, LOSS_MASK, clip_range=0.2, loss_agg="seq-mean")
+    close(loss, 0.5 * ((0.01 + 0.64 + 0.25) / 3 + (0.49 + 0.04) / 2) / 2)
+    loss, clipfrac = ppo.value_loss(values, old_values, returns, LOSS_MASK, clip_range=None)
+    close(loss, 0.5 * (0.01 + 0.25 + 0.25 + 0.49 + 0.04) / 5)
+    close(clipfrac, 0.0)
+    loss, _ = ppo.value_loss(values, old_values, returns, torch.zeros_like(LOSS_MASK))
+    close(loss, 0.0)
+
+
+def naive_losses(logprobs, old_logprobs, advantages, values, old_values, returns, lengths, clip, dual_clip, vclip):
+    """Token-mean policy and value losses re-typed as a loop over python floats."""
+    pg_total, vf_total, count = 0.0, 0.0, 0
+    for b, length in enumerate(lengths):
+        for step in range(length):
+            ratio = math.exp(logprobs[b][step] - old_logprobs[b][step])
+            adv = advantages[b][step]
+            pg = max(-adv * ratio, -adv * min(max(ratio, 1 - clip), 1 + clip))
+            if dual_clip is not None and adv < 0:
+                pg = min(pg, -adv * dual_clip)
+            v, v_old, ret = values[b][step], old_values[b][step], returns[b][step]
+            v_clipped = v_old + min(max(v - v_old, -vclip), vclip)
+            vf = 0.5 * max((v - ret) ** 2, (v_clipped - ret) ** 2)
+            pg_total, vf_total, count = pg_total + pg, vf_total + vf, count + 1
+    return pg_total / max(count, 1), vf_total / max(count, 1)
+
+
+@pytest.mark.parametrize("dual_clip", [None, 3.0])
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [5, 2, 0], [1, 4, 3]])
+def test_losses_match_naive_loop(dual_clip, lengths):
+    torch.manual_seed(sum(lengths))
+    logprobs, old_logprobs = -torch.rand(3, 5, dtype=D) * 2, -torch.rand(3, 5, dtype=D) * 2
+    advantages, returns = torch.randn(3, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    values, old_values = torch.randn(3, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    mask = (torch.arange(5) < torch.tensor(lengths).unsqueeze(-1)).to(D)
+    pg, _ = ppo.policy_loss(logprobs, old_logprobs, advantages, mask, 0.2, 0.2, dual_clip=dual_clip)
+    vf, _ = ppo.value_loss(values, old_values, returns, mask, clip_range=0.3)
+    lists = [x.tolist() for x in (logprobs, old_logprobs, advantages, values, old_values, returns)]
+    ref_pg, ref_vf = naive_losses(*lists, lengths, 0.2, dual_clip, 0.3)
+    close(pg, ref_pg, atol=1e-12)
+    close(vf, ref_vf, atol=1e-12)
+
+
+def test_losses_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.policy_loss(RATIOS, RATIOS, ADVANTAGES[:1], LOSS_MASK)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.value_loss(RATIOS, RATIOS, RATIOS, LOSS_MASK[:, :2])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KL, explained variance, controllers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_kl_penalty_estimators_known_answer():
+    logprobs, ref_logprobs = t([[0.5, 0.25]]).log(), t([[0.25, 0.5]]).log()
+    # logr = ref - logprobs = (-ln 2, ln 2)
+    close(ppo.kl_penalty(logprobs, ref_logprobs, "k1"), [[LN2, -LN2]])
+    close(ppo.kl_penalty(logprobs, ref_logprobs, "k2"), [[0.5 * LN2**2, 0.5 * LN2**2]])
+    close(ppo.kl_penalty(logprobs, ref_logprobs, "k3"), [[0.5 + LN2 - 1, 2 - LN2 - 1]])
+    close(ppo.kl_penalty(logprobs, ref_logprobs, "abs"), [[LN2, LN2]])
+    with pytest.raises(ValueError, match="Unknown KL estimator"):
+        ppo.kl_penalty(logprobs, ref_logprobs, "k4")
+
+
+def test_kl_penalty_k3_is_clamped_and_finite():
+    k3 = ppo.kl_penalty(t([[0.0, -30.0, -1000.0]]), t([[-30.0, 0.0, 0.0]]), "k3")
+    close(k3, [[10.0, 10.0, 10.0]])  # exp(30) - 31 and exp(-30) + 29 both exceed the clamp at 10
+
+
+def test_kl_estimators_are_unbiased_for_sampled_tokens():
+    torch.manual_seed(0)
+    policy, reference = t([0.5, 0.2, 0.2, 0.1]), t([0.25, 0.25, 0.25, 0.25])
+    true_kl = float((policy * (policy / reference).log()).sum())
+    tokens = torch.multinomial(policy, 200_000, replacement=True)
+    logprobs, ref_logprobs = policy.log()[tokens], reference.log()[tokens]
+    for kind in ("k1", "k3"):
+        estimate = float(ppo.kl_penalty(logprobs, ref_logprobs, kind).mean())
+        assert abs(estimate - true_kl) < 0.01, (kind, estimate, true_kl)
+    assert bool((ppo.kl_penalty(logprobs, ref_logprobs, "k3") >= 0).all())
+
+
+def test_explained_variance_known_answer():
+    returns = t([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = t([[1, 1, 1], [1, 0, 0]])
+    close(ppo.explained_variance(returns, returns, mask), 1.0)
+    close(ppo.explained_variance(torch.full_like(returns, 2.5), returns, mask), 0.0)
+    # residuals (0, 0, 0, -1): unbiased variance 0.25; Var(returns) = 5/3
+    values = t([[1.0, 2.0, 3.0], [5.0, 99.0, -99.0]])
+    close(ppo.explained_variance(values, returns, mask), 1 - 0.25 / (5 / 3))
+
+
+def test_explained_variance_constant_returns_never_nan():
+    returns, mask = torch.ones(2, 3, dtype=D), t([[1, 1, 0], [1, 0, 0]])
+    close(ppo.explained_variance(returns.clone(), returns, mask), 1.0)
+    close(ppo.explained_variance(returns * 0.5, returns, mask), 0.0)
+
+
+def test_fixed_kl_controller():
+    controller = ppo.FixedKLController(0.05)
+    controller.update(current_kl=100.0, n_steps=64)
+    assert controller.value == 0.05
+    restored = ppo.FixedKLController(0.0)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.value == 0.05
+
+
+def test_adaptive_kl_controller_known_answer_and_exact_resume():
+    controller = ppo.AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
+    controller.update(current_kl=12.0, n_steps=100)  # error clipped to +0.2: x (1 + 0.2 * 100 / 10000)
+    assert controller.value == pytest.approx(0.1 * 1.002, abs=1e-15)
+    controller.update(current_kl=3.0, n_steps=100)  # error clipped to -0.2
+    assert controller.value == pytest.approx(0.1 * 1.002 * 0.998, abs=1e-15)
+    controller.update(current_kl=6.6, n_steps=100)  # error +0.1, inside the clip
+    assert controller.value == pytest.approx(0.1 * 1.002 * 0.998 * 1.001, abs=1e-15)
+
+    resumed = ppo.AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
+    resumed.load_state_dict(controller.state_dict())
+    for kl in (1.0, 8.0, 5.5):
+        controller.update(kl, 32)
+        resumed.update(kl, 32)
+        assert resumed.value == controller.value
+    with pytest.raises(ValueError, match="target > 0"):
+        ppo.AdaptiveKLController(0.1, target=0.0, horizon=10)
