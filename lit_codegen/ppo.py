@@ -27,6 +27,7 @@ Sources, cited again next to each formula:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -173,26 +174,28 @@ def _map_token_chunks(fn: Callable[..., Tensor], logits: Tensor, *others: Tensor
     return torch.cat(rows, dim=0)
 
 
-def _label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    logits = logits.float()
+def _label_logprobs(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    logits = logits.float() / temperature
     label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     return label_logits - torch.logsumexp(logits, dim=-1)
 
 
-def _entropy(logits: Tensor) -> Tensor:
-    logits = logits.float()
+def _entropy(logits: Tensor, temperature: float) -> Tensor:
+    logits = logits.float() / temperature
     return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
-def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_tokens: int = 1024) -> Tensor:
-    """Log-probability of each label token: ``logits[label] - logsumexp(logits)``.
+def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
+    """Log-probability of each label token: ``z[label] - logsumexp(z)`` with ``z = logits / temperature``.
 
-    Equal to ``log_softmax(logits).gather(-1, labels)`` but never materialises a ``(B, T, V)`` log-softmax copy:
-    the work runs over blocks of about ``chunk_tokens`` tokens, each upcast to float32 on its own.
+    Equal to ``log_softmax(logits / temperature).gather(-1, labels)`` but never materialises a ``(B, T, V)``
+    copy: the work runs over blocks of about ``chunk_tokens`` tokens, each upcast to float32 and divided by the
+    temperature on its own. Pass the raw (bf16, sliced) logits; do not call ``.float()`` on the whole tensor first.
 
     Args:
-        logits: ``(B, T, V)``, the logits that predict ``labels`` (already shifted by the caller).
+        logits: ``(B, T, V)``, the logits that predict ``labels`` (already shifted by the caller; a view is fine).
         labels: ``(B, T)`` token ids (any value at padding positions that is a valid index, e.g. the pad id).
+        temperature: Sampling temperature of the rollout, so that the log-probs are those of the sampler.
         chunk_tokens: Tokens per block; peak extra memory is about ``chunk_tokens * V`` floats.
 
     Returns:
@@ -200,20 +203,30 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_tokens: int = 102
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must agree on (B, T).")
-    return _map_token_chunks(_label_logprobs, logits, labels, chunk_tokens=chunk_tokens)
+    _check_temperature(temperature)
+    return _map_token_chunks(
+        partial(_label_logprobs, temperature=temperature), logits, labels, chunk_tokens=chunk_tokens
+    )
 
 
-def entropy_from_logits(logits: Tensor, chunk_tokens: int = 1024) -> Tensor:
-    """Entropy of the categorical distribution at every position: ``logsumexp(z) - sum(softmax(z) * z)``.
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
+    """Entropy at every position: ``logsumexp(z) - sum(softmax(z) * z)`` with ``z = logits / temperature``.
 
     Args:
-        logits: ``(B, T, V)``, finite values.
+        logits: ``(B, T, V)``, finite values (a view is fine, as in `logprobs_from_logits`).
+        temperature: Sampling temperature, so that the entropy is that of the sampler.
         chunk_tokens: Tokens per block, as in `logprobs_from_logits`.
 
     Returns:
         ``(B, T)`` float32 entropies in nats.
     """
-    return _map_token_chunks(_entropy, logits, chunk_tokens=chunk_tokens)
+    _check_temperature(temperature)
+    return _map_token_chunks(partial(_entropy, temperature=temperature), logits, chunk_tokens=chunk_tokens)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -139,6 +139,18 @@ def test_logprobs_from_logits_upcasts_bf16_and_takes_non_contiguous_views():
     torch.testing.assert_close(ours, reference)
 
 
+def test_logprobs_and_entropy_apply_the_temperature():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 4, 7), torch.randint(0, 7, (2, 4))
+    scaled = logits / 0.7
+    expected = torch.log_softmax(scaled, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(ppo.logprobs_from_logits(logits, labels, temperature=0.7, chunk_tokens=3), expected)
+    expected_entropy = torch.distributions.Categorical(logits=scaled).entropy()
+    torch.testing.assert_close(ppo.entropy_from_logits(logits, temperature=0.7, chunk_tokens=3), expected_entropy)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ppo.logprobs_from_logits(logits, labels, temperature=0.0)
+
+
 def test_logprobs_from_logits_rejects_mismatched_labels():
     with pytest.raises(ValueError, match="must agree on"):
         ppo.logprobs_from_logits(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
