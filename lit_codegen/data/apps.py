@@ -1,0 +1,320 @@
+"""Load APPS problems from the hub, a local JSONL file or the original APPS folder layout, and validate them.
+
+Three sources, one record format (the fields of the HF dataset `codeparrot/apps`):
+
+- hub name, e.g. `codeparrot/apps`: the repo's `train.jsonl` and `test.jsonl` are downloaded with `huggingface_hub`
+  (the repo's loading script cannot run under current `datasets`, so the data files are read directly);
+- `FILE.jsonl`: one JSON object per line with `problem_id`, `question`, `solutions` (JSON string of a list of
+  programs), `input_output` (JSON string with `inputs`, `outputs` and, for call-based problems, `fn_name`),
+  `difficulty`, `url`, `starter_code`;
+- `APPS_DIR`: the original release, `train/NNNN/` and `test/NNNN/` with `question.txt`, `input_output.json`,
+  `solutions.json`, `metadata.json` (`difficulty`, `url`) and `starter_code.py`.
+
+Every record is validated; bad ones are skipped and counted per reason, and the counts are logged once per load.
+A missing file or folder raises `DataError` with one clear message.
+
+    result = load_apps("/path/to/mbpp_apps.jsonl")
+    result.problems[0].fn_name, result.skipped  # -> 'is_not_prime', Counter()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DIFFICULTIES = ("introductory", "interview", "competition")
+HUB_SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class DataError(ValueError):
+    """A data source is missing or unusable; the message names the problem and the fix."""
+
+
+class InvalidRecord(ValueError):
+    """One record fails validation; `reason` is the short key it is counted under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class AppsProblem:
+    """One validated APPS problem.
+
+    Attributes:
+        problem_id: APPS id (unique within a source split; APPS train and test both number 0-4999).
+        question: Problem statement.
+        solutions: Reference programs (may be empty, e.g. for some APPS test problems).
+        input_output: Parsed tests: `{"inputs": [...], "outputs": [...]}` plus `"fn_name"` for call-based problems.
+        difficulty: `introductory`, `interview` or `competition` (free text for other sources).
+        url: Where the problem comes from ("" if unknown).
+        starter_code: Code the answer must start from ("" if none).
+        source_split: The split the source puts the problem in (`train`/`test`), or None if it has none.
+    """
+
+    problem_id: int
+    question: str
+    solutions: list[str]
+    input_output: dict[str, Any]
+    difficulty: str = ""
+    url: str = ""
+    starter_code: str = ""
+    source_split: str | None = None
+
+    @property
+    def fn_name(self) -> str | None:
+        """Name of the function the tests call, or None for a stdin/stdout problem."""
+        return self.input_output.get("fn_name") or None
+
+    @property
+    def num_tests(self) -> int:
+        """Number of test cases."""
+        return len(self.input_output["inputs"])
+
+
+@dataclass
+class LoadResult:
+    """Valid problems of a source plus the skipped records, counted per reason.
+
+    Attributes:
+        problems: Valid problems in source order.
+        skipped: Number of skipped records per reason (e.g. `input_output_unparsable`).
+        skipped_at: Where each skip happened (`line 7`, `train/0042`), per reason, for the log.
+    """
+
+    problems: list[AppsProblem]
+    skipped: Counter = field(default_factory=Counter)
+    skipped_at: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        """Count one skipped record."""
+        self.skipped[reason] += 1
+        self.skipped_at.setdefault(reason, []).append(where)
+
+    def summary(self, max_places: int = 5) -> str:
+        """One line: how many problems were kept and why the others were skipped."""
+        text = f"{len(self.problems)} valid problems"
+        if not self.skipped:
+            return text
+        parts = []
+        for reason, count in sorted(self.skipped.items()):
+            places = self.skipped_at[reason]
+            shown = ", ".join(places[:max_places]) + (", ..." if len(places) > max_places else "")
+            parts.append(f"{reason}={count} ({shown})")
+        return f"{text}; skipped {sum(self.skipped.values())}: " + "; ".join(parts)
+
+
+def _parse_json_field(value: Any, reason: str) -> Any:
+    """Decode a field stored as a JSON string (HF format); already-decoded values pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise InvalidRecord(reason, str(err)) from None
+
+
+def parse_problem(record: dict[str, Any], source_split: str | None = None) -> AppsProblem:
+    """Validate one record with the HF APPS fields and turn it into an `AppsProblem`.
+
+    Args:
+        record: Dict with `problem_id`, `question`, `solutions`, `input_output` (JSON strings or decoded values),
+            and optionally `difficulty`, `url`, `starter_code`.
+        source_split: The split the source assigns the record to, if any.
+
+    Returns:
+        The validated problem.
+
+    Raises:
+        InvalidRecord: With `reason` one of `bad_problem_id`, `missing_question`, `input_output_unparsable`,
+            `no_tests`, `inputs_outputs_length_mismatch`, `bad_fn_name`, `call_based_inputs_not_lists`,
+            `solutions_unparsable`.
+    """
+    try:
+        problem_id = int(record["problem_id"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidRecord("bad_problem_id", repr(record.get("problem_id"))) from None
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidRecord("missing_question")
+
+    raw_tests = record.get("input_output")
+    if not raw_tests:
+        raise InvalidRecord("no_tests", "input_output is empty")
+    tests = _parse_json_field(raw_tests, "input_output_unparsable")
+    if not isinstance(tests, dict):
+        raise InvalidRecord("input_output_unparsable", "input_output is not a JSON object")
+    inputs, outputs = tests.get("inputs"), tests.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or not inputs:
+        raise InvalidRecord("no_tests", "inputs/outputs missing or empty")
+    if len(inputs) != len(outputs):
+        raise InvalidRecord("inputs_outputs_length_mismatch", f"{len(inputs)} inputs, {len(outputs)} outputs")
+    fn_name = tests.get("fn_name")
+    if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
+        raise InvalidRecord("bad_fn_name", repr(fn_name))
+    # Call-based tests call fn_name(*args): every input must be an argument list.
+    if fn_name and not all(isinstance(args, list) for args in inputs):
+        raise InvalidRecord("call_based_inputs_not_lists")
+
+    solutions = _parse_json_field(record.get("solutions") or [], "solutions_unparsable")
+    if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
+        raise InvalidRecord("solutions_unparsable", "solutions is not a list of strings")
+
+    io = {"inputs": inputs, "outputs": outputs}
+    if fn_name:
+        io["fn_name"] = fn_name
+    return AppsProblem(
+        problem_id=problem_id,
+        question=question,
+        solutions=solutions,
+        input_output=io,
+        difficulty=str(record.get("difficulty") or ""),
+        url=str(record.get("url") or ""),
+        starter_code=str(record.get("starter_code") or ""),
+        source_split=source_split,
+    )
+
+
+def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]]) -> LoadResult:
+    """Validate `(where, record, source_split, pre_reason)` tuples; `pre_reason` marks records that failed to read."""
+    result = LoadResult(problems=[])
+    for where, record, split, pre_reason in records:
+        if pre_reason is not None:
+            result.skip(pre_reason, where)
+            continue
+        try:
+            result.problems.append(parse_problem(record, split))
+        except InvalidRecord as err:
+            result.skip(err.reason, where)
+    return result
+
+
+def _jsonl_records(path: Path, split: str | None = None) -> Iterator[tuple[str, dict | None, str | None, str | None]]:
+    """Yield the records of a JSONL file; a line that is not a JSON object is reported as `malformed_json_line`."""
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                yield where, None, split, "malformed_json_line"
+                continue
+            if not isinstance(record, dict):
+                yield where, None, split, "malformed_json_line"
+                continue
+            yield where, record, split, None
+
+
+def _read_json_file(path: Path) -> tuple[Any, str | None]:
+    """Read a JSON file of the folder layout: `(value, None)` or `(None, reason)`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except json.JSONDecodeError:
+        return None, f"{path.stem}_unparsable"
+
+
+def _folder_records(root: Path) -> Iterator[tuple[str, dict | None, str | None, str | None]]:
+    """Yield the records of the original APPS layout (`train/NNNN/`, `test/NNNN/`)."""
+    for split in ("train", "test"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        problem_dirs = sorted((d for d in split_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: d.name)
+        for d in problem_dirs:
+            where = f"{split}/{d.name}"
+            if not (d / "question.txt").is_file():
+                yield where, None, split, "missing_question"
+                continue
+            if not (d / "input_output.json").is_file():
+                yield where, None, split, "no_tests"
+                continue
+            tests, bad = _read_json_file(d / "input_output.json")
+            if bad:
+                yield where, None, split, "input_output_unparsable"
+                continue
+            solutions: Any = []
+            if (d / "solutions.json").is_file():
+                solutions, bad = _read_json_file(d / "solutions.json")
+                if bad:
+                    yield where, None, split, "solutions_unparsable"
+                    continue
+            metadata: Any = {}
+            if (d / "metadata.json").is_file():
+                metadata, _ = _read_json_file(d / "metadata.json")
+                metadata = metadata if isinstance(metadata, dict) else {}
+            starter = d / "starter_code.py"
+            record = {
+                "problem_id": int(d.name),
+                "question": (d / "question.txt").read_text(encoding="utf-8"),
+                "input_output": tests,
+                "solutions": solutions,
+                "difficulty": metadata.get("difficulty", ""),
+                "url": metadata.get("url", ""),
+                "starter_code": starter.read_text(encoding="utf-8") if starter.is_file() else "",
+            }
+            yield where, record, split, None
+
+
+def _hub_records(name: str) -> Iterator[tuple[str, dict | None, str | None, str | None]]:
+    """Download `train.jsonl` / `test.jsonl` of a hub dataset repo and yield their records with their split."""
+    from huggingface_hub import hf_hub_download  # lazy: only the hub source needs it
+
+    for split, filename in HUB_SPLIT_FILES.items():
+        try:
+            path = hf_hub_download(repo_id=name, filename=filename, repo_type="dataset")
+        except Exception as err:  # network, auth, missing repo or file: all end the same way for the user
+            raise DataError(
+                f"could not download {filename} of hub dataset {name!r} ({type(err).__name__}: {err}); "
+                "if you meant a local file or folder, it does not exist"
+            ) from None
+        yield from _jsonl_records(Path(path), split)
+
+
+def is_hub_name(source: str) -> bool:
+    """True if `source` is not an existing path and looks like a hub dataset id (`owner/name`)."""
+    return not Path(source).exists() and bool(_HUB_NAME.match(source)) and not source.endswith((".jsonl", ".json"))
+
+
+def load_apps(source: str | Path) -> LoadResult:
+    """Load and validate all problems of an APPS source (hub name, JSONL file or APPS folder).
+
+    Skipped records are counted per reason and logged once (a WARNING naming lines/folders).
+
+    Args:
+        source: Hub dataset id (`codeparrot/apps`), path to a `.jsonl` file, or an APPS folder with `train/`/`test/`.
+
+    Returns:
+        The valid problems and the skip counts.
+
+    Raises:
+        DataError: If the file/folder does not exist, a folder has no `train/` or `test/`, or the hub download fails.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        result = _collect(_jsonl_records(path))
+    elif path.is_dir():
+        if not (path / "train").is_dir() and not (path / "test").is_dir():
+            raise DataError(f"APPS folder {source} has neither train/ nor test/ sub-folders")
+        result = _collect(_folder_records(path))
+    elif is_hub_name(source):
+        result = _collect(_hub_records(source))
+    else:
+        raise DataError(f"data source {source!r} not found: give an existing .jsonl file, APPS folder or hub id")
+    if result.skipped:
+        log.warning("%s: %s", source, result.summary())
+    else:
+        log.info("%s: %s", source, result.summary())
+    return result

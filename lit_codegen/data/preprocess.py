@@ -1,0 +1,259 @@
+r"""Turn an APPS source into `train.parquet` and `test.parquet` with prompts, tests and verl-compatible columns.
+
+    python -m lit_codegen.data.preprocess --local_dir data/apps --template_type chat
+    python -m lit_codegen.data.preprocess --source problems.jsonl --local_dir data/mine --template_type base \
+        --difficulties introductory --max_tests 16 --test_size 0.2 --seed 1
+
+One row per valid problem; each valid problem lands in exactly one of the two files. Splits: a source with natural
+splits (hub `train.jsonl`/`test.jsonl`, APPS folder `train/`/`test/`) keeps them unless `--test_size` is given;
+otherwise the problems are shuffled with `--seed` and `--test_size` of them (default 0.1, at least one) go to test.
+The columns (`PARQUET_SCHEMA`) are a superset of verl's RL parquet schema, see `docs_notes/data.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lit_codegen.data.apps import DIFFICULTIES, AppsProblem, DataError, load_apps
+from lit_codegen.data.prompts import TEMPLATE_TYPES, base_prompt, chat_messages, check_template_type
+
+log = logging.getLogger(__name__)
+
+DATA_SOURCE = "apps"
+DEFAULT_SOURCE = "codeparrot/apps"
+DEFAULT_TEST_SIZE = 0.1
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("problem_id", pa.int64()),
+        ("split", pa.string()),
+        ("difficulty", pa.string()),
+        ("prompt", pa.list_(_MESSAGE)),
+        ("raw_prompt", pa.string()),
+        ("template_type", pa.string()),
+        ("question", pa.string()),
+        ("starter_code", pa.string()),
+        ("fn_name", pa.string()),
+        ("input_output", pa.string()),
+        ("solutions", pa.string()),
+        ("url", pa.string()),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        (
+            "extra_info",
+            pa.struct(
+                [("split", pa.string()), ("index", pa.int64()), ("problem_id", pa.int64()), ("difficulty", pa.string())]
+            ),
+        ),
+    ]
+)
+
+
+def capped_tests(problem: AppsProblem, max_tests: int | None) -> dict[str, Any]:
+    """The problem's tests, keeping only the first `max_tests` cases if given."""
+    io = dict(problem.input_output)
+    if max_tests is not None:
+        io["inputs"], io["outputs"] = io["inputs"][:max_tests], io["outputs"][:max_tests]
+    return io
+
+
+def problem_to_row(
+    problem: AppsProblem, template_type: str, split: str, index: int, max_tests: int | None = None
+) -> dict[str, Any]:
+    """One parquet row (see `PARQUET_SCHEMA`) for a problem.
+
+    Args:
+        problem: A validated problem.
+        template_type: `chat` (prompt = system + user messages) or `base` (prompt = one user message holding the APPS
+            completion prompt, which is also `raw_prompt`).
+        split: `train` or `test`.
+        index: Row index within the split.
+        max_tests: Keep only the first `max_tests` tests (None keeps all).
+
+    Returns:
+        Dict with the columns of `PARQUET_SCHEMA`.
+    """
+    check_template_type(template_type)
+    raw_prompt = base_prompt(problem.question, problem.starter_code, problem.fn_name)
+    if template_type == "chat":
+        prompt = chat_messages(problem.question, problem.starter_code, problem.fn_name)
+    else:
+        prompt = [{"role": "user", "content": raw_prompt}]
+    tests = json.dumps(capped_tests(problem, max_tests))
+    return {
+        "data_source": DATA_SOURCE,
+        "problem_id": problem.problem_id,
+        "split": split,
+        "difficulty": problem.difficulty,
+        "prompt": prompt,
+        "raw_prompt": raw_prompt,
+        "template_type": template_type,
+        "question": problem.question,
+        "starter_code": problem.starter_code,
+        "fn_name": problem.fn_name,
+        "input_output": tests,
+        "solutions": json.dumps(problem.solutions),
+        "url": problem.url,
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": tests},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "problem_id": problem.problem_id,
+            "difficulty": problem.difficulty,
+        },
+    }
+
+
+def write_split(
+    problems: Sequence[AppsProblem], path: Path, split: str, template_type: str, max_tests: int | None = None
+) -> Path:
+    """Write the rows of one split to a parquet file and return its path."""
+    rows = [problem_to_row(p, template_type, split, i, max_tests) for i, p in enumerate(problems)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so concurrent readers (other ranks, parallel tests) never see a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def split_problems(
+    problems: Sequence[AppsProblem], test_size: float | None = None, seed: int = 0
+) -> tuple[list[AppsProblem], list[AppsProblem]]:
+    """Split problems into (train, test); every problem lands in exactly one.
+
+    Natural splits (`source_split`) are kept when `test_size` is None and both are non-empty. Otherwise the problems
+    are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count >= 1, at least one
+    and at most all but one. Both lists keep the source order.
+
+    Args:
+        problems: Validated problems (at least 2).
+        test_size: Fraction or number of test problems; None = natural splits if present, else 0.1.
+        seed: Seed of the shuffle.
+
+    Returns:
+        (train, test) lists, both non-empty.
+
+    Raises:
+        DataError: If there are fewer than 2 problems or `test_size` is out of range.
+    """
+    if test_size is None:
+        natural = {"train": [p for p in problems if p.source_split == "train"]}
+        natural["test"] = [p for p in problems if p.source_split == "test"]
+        if natural["train"] and natural["test"] and len(natural["train"]) + len(natural["test"]) == len(problems):
+            return natural["train"], natural["test"]
+        test_size = DEFAULT_TEST_SIZE
+    if len(problems) < 2:
+        raise DataError(f"need at least 2 valid problems to make a train and a test split, got {len(problems)}")
+    if test_size <= 0 or (test_size >= 1 and test_size != int(test_size)):
+        raise DataError(f"--test_size must be a fraction in (0, 1) or a whole count >= 1, got {test_size}")
+    n_test = round(test_size * len(problems)) if test_size < 1 else int(test_size)
+    n_test = min(max(n_test, 1), len(problems) - 1)
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    test_ids = set(order[:n_test])
+    train = [p for i, p in enumerate(problems) if i not in test_ids]
+    test = [p for i, p in enumerate(problems) if i in test_ids]
+    return train, test
+
+
+def preprocess(
+    source: str,
+    local_dir: str | Path,
+    template_type: str = "chat",
+    difficulties: Sequence[str] | None = None,
+    max_tests: int | None = None,
+    test_size: float | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Load, validate, filter and split an APPS source and write `train.parquet` and `test.parquet`.
+
+    Args:
+        source: Hub dataset id, `.jsonl` file or APPS folder (see `lit_codegen.data.apps.load_apps`).
+        local_dir: Output folder (created if needed).
+        template_type: `base` or `chat`.
+        difficulties: Keep only these difficulties (None keeps all).
+        max_tests: Keep only the first `max_tests` tests of each problem (None keeps all).
+        test_size: Fraction or count of problems for test; None = natural splits if present, else 0.1.
+        seed: Seed of the train/test shuffle.
+
+    Returns:
+        `{"train": path, "test": path}`.
+
+    Raises:
+        DataError: Missing source, no problems left, or bad arguments.
+    """
+    check_template_type(template_type)
+    if max_tests is not None and max_tests < 1:
+        raise DataError(f"--max_tests must be >= 1, got {max_tests}")
+    problems = load_apps(source).problems
+    if difficulties:
+        kept = [p for p in problems if p.difficulty in difficulties]
+        log.info("kept %d of %d problems with difficulty in %s", len(kept), len(problems), list(difficulties))
+        problems = kept
+    if not problems:
+        raise DataError(f"no valid problems left in {source} (difficulties: {list(difficulties or []) or 'all'})")
+    train, test = split_problems(problems, test_size, seed)
+    out = Path(local_dir)
+    return {
+        "train": write_split(train, out / "train.parquet", "train", template_type, max_tests),
+        "test": write_split(test, out / "test.parquet", "test", template_type, max_tests),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lit_codegen.data.preprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("--local_dir", required=True, help="output folder for train.parquet and test.parquet")
+    parser.add_argument("--template_type", choices=TEMPLATE_TYPES, default="chat", help="prompt template")
+    parser.add_argument(
+        "--source", default=DEFAULT_SOURCE, help="hub dataset id, .jsonl file or APPS folder (default: %(default)s)"
+    )
+    parser.add_argument("--difficulties", nargs="+", choices=DIFFICULTIES, help="keep only these difficulties")
+    parser.add_argument("--max_tests", type=int, help="keep only the first N tests of each problem")
+    parser.add_argument(
+        "--test_size",
+        type=float,
+        help="fraction (0-1) or count of problems for test; default: natural splits if the source has them, else 0.1",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test shuffle (default: %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (user errors print one line and return 2)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = preprocess(
+            args.source,
+            args.local_dir,
+            args.template_type,
+            args.difficulties,
+            args.max_tests,
+            args.test_size,
+            args.seed,
+        )
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for split, path in paths.items():
+        print(f"wrote {path} ({pq.read_metadata(path).num_rows} {split} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

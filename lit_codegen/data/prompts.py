@@ -1,0 +1,130 @@
+r"""Prompt templates for APPS problems and the inverse: extracting the program from a model response.
+
+Two templates:
+
+- `base`: the completion prompt of the APPS paper (Hendrycks et al. 2021, `eval/generate_gpt_codes.py`):
+  `"\nQUESTION:\n" + question + ("\n" + starter_code) + "\nUse Standard Input format" | "\nUse Call-Based
+  format" + "\nANSWER:\n"`; the model continues with the program.
+- `chat`: a system + user message pair for instruct models asking for one fenced python block.
+
+`extract_program` is shared with the evaluator (`lit_codegen.reward`), so what the policy is asked for and what
+gets executed stay in one place.
+
+    messages = chat_messages(question, starter_code="", fn_name=None)
+    extract_program("Here:\n```python\nprint(1)\n```")  # -> 'print(1)'
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+TEMPLATE_TYPES = ("base", "chat")
+
+# Kept short: every token of the prompt is paid for in every rollout, and the CPU demo's tiny model reads it too.
+SYSTEM_PROMPT = "You are an expert Python programmer. Reply with one ```python code block."
+STDIN_INSTRUCTION = "Read from standard input and print to standard output."
+CALL_BASED_INSTRUCTION = "Write the function `{fn_name}`; the tests call it and check what it returns."
+
+
+def base_prompt(question: str, starter_code: str = "", fn_name: str | None = None) -> str:
+    r"""The APPS paper's completion prompt.
+
+    Args:
+        question: Problem statement.
+        starter_code: Code the answer starts from ("" for none).
+        fn_name: Function the tests call (call-based problem), or None for stdin/stdout.
+
+    Returns:
+        The prompt text, ending in `"\nANSWER:\n"`.
+    """
+    text = "\nQUESTION:\n" + question
+    if starter_code:
+        text += "\n" + starter_code
+    text += "\nUse Call-Based format" if fn_name else "\nUse Standard Input format"
+    return text + "\nANSWER:\n"
+
+
+def chat_messages(question: str, starter_code: str = "", fn_name: str | None = None) -> list[dict[str, str]]:
+    """Chat messages (system + user) asking for the solution as one fenced python block.
+
+    Args:
+        question: Problem statement.
+        starter_code: Code the answer starts from ("" for none); shown in a fenced block.
+        fn_name: Function the tests call (call-based problem), or None for stdin/stdout.
+
+    Returns:
+        `[{"role": "system", ...}, {"role": "user", ...}]`.
+    """
+    parts = [question.strip()]
+    if starter_code.strip():
+        parts.append("Starter code:\n```python\n" + starter_code.rstrip() + "\n```")
+    parts.append(CALL_BASED_INSTRUCTION.format(fn_name=fn_name) if fn_name else STDIN_INSTRUCTION)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def format_answer(program: str, template_type: str) -> str:
+    """How the policy should answer: the target text of supervised fine-tuning.
+
+    Args:
+        program: A correct program.
+        template_type: `chat` (a fenced python block, as `chat_messages` asks) or `base` (the raw code).
+
+    Returns:
+        The answer text; `extract_program(format_answer(p, t))` gives back `p` without surrounding blank lines.
+    """
+    check_template_type(template_type)
+    code = program.strip("\n")
+    return f"```python\n{code}\n```" if template_type == "chat" else code + "\n"
+
+
+def check_template_type(template_type: str) -> None:
+    """Raise a clear `ValueError` unless `template_type` is `base` or `chat`."""
+    if template_type not in TEMPLATE_TYPES:
+        raise ValueError(f"template_type must be one of {TEMPLATE_TYPES}, got {template_type!r}")
+
+
+# A fence line: optional indent, three or more backticks, an optional language tag.
+_FENCE_OPEN = re.compile(r"^\s*```+\s*([\w+#.-]*)\s*$")
+_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
+
+
+def extract_program(response: str) -> str:
+    """Extract the program from a model response: the last fenced python block, else the raw text.
+
+    A block opens with a line of ```` ``` ```` or ```` ```python ```` (also `py`, `python3`; any case) and closes with
+    a line that is ```` ``` ```` or ends with it. Blocks tagged with another language are ignored. An unterminated
+    final block (generation hit the length limit) counts as a block: its text up to the end is returned. Without any
+    python block the whole response is returned, so a `base`-template completion (raw code) passes through.
+
+    Args:
+        response: Decoded model output.
+
+    Returns:
+        The program text, dedented, without leading/trailing blank lines.
+    """
+    lines = response.splitlines()
+    last_block: list[str] | None = None
+    i = 0
+    while i < len(lines):
+        opened = _FENCE_OPEN.match(lines[i])
+        if not opened:
+            i += 1
+            continue
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            stripped = lines[i].rstrip()
+            if stripped.endswith("```"):
+                head = stripped[:-3].rstrip("`")
+                if head.strip():
+                    body.append(head)
+                break
+            body.append(lines[i])
+            i += 1
+        i += 1
+        if opened.group(1).lower() in _PYTHON_TAGS:
+            last_block = body
+    if last_block is None:
+        return response
+    return textwrap.dedent("\n".join(last_block)).strip("\n")
