@@ -1,0 +1,360 @@
+"""Lightning data modules over the preprocessed parquet files: prompts for PPO, (prompt, solution) pairs for SFT.
+
+Both read `DIR/train.parquet` and `DIR/test.parquet` written by `python -m lit_codegen.data.preprocess` (validation
+uses test.parquet); `data_dir=None` uses the bundled toy problems (`lit_codegen.data.toy`). The tokenizer is handed
+over explicitly with `connect(tokenizer)` after the model is built (LightningCLI does it, see `lit_codegen.cli`).
+
+Prompt text: `template_type="chat"` renders the `prompt` messages with the tokenizer's chat template (generation
+prompt appended); `"base"` uses the `raw_prompt` column (the APPS completion prompt).
+
+    dm = AppsDataModule(data_dir=None, train_batch_size=8)
+    dm.connect(tokenizer)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))  # input_ids (B, P) left padded, attention_mask, problem_id, ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_codegen.data.prompts import check_template_type, format_answer
+from lit_codegen.data.toy import write_toy_parquet
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILES = {"train": "train.parquet", "test": "test.parquet"}
+IGNORE_INDEX = -100
+
+
+def toy_data_dir(template_type: str) -> Path:
+    """Cache folder the toy problems are written to when a data module gets `data_dir=None`."""
+    return Path(tempfile.gettempdir()) / "lit_codegen" / f"toy_{template_type}"
+
+
+def read_split(data_dir: str | Path, split: str, columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of `data_dir/{split}.parquet` as dicts with the given columns.
+
+    Raises:
+        FileNotFoundError: If the file is missing (the message says how to create it).
+    """
+    path = Path(data_dir) / SPLIT_FILES[split]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: create it with `python -m lit_codegen.data.preprocess --local_dir {data_dir}` "
+            "or leave data_dir unset to use the bundled toy problems"
+        )
+    return pq.read_table(path, columns=columns).to_pylist()
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, falling back to its EOS id (padding is masked out either way)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token")
+    return pad_id
+
+
+def prompt_texts(rows: list[dict[str, Any]], template_type: str, tokenizer: Any) -> list[str]:
+    """Prompt strings of parquet rows: chat template over `prompt` (chat) or the `raw_prompt` column (base)."""
+    if template_type == "base":
+        return [row["raw_prompt"] for row in rows]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template_type='chat' needs a tokenizer with a chat template; use template_type='base'")
+    return [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
+
+
+def encode_prompts(texts: list[str], template_type: str, tokenizer: Any) -> list[list[int]]:
+    """Token ids of prompt strings; special tokens are only added for `base` (a chat template already has them)."""
+    return tokenizer(texts, add_special_tokens=template_type == "base")["input_ids"]
+
+
+class PromptCollator:
+    """Collate prompt examples into a LEFT-padded batch (prompts end where generation starts)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch of B examples.
+
+        Returns:
+            `input_ids` (B, P) long, left padded with the pad id; `attention_mask` (B, P) long, 1 = prompt token;
+            `index` (B,) long row index in the parquet file; `problem_id` list[int]; `input_output` list[str]
+            (JSON tests); `difficulty` list[str].
+        """
+        width = max(len(ex["input_ids"]) for ex in examples)
+        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            input_ids[i, width - n :] = torch.tensor(ex["input_ids"], dtype=torch.long)
+            attention_mask[i, width - n :] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "index": torch.tensor([ex["index"] for ex in examples], dtype=torch.long),
+            "problem_id": [ex["problem_id"] for ex in examples],
+            "input_output": [ex["input_output"] for ex in examples],
+            "difficulty": [ex["difficulty"] for ex in examples],
+        }
+
+
+class SFTCollator:
+    """Collate (prompt + answer) examples into a RIGHT-padded batch with labels on answer tokens only."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch of B examples.
+
+        Returns:
+            `input_ids` (B, T) long, right padded; `attention_mask` (B, T) long, 1 = real token; `labels` (B, T) long,
+            the input ids on answer tokens (solution + EOS) and -100 on prompt and padding.
+        """
+        width = max(len(ex["input_ids"]) for ex in examples)
+        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        for i, ex in enumerate(examples):
+            ids = torch.tensor(ex["input_ids"], dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            labels[i, ex["prompt_length"] : len(ids)] = ids[ex["prompt_length"] :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class _TokenizedDataModule(LightningDataModule):
+    """Shared plumbing: data folder (or toy cache), tokenizer hand-off, split reading."""
+
+    def __init__(self, data_dir: str | None, template_type: str) -> None:
+        super().__init__()
+        check_template_type(template_type)
+        self.data_dir = data_dir
+        self.template_type = template_type
+        self.tokenizer: Any = None
+        self._toy_written = False
+
+    def connect(self, tokenizer: Any) -> None:
+        """Hand over the model's tokenizer (a transformers tokenizer); call before `setup`."""
+        pad_token_id(tokenizer)  # fail early on a tokenizer that cannot pad
+        self.tokenizer = tokenizer
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The folder with the parquet files: `data_dir`, or the toy cache if `data_dir` is None."""
+        return Path(self.data_dir) if self.data_dir is not None else toy_data_dir(self.template_type)
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.setup() ran before connect(tokenizer): hand the model's tokenizer to the "
+                "data module first (the lit-codegen CLI does this automatically)"
+            )
+        return self.tokenizer
+
+    def _read(self, split: str, columns: list[str]) -> list[dict[str, Any]]:
+        if self.data_dir is None and not self._toy_written:
+            # Rewritten on every setup so the cache never lags behind the installed package; the writes are atomic
+            # and identical on every rank, so ranks may race.
+            write_toy_parquet(self.resolved_data_dir, self.template_type)
+            self._toy_written = True
+        return read_split(self.resolved_data_dir, split, columns)
+
+
+class AppsDataModule(_TokenizedDataModule):
+    """Tokenized APPS prompts for PPO rollouts: left-padded prompt batches plus the tests to score responses.
+
+    Args:
+        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
+            problems.
+        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`).
+        max_prompt_length: Prompts with more tokens are dropped (the count is logged).
+        train_batch_size: Prompts per training batch (before `rollout.n` samples each).
+        val_batch_size: Prompts per validation batch.
+        num_workers: DataLoader worker processes.
+        shuffle: Shuffle the training prompts (deterministically, from `seed`).
+        seed: Seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        template_type: str = "chat",
+        max_prompt_length: int = 512,
+        train_batch_size: int = 64,
+        val_batch_size: int = 64,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(data_dir, template_type)
+        self.save_hyperparameters()
+        self.max_prompt_length = max_prompt_length
+        self.train_batch_size = train_batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.datasets: dict[str, list[dict[str, Any]]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and tokenize the splits the stage needs (train for `fit`; test for every stage)."""
+        tokenizer = self._require_tokenizer()
+        splits = ["train", "test"] if stage in (None, "fit") else ["test"]
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._tokenize(split, tokenizer)
+
+    def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
+        rows = self._read(split, ["prompt", "raw_prompt", "problem_id", "input_output", "difficulty"])
+        ids = encode_prompts(prompt_texts(rows, self.template_type, tokenizer), self.template_type, tokenizer)
+        examples = [
+            {
+                "input_ids": ids[i],
+                "index": i,
+                "problem_id": row["problem_id"],
+                "input_output": row["input_output"],
+                "difficulty": row["difficulty"],
+            }
+            for i, row in enumerate(rows)
+            if len(ids[i]) <= self.max_prompt_length
+        ]
+        if len(examples) < len(rows):
+            log.warning(
+                "%s: dropped %d of %d prompts longer than max_prompt_length=%d tokens",
+                split,
+                len(rows) - len(examples),
+                len(rows),
+                self.max_prompt_length,
+            )
+        if not examples:
+            raise ValueError(f"no {split} prompt fits max_prompt_length={self.max_prompt_length}; raise it")
+        return examples
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"call setup() before asking for the {split} dataloader")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            # Seeded so the order is reproducible; under DDP Lightning swaps in a DistributedSampler.
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=PromptCollator(pad_token_id(self.tokenizer)),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training prompts, shuffled from `seed` if `shuffle`."""
+        return self._loader("train", self.train_batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation prompts (test.parquet), in file order."""
+        return self._loader("test", self.val_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test prompts: the same as validation (test.parquet)."""
+        return self.val_dataloader()
+
+
+class SFTDataModule(_TokenizedDataModule):
+    """(prompt, reference solution) pairs for the supervised warm start; the loss covers the answer tokens only.
+
+    Every entry of a problem's `solutions` column is a correct program and becomes one example: the prompt (as in
+    `AppsDataModule`) followed by the answer the policy should give (`chat`: a fenced python block; `base`: the raw
+    code) and the EOS token.
+
+    Args:
+        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
+            problems.
+        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`).
+        max_length: Examples (prompt + answer + EOS) with more tokens are dropped (the count is logged).
+        batch_size: Examples per batch (training and validation).
+        num_workers: DataLoader worker processes.
+        shuffle: Shuffle the training examples (deterministically, from `seed`).
+        seed: Seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        template_type: str = "chat",
+        max_length: int = 512,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(data_dir, template_type)
+        self.save_hyperparameters()
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.datasets: dict[str, list[dict[str, Any]]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and tokenize the pairs the stage needs (train for `fit`; test for every stage)."""
+        tokenizer = self._require_tokenizer()
+        if tokenizer.eos_token_id is None:
+            raise ValueError("SFT needs a tokenizer with an EOS token (the answer must teach the model to stop)")
+        splits = ["train", "test"] if stage in (None, "fit") else ["test"]
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._tokenize(split, tokenizer)
+
+    def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
+        rows = self._read(split, ["prompt", "raw_prompt", "solutions"])
+        prompt_ids = encode_prompts(prompt_texts(rows, self.template_type, tokenizer), self.template_type, tokenizer)
+        pairs = [(i, program) for i, row in enumerate(rows) for program in json.loads(row["solutions"])]
+        answers = [format_answer(program, self.template_type) for _, program in pairs]
+        answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
+        examples = []
+        for (i, _), ids in zip(pairs, answer_ids):
+            full = prompt_ids[i] + ids + [tokenizer.eos_token_id]
+            if len(full) <= self.max_length:
+                examples.append({"input_ids": full, "prompt_length": len(prompt_ids[i])})
+        if len(examples) < len(pairs):
+            log.warning(
+                "%s: dropped %d of %d SFT examples longer than max_length=%d tokens",
+                split,
+                len(pairs) - len(examples),
+                len(pairs),
+                self.max_length,
+            )
+        if split == "train" and not examples:
+            raise ValueError(f"no training example: {len(pairs)} (problem, solution) pairs, none within max_length")
+        return examples
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"call setup() before asking for the {split} dataloader")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=SFTCollator(pad_token_id(self.tokenizer)),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training pairs, shuffled from `seed` if `shuffle`."""
+        return self._loader("train", self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation pairs (test.parquet), in file order."""
+        return self._loader("test", False)

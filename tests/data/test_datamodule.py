@@ -1,0 +1,175 @@
+import json
+import logging
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+from lightning.pytorch.utilities.data import _update_dataloader
+from transformers import AutoTokenizer
+
+from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, SFTDataModule, toy_data_dir
+from lit_codegen.data.preprocess import preprocess
+from lit_codegen.data.prompts import format_answer
+from lit_codegen.data.toy import read_toy_records
+
+N_TOY = len(read_toy_records())
+N_TOY_SOLUTIONS = sum(len(r["solutions"]) for r in read_toy_records())
+
+
+def apps_dm(tokenizer, **kwargs):
+    dm = AppsDataModule(**{"max_prompt_length": 1024, **kwargs})
+    dm.connect(tokenizer)
+    dm.setup("fit")
+    return dm
+
+
+def epoch_order(loader):
+    return [i for batch in loader for i in batch["index"].tolist()]
+
+
+def test_prompt_batches_are_left_padded_and_carry_the_tests(tokenizer):
+    dm = apps_dm(tokenizer, val_batch_size=5)
+    rows = pq.read_table(toy_data_dir("chat") / "test.parquet").to_pylist()
+    batch = next(iter(dm.val_dataloader()))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape and ids.shape[0] == 5 and ids.dtype == torch.long
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4]
+    assert batch["problem_id"] == [r["problem_id"] for r in rows[:5]]
+    assert batch["input_output"] == [r["input_output"] for r in rows[:5]]
+    assert batch["difficulty"] == ["introductory"] * 5
+    assert mask[:, -1].all()  # every prompt ends at the right edge, where generation starts
+    for i, row in enumerate(rows[:5]):
+        n = int(mask[i].sum())
+        assert mask[i].tolist() == [0] * (ids.shape[1] - n) + [1] * n
+        assert (ids[i, : ids.shape[1] - n] == tokenizer.pad_token_id).all()
+        expected = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        assert tokenizer.decode(ids[i, -n:]) == expected
+        assert expected.endswith("<|im_start|>assistant\n")
+
+
+def test_base_template_uses_raw_prompt(tokenizer):
+    dm = AppsDataModule(template_type="base", max_prompt_length=1024)
+    dm.connect(tokenizer)
+    dm.setup("validate")
+    assert "train" not in dm.datasets  # validate only needs test.parquet
+    batch = next(iter(dm.val_dataloader()))
+    row = pq.read_table(toy_data_dir("base") / "test.parquet").to_pylist()[0]
+    n = int(batch["attention_mask"][0].sum())
+    assert tokenizer.decode(batch["input_ids"][0, -n:]) == row["raw_prompt"]
+
+
+def test_train_shuffle_is_seeded_and_covers_every_prompt_once(tokenizer):
+    order_a = epoch_order(apps_dm(tokenizer, train_batch_size=4, seed=0).train_dataloader())
+    order_b = epoch_order(apps_dm(tokenizer, train_batch_size=4, seed=0).train_dataloader())
+    order_c = epoch_order(apps_dm(tokenizer, train_batch_size=4, seed=1).train_dataloader())
+    assert order_a == order_b
+    assert order_a != order_c
+    assert sorted(order_a) == list(range(N_TOY))
+    assert order_a != list(range(N_TOY))
+    unshuffled = epoch_order(apps_dm(tokenizer, train_batch_size=4, shuffle=False).train_dataloader())
+    assert unshuffled == list(range(N_TOY))
+    assert epoch_order(apps_dm(tokenizer, val_batch_size=4).val_dataloader()) == list(range(N_TOY))
+
+
+def test_train_loader_under_lightning_distributed_sampler(tokenizer):
+    # What Trainer(strategy="ddp") does to our loader: swap in a DistributedSampler and rebuild the DataLoader.
+    loader = apps_dm(tokenizer, train_batch_size=4).train_dataloader()
+    shards = []
+    for rank in range(2):
+        sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=rank)
+        shards.append(epoch_order(_update_dataloader(loader, sampler)))
+    assert len(shards[0]) == len(shards[1]) == N_TOY // 2
+    assert sorted(shards[0] + shards[1]) == list(range(N_TOY))
+
+
+def test_long_prompts_are_dropped_with_a_logged_count(tokenizer, caplog):
+    lengths = sorted(len(ex["input_ids"]) for ex in apps_dm(tokenizer).datasets["train"])
+    limit = lengths[len(lengths) // 2]
+    n_dropped = sum(n > limit for n in lengths)
+    assert 0 < n_dropped < N_TOY
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.datamodule"):
+        dm = apps_dm(tokenizer, max_prompt_length=limit)
+    assert len(dm.datasets["train"]) == N_TOY - n_dropped
+    assert f"train: dropped {n_dropped} of {N_TOY} prompts longer than max_prompt_length={limit}" in caplog.text
+    with pytest.raises(ValueError, match="no train prompt fits max_prompt_length=5"):
+        apps_dm(tokenizer, max_prompt_length=5)
+
+
+def test_setup_without_tokenizer_is_a_clear_error():
+    with pytest.raises(RuntimeError, match=r"setup\(\) ran before connect\(tokenizer\)"):
+        AppsDataModule().setup("fit")
+    with pytest.raises(RuntimeError, match=r"connect\(tokenizer\)"):
+        SFTDataModule().setup("fit")
+
+
+def test_preprocessed_apps_folder(tokenizer, shared_data, tmp_path):
+    preprocess(str(shared_data / "apps" / "apps_coderl5.jsonl"), tmp_path, template_type="chat")
+    dm = apps_dm(tokenizer, data_dir=str(tmp_path), max_prompt_length=100_000)
+    ids = [ex["problem_id"] for split in ("train", "test") for ex in dm.datasets[split]]
+    assert sorted(ids) == [1, 111, 2287, 2404, 4184]
+    batch = next(iter(dm.train_dataloader()))
+    assert all(json.loads(io)["inputs"] for io in batch["input_output"])
+
+
+def test_missing_data_dir_names_the_fix(tokenizer, tmp_path):
+    dm = AppsDataModule(data_dir=str(tmp_path / "nothing"))
+    dm.connect(tokenizer)
+    with pytest.raises(FileNotFoundError, match="python -m lit_codegen.data.preprocess"):
+        dm.setup("fit")
+
+
+def sft_dm(tokenizer, **kwargs):
+    dm = SFTDataModule(**{"max_length": 1024, **kwargs})
+    dm.connect(tokenizer)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("template_type", ["chat", "base"])
+def test_sft_batches_are_right_padded_with_loss_on_the_answer_only(tokenizer, template_type):
+    dm = sft_dm(tokenizer, template_type=template_type, batch_size=6, shuffle=False)
+    assert len(dm.datasets["train"]) == len(dm.datasets["test"]) == N_TOY_SOLUTIONS
+    batch = next(iter(dm.train_dataloader()))
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert ids.shape == mask.shape == labels.shape and ids.shape[0] == 6
+    first = read_toy_records()[0]
+    for i in range(6):
+        n = int(mask[i].sum())
+        assert mask[i].tolist() == [1] * n + [0] * (ids.shape[1] - n)  # right padded
+        assert (labels[i, n:] == IGNORE_INDEX).all()
+        trained = labels[i] != IGNORE_INDEX
+        start = int(trained.nonzero()[0])
+        assert trained[start:n].all() and not trained[:start].any()  # prompt masked, answer + EOS trained
+        assert (labels[i, start:n] == ids[i, start:n]).all()
+        assert int(ids[i, n - 1]) == tokenizer.eos_token_id
+        answer = format_answer(first["solutions"][i % 2], template_type) if i < 2 else None
+        if answer is not None:  # rows 0 and 1 are problem 9000's two solutions (file order)
+            assert tokenizer.decode(ids[i, start:n]) == answer + tokenizer.eos_token
+        if template_type == "chat":
+            assert tokenizer.decode(ids[i, :start]).endswith("<|im_start|>assistant\n")
+
+
+def test_sft_drops_examples_over_max_length(tokenizer, caplog):
+    lengths = sorted(len(ex["input_ids"]) for ex in sft_dm(tokenizer).datasets["train"])
+    limit = lengths[len(lengths) // 2]
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.datamodule"):
+        dm = sft_dm(tokenizer, max_length=limit)
+    kept = sum(n <= limit for n in lengths)
+    assert len(dm.datasets["train"]) == kept
+    assert f"dropped {N_TOY_SOLUTIONS - kept} of {N_TOY_SOLUTIONS} SFT examples" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    from lit_codegen.models.tiny import build_tiny_model
+
+    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+def test_toy_problems_fit_the_tiny_model_budget(tiny_tokenizer):
+    prompts = apps_dm(tiny_tokenizer, max_prompt_length=10_000).datasets["train"]
+    assert max(len(ex["input_ids"]) for ex in prompts) <= 128
+    pairs = sft_dm(tiny_tokenizer, max_length=10_000).datasets["train"]
+    assert len(pairs) == N_TOY_SOLUTIONS
+    assert max(len(ex["input_ids"]) for ex in pairs) <= 192
