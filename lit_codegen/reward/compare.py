@@ -1,0 +1,196 @@
+"""Parsing APPS tests and judging a program's output against the expected one (``strict`` and ``apps`` modes).
+
+Both functions here run in the evaluator process, never in the sandbox: the candidate program never sees
+the expected outputs.
+
+``strict`` (the training default): stdin/stdout problems pass when the printed text equals the expected
+text after removing trailing whitespace on every line and trailing empty lines; call-based problems pass
+when the returned value, serialised to JSON in the sandbox, equals the expected JSON value (tuples become
+lists; ``true`` is not ``1``; ``1`` equals ``1.0`` because JSON has one number type). APPS wraps Codewars
+outputs in a one-element list, so a one-element expected list also accepts its element.
+
+``apps`` reproduces the judging rules of the APPS reference harness (hendrycks/apps ``eval/testing_util.py``),
+for numbers comparable with papers. Its laxities, all reproduced on purpose:
+
+1. surrounding whitespace of the whole output and of every line is ignored, and empty lines are dropped;
+2. if every line parses as a number, lines are compared with ``numpy.allclose`` (rtol 1e-5, atol 1e-8);
+3. finally the output passes if the *set of lines, each taken as a set of whitespace-separated tokens*
+   equals the expected one: line order, token order and repetitions are ignored
+   (``"1 2\\n2 1"`` passes for ``"2 1"``), also after rounding numeric tokens to 3 decimals;
+4. call-based: Python ``==`` (so ``True == 1``), the one-element-list unwrapping, dicts with int keys.
+"""
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+
+MODES = ("strict", "apps")
+
+
+@dataclass(frozen=True)
+class ParsedTests:
+    """One problem's tests, ready to run.
+
+    Attributes:
+        inputs: per test, the stdin text (str) or the argument list (list) for call-based problems.
+        outputs: per test, the expected output (str for stdin problems, a JSON value for call-based).
+        fn_name: the function to call, None for stdin/stdout problems.
+        indices: positions of these tests in the problem's full test list.
+    """
+
+    inputs: list
+    outputs: list
+    fn_name: str | None
+    indices: list[int]
+
+
+def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "strict") -> ParsedTests:
+    """Parse an APPS ``input_output`` field and pick at most ``max_tests`` tests deterministically.
+
+    The pick is a pseudo-random subset seeded by the CRC32 of the canonical test JSON, so the same problem
+    always gets the same tests (across runs and processes) and the first tests, often the examples shown in
+    the problem statement, are not favoured.
+
+    Args:
+        tests: the JSON string ``{"inputs": [...], "outputs": [...], "fn_name"?: str}`` or the parsed dict.
+        max_tests: cap on the number of tests; None for all.
+        mode: "strict" or "apps" (apps converts dict keys of call arguments to int like the reference).
+
+    Returns:
+        The selected tests.
+
+    Raises:
+        ValueError: malformed test specification.
+    """
+    spec = json.loads(tests) if isinstance(tests, str) else tests
+    if not isinstance(spec, dict) or not isinstance(spec.get("inputs"), list) or not isinstance(
+            spec.get("outputs"), list) or len(spec["inputs"]) != len(spec["outputs"]):
+        raise ValueError("tests must be a dict with equally long lists 'inputs' and 'outputs'")
+    fn_name = spec.get("fn_name") or None
+    count = len(spec["inputs"])
+    indices = list(range(count))
+    if max_tests is not None and count > max_tests:
+        seed = zlib.crc32(json.dumps(spec, sort_keys=True).encode())
+        indices = sorted(random.Random(seed).sample(indices, max_tests))
+    inputs, outputs = [], []
+    for i in indices:
+        test_input, expected = spec["inputs"][i], spec["outputs"][i]
+        if fn_name is None:
+            inputs.append("\n".join(test_input) if isinstance(test_input, list) else str(test_input))
+            outputs.append("\n".join(expected) if isinstance(expected, list) else str(expected))
+        else:
+            args = test_input if isinstance(test_input, list) else [test_input]
+            if mode == "apps" and args and isinstance(args[0], dict):
+                args = [_int_keys(args[0])] if len(args) == 1 else args
+            inputs.append(args)
+            outputs.append(expected)
+    return ParsedTests(inputs, outputs, fn_name, indices)
+
+
+def judge(payload: bytes | None, expected, call_based: bool, mode: str = "strict") -> bool:
+    """Whether one test's output is correct.
+
+    Args:
+        payload: what the sandbox returned: printed bytes (stdin problems) or the JSON of the returned value
+            (call-based; None when the value was not JSON-serialisable).
+        expected: the expected output (str for stdin problems, a JSON value for call-based).
+        call_based: whether the problem is call-based.
+        mode: "strict" or "apps".
+
+    Returns:
+        True when the test passes.
+    """
+    if payload is None:
+        return False
+    if call_based:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return False
+        return _apps_call_equal(value, expected) if mode == "apps" else _strict_call_equal(value, expected)
+    text = payload.decode("utf-8", errors="replace")
+    return _apps_text_equal(text, expected) if mode == "apps" else normalise_text(text) == normalise_text(expected)
+
+
+# -- strict ------------------------------------------------------------------------------------------------------------
+def normalise_text(text: str) -> str:
+    """Remove trailing whitespace of every line and trailing empty lines (``\\r\\n`` counts as ``\\n``)."""
+    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
+
+
+def json_equal(a, b) -> bool:
+    """Equality of two JSON values: booleans are not numbers, numbers compare by value, dict keys exactly."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _strict_call_equal(value, expected) -> bool:
+    if json_equal(value, expected):
+        return True
+    return isinstance(expected, list) and len(expected) == 1 and json_equal(value, expected[0])
+
+
+# -- apps reference rules ----------------------------------------------------------------------------------------------
+def _int_keys(d: dict):
+    try:
+        return {int(k): v for k, v in d.items()}
+    except (TypeError, ValueError):
+        return d
+
+
+def _apps_call_equal(value, expected) -> bool:
+    if isinstance(expected, dict):
+        expected = [_int_keys(expected)]
+    elif isinstance(expected, list) and expected and isinstance(expected[0], dict):
+        expected = [_int_keys(expected[0])]
+    if isinstance(value, dict):
+        value = _int_keys(value)  # JSON turned the program's int keys into strings; undo as the reference does
+    if value == expected:
+        return True
+    return isinstance(expected, list) and bool(expected) and value == expected[0]
+
+
+def _allclose(a: list[float], b: list[float]) -> bool:
+    """numpy.allclose with its defaults (rtol=1e-5, atol=1e-8, NaN never close)."""
+    return len(a) == len(b) and all(x == y or abs(x - y) <= 1e-8 + 1e-5 * abs(y) for x, y in zip(a, b))
+
+
+def _floats(items) -> list[float] | None:
+    try:
+        return [float(x) for x in items]
+    except (TypeError, ValueError):
+        return None
+
+
+def _apps_text_equal(text: str, expected: str) -> bool:
+    lines = text.splitlines()
+    # 1. whole output / every line stripped (custom_compare_ in the reference)
+    if "\n".join(lines).strip() == expected.strip() or "\n".join(x.strip() for x in lines).strip() == expected.strip():
+        return True
+    # 2. non-empty stripped expected lines against output lines (as printed, then without empty lines)
+    expected_lines = [x.strip() for x in expected.split("\n") if x]
+    if lines == expected_lines or [x for x in lines if x] == expected_lines:
+        return True
+    lines = [x for x in lines if x]
+    out_floats, exp_floats = _floats(lines), _floats(expected_lines)
+    if out_floats is not None and exp_floats is not None and _allclose(out_floats, exp_floats):
+        return True
+    # 3. set of per-line token sets, exact and with numbers rounded to 3 decimals
+    out_sets = {frozenset(x.split()) for x in lines if x.split()}
+    exp_sets = {frozenset(x.split()) for x in expected_lines}
+    if out_sets == exp_sets:
+        return True
+    try:
+        return {frozenset(round(float(t), 3) for t in s) for s in out_sets} == {
+            frozenset(round(float(t), 3) for t in s) for s in exp_sets}
+    except ValueError:
+        return False
+
