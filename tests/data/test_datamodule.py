@@ -4,6 +4,7 @@ import logging
 import pyarrow.parquet as pq
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 from lightning.pytorch.utilities.data import _update_dataloader
 from transformers import AutoTokenizer
@@ -173,3 +174,35 @@ def test_toy_problems_fit_the_tiny_model_budget(tiny_tokenizer):
     pairs = sft_dm(tiny_tokenizer, max_length=10_000).datasets["train"]
     assert len(pairs) == N_TOY_SOLUTIONS
     assert max(len(ex["input_ids"]) for ex in pairs) <= 192
+
+
+class _CountingModule(LightningModule):
+    """Smallest module that consumes a batch: an embedding of the token ids, mean as the loss."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["input_ids"].shape)
+        return self.embed(batch["input_ids"]).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.seen.append(batch["input_ids"].shape)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "dm", [AppsDataModule(train_batch_size=8, val_batch_size=8), SFTDataModule(batch_size=8)], ids=["apps", "sft"]
+)
+def test_data_modules_run_under_a_lightning_trainer(tokenizer, tmp_path, dm):
+    dm.connect(tokenizer)
+    module = _CountingModule(len(tokenizer))
+    trainer = Trainer(
+        fast_dev_run=2, accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=dm)
+    assert len(module.seen) == 4  # 2 training + 2 validation batches
