@@ -1,64 +1,35 @@
-"""The bundled toy problems: format, size limits, and every solution checked by running it.
+"""The bundled toy problems: format, size limits, and every solution checked by running it in the evaluator.
 
-The checker here is a minimal stand-in for the evaluator in `lit_codegen.reward` (strict comparison: stdout lines
-with trailing whitespace removed; call-based return values compared as JSON). One subprocess per problem runs all of
-its programs on all of its tests.
+Both comparison modes of `lit_codegen.reward.Evaluator` are checked: `strict` (the training reward) and `apps` (the
+APPS reference harness's lax rules), so no wrong solution slips through either.
 """
-
-import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
 from lit_codegen.data.apps import load_apps
 from lit_codegen.data.toy import TOY_PROBLEMS, read_toy_records, write_toy_parquet
-
-RUNNER = r"""
-import io, json, sys
-job = json.load(sys.stdin)
-real_stdout = sys.stdout
-results = []
-
-
-def lines(text):
-    return [line.rstrip() for line in text.rstrip().splitlines()]
-
-
-for code in job["programs"]:
-    row = []
-    for args, expected in zip(job["inputs"], job["outputs"]):
-        try:
-            if job["fn_name"]:
-                env = {"__name__": "__toy__"}
-                exec(code, env)
-                ok = json.dumps(env[job["fn_name"]](*args)) == json.dumps(expected)
-            else:
-                sys.stdin, sys.stdout = io.StringIO(args), io.StringIO()
-                exec(code, {"__name__": "__main__"})
-                ok = lines(sys.stdout.getvalue()) == lines(expected)
-        except BaseException:
-            ok = False
-        finally:
-            sys.stdout = real_stdout
-        row.append(ok)
-    results.append(row)
-print(json.dumps(results))
-"""
+from lit_codegen.reward import Evaluator
 
 RECORDS = read_toy_records()
 
 
-def run_programs(record, programs):
-    """Per program, per test: did it pass? (list of lists of bool)."""
-    io = record["input_output"]
-    job = {"programs": programs, "fn_name": io.get("fn_name"), "inputs": io["inputs"], "outputs": io["outputs"]}
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNNER], input=json.dumps(job), capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+@pytest.fixture(scope="module", params=["strict", "apps"])
+def verdicts(request):
+    """problem_id -> (results of the correct solutions, results of the wrong ones), every program run once."""
+    programs, tests, owners = [], [], []
+    for record in RECORDS:
+        for kind in ("solutions", "wrong_solutions"):
+            for program in record[kind]:
+                programs.append(program)
+                tests.append(record["input_output"])
+                owners.append((record["problem_id"], kind))
+    with Evaluator(workers=2, mode=request.param) as evaluator:
+        results = evaluator.evaluate(programs, tests)
+    by_problem = {r["problem_id"]: {"solutions": [], "wrong_solutions": []} for r in RECORDS}
+    for (problem_id, kind), program, result in zip(owners, programs, results):
+        by_problem[problem_id][kind].append((program, result))
+    return by_problem
 
 
 def test_toy_problem_set_shape():
@@ -88,23 +59,17 @@ def test_toy_problem_is_short_and_well_formed(record):
         assert all(i.endswith("\n") for i in record["input_output"]["inputs"])
 
 
-@pytest.mark.parametrize("record", RECORDS, ids=lambda r: str(r["problem_id"]))
-def test_correct_solutions_pass_all_and_wrong_ones_fail_some(record):
-    results = run_programs(record, record["solutions"] + record["wrong_solutions"])
-    n_correct = len(record["solutions"])
-    for program, passed in zip(record["solutions"], results[:n_correct]):
-        assert all(passed), f"correct solution fails: {program!r} -> {passed}"
-    for program, passed in zip(record["wrong_solutions"], results[n_correct:]):
-        assert not all(passed), f"wrong solution passes every test: {program!r}"
+def test_correct_solutions_pass_all_and_wrong_ones_fail_some(verdicts):
+    for problem_id, results in verdicts.items():
+        for program, result in results["solutions"]:
+            assert result.passed, f"{problem_id}: correct solution fails: {program!r} -> {result.outcomes}"
+        for program, result in results["wrong_solutions"]:
+            assert not result.passed, f"{problem_id}: wrong solution passes every test: {program!r}"
 
 
-def test_many_wrong_solutions_earn_partial_credit():
-    partial = total = 0
-    for record in RECORDS:
-        for passed in run_programs(record, record["wrong_solutions"]):
-            total += 1
-            partial += any(passed)
-    assert partial / total >= 0.5
+def test_most_wrong_solutions_earn_partial_credit(verdicts):
+    wrong = [result for results in verdicts.values() for _, result in results["wrong_solutions"]]
+    assert sum(0 < result.pass_rate < 1 for result in wrong) / len(wrong) >= 0.75
 
 
 @pytest.mark.parametrize("template_type", ["chat", "base"])
