@@ -185,7 +185,7 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     )
 
 
-def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]]) -> LoadResult:
+def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]], max_tests: int | None) -> LoadResult:
     """Validate `(where, record, source_split, pre_reason)` tuples; `pre_reason` marks records that failed to read."""
     result = LoadResult(problems=[])
     for where, record, split, pre_reason in records:
@@ -193,9 +193,14 @@ def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]])
             result.skip(pre_reason, where)
             continue
         try:
-            result.problems.append(parse_problem(record, split))
+            problem = parse_problem(record, split)
         except InvalidRecord as err:
             result.skip(err.reason, where)
+            continue
+        if max_tests is not None:  # cap while loading: some APPS problems carry megabytes of tests
+            io = problem.input_output
+            io["inputs"], io["outputs"] = io["inputs"][:max_tests], io["outputs"][:max_tests]
+        result.problems.append(problem)
     return result
 
 
@@ -287,13 +292,14 @@ def is_hub_name(source: str) -> bool:
     return not Path(source).exists() and bool(_HUB_NAME.match(source)) and not source.endswith((".jsonl", ".json"))
 
 
-def load_apps(source: str | Path) -> LoadResult:
+def load_apps(source: str | Path, max_tests: int | None = None) -> LoadResult:
     """Load and validate all problems of an APPS source (hub name, JSONL file or APPS folder).
 
     Skipped records are counted per reason and logged once (a WARNING naming lines/folders).
 
     Args:
         source: Hub dataset id (`codeparrot/apps`), path to a `.jsonl` file, or an APPS folder with `train/`/`test/`.
+        max_tests: Keep only the first `max_tests` tests of each problem (None keeps all).
 
     Returns:
         The valid problems and the skip counts.
@@ -304,13 +310,13 @@ def load_apps(source: str | Path) -> LoadResult:
     source = str(source)
     path = Path(source).expanduser()
     if path.is_file():
-        result = _collect(_jsonl_records(path))
+        result = _collect(_jsonl_records(path), max_tests)
     elif path.is_dir():
         if not (path / "train").is_dir() and not (path / "test").is_dir():
             raise DataError(f"APPS folder {source} has neither train/ nor test/ sub-folders")
-        result = _collect(_folder_records(path))
+        result = _collect(_folder_records(path), max_tests)
     elif is_hub_name(source):
-        result = _collect(_hub_records(source))
+        result = _collect(_hub_records(source), max_tests)
     else:
         raise DataError(f"data source {source!r} not found: give an existing .jsonl file, APPS folder or hub id")
     if result.skipped:

@@ -62,17 +62,7 @@ PARQUET_SCHEMA = pa.schema(
 )
 
 
-def capped_tests(problem: AppsProblem, max_tests: int | None) -> dict[str, Any]:
-    """The problem's tests, keeping only the first `max_tests` cases if given."""
-    io = dict(problem.input_output)
-    if max_tests is not None:
-        io["inputs"], io["outputs"] = io["inputs"][:max_tests], io["outputs"][:max_tests]
-    return io
-
-
-def problem_to_row(
-    problem: AppsProblem, template_type: str, split: str, index: int, max_tests: int | None = None
-) -> dict[str, Any]:
+def problem_to_row(problem: AppsProblem, template_type: str, split: str, index: int) -> dict[str, Any]:
     """One parquet row (see `PARQUET_SCHEMA`) for a problem.
 
     Args:
@@ -81,7 +71,6 @@ def problem_to_row(
             completion prompt, which is also `raw_prompt`).
         split: `train` or `test`.
         index: Row index within the split.
-        max_tests: Keep only the first `max_tests` tests (None keeps all).
 
     Returns:
         Dict with the columns of `PARQUET_SCHEMA`.
@@ -92,7 +81,7 @@ def problem_to_row(
         prompt = chat_messages(problem.question, problem.starter_code, problem.fn_name)
     else:
         prompt = [{"role": "user", "content": raw_prompt}]
-    tests = json.dumps(capped_tests(problem, max_tests))
+    tests = json.dumps(problem.input_output)
     return {
         "data_source": DATA_SOURCE,
         "problem_id": problem.problem_id,
@@ -118,11 +107,9 @@ def problem_to_row(
     }
 
 
-def write_split(
-    problems: Sequence[AppsProblem], path: Path, split: str, template_type: str, max_tests: int | None = None
-) -> Path:
+def write_split(problems: Sequence[AppsProblem], path: Path, split: str, template_type: str) -> Path:
     """Write the rows of one split to a parquet file and return its path."""
-    rows = [problem_to_row(p, template_type, split, i, max_tests) for i, p in enumerate(problems)]
+    rows = [problem_to_row(p, template_type, split, i) for i, p in enumerate(problems)]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so concurrent readers (other ranks, parallel tests) never see a half-written file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -200,7 +187,7 @@ def preprocess(
     check_template_type(template_type)
     if max_tests is not None and max_tests < 1:
         raise DataError(f"--max_tests must be >= 1, got {max_tests}")
-    problems = load_apps(source).problems
+    problems = load_apps(source, max_tests).problems
     if difficulties:
         kept = [p for p in problems if p.difficulty in difficulties]
         log.info("kept %d of %d problems with difficulty in %s", len(kept), len(problems), list(difficulties))
@@ -210,8 +197,8 @@ def preprocess(
     train, test = split_problems(problems, test_size, seed)
     out = Path(local_dir)
     return {
-        "train": write_split(train, out / "train.parquet", "train", template_type, max_tests),
-        "test": write_split(test, out / "test.parquet", "test", template_type, max_tests),
+        "train": write_split(train, out / "train.parquet", "train", template_type),
+        "test": write_split(test, out / "test.parquet", "test", template_type),
     }
 
 
