@@ -1,0 +1,114 @@
+"""Typed argument groups of the PPO module; LightningCLI exposes every field with its docstring as `--help`.
+
+Defaults follow the reference recipe (Qwen2.5-3B-Instruct on APPS, lr 1e-6 actor / 1e-5 critic). Where a default
+differs from verl's, the field's docstring says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class PPOArgs:
+    """The PPO algorithm."""
+
+    adv_estimator: Literal["gae", "grpo", "rloo"] = "gae"
+    """Advantage estimator: `gae` uses the critic; `grpo`/`rloo` use group baselines over `rollout.n` samples."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batch_size: int = 16
+    """Sequences per optimizer step (after `rollout.n` expansion). The rollout batch is split into mini-batches."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward; gradients accumulate over a mini-batch."""
+    clip_ratio_low: float = 0.2
+    """Lower clip of the probability ratio (1 - clip_ratio_low)."""
+    clip_ratio_high: float = 0.2
+    """Upper clip of the probability ratio (1 + clip_ratio_high)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); None disables it."""
+    value_clip: float = 0.2
+    """Clip range of the value update around the old values."""
+    gamma: float = 1.0
+    """Discount factor of GAE."""
+    lam: float = 1.0
+    """GAE lambda."""
+    kl_coef: float = 0.0
+    """Coefficient of the per-token KL penalty in the reward (0 = no penalty; verl's default is 0.001)."""
+    kl_loss_coef: float = 0.0
+    """Coefficient of a KL term in the actor loss (GRPO style); 0 disables it."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """KL estimator for the reward penalty; the KL loss always uses the low-variance k3."""
+    kl_target: float | None = None
+    """Target KL of the adaptive controller (Ziegler et al. 2019); None keeps `kl_coef` fixed."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
+    """How token losses are aggregated."""
+    whiten_advantages: bool = True
+    """Whiten GAE advantages over the batch."""
+    critic_warmup: int = 0
+    """PPO iterations that update only the critic before the actor starts learning."""
+
+
+@dataclass
+class RolloutArgs:
+    """Generation of responses."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """`hf` = transformers generate (CPU and GPU); `vllm` = colocated vLLM engine (GPU, `[vllm]` extra)."""
+    n: int = 1
+    """Samples per prompt (set > 1 for grpo/rloo)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold for training rollouts."""
+    max_new_tokens: int = 512
+    """Maximum response length in tokens."""
+    val_greedy: bool = True
+    """Greedy decoding for validation."""
+    val_n: int = 1
+    """Samples per validation prompt; > 1 reports pass@k with the unbiased estimator (needs val_greedy: false)."""
+    vllm_gpu_memory_utilization: float = 0.4
+    """Fraction of GPU memory vLLM may take for weights and KV cache (vllm backend)."""
+
+
+@dataclass
+class RewardArgs:
+    """The evaluator that turns a response into a reward."""
+
+    workers: int | None = None
+    """Sandbox worker processes; None = the CPUs available."""
+    timeout: float = 4.0
+    """Wall-clock seconds per test."""
+    mode: Literal["strict", "apps"] = "strict"
+    """Output comparison: `strict` (exact after trailing whitespace; JSON for call-based) or `apps` (reference)."""
+    max_tests: int | None = 16
+    """Tests per problem for the training reward (a deterministic subset); validation always uses all tests."""
+    no_code_penalty: float = 0.0
+    """Added to the reward of a response without a fenced python block (e.g. -0.1)."""
+    memory_mb: int = 1024
+    """Memory cap per program in MiB."""
+
+
+@dataclass
+class OptimArgs:
+    """Optimizers and schedules (AdamW for actor and critic)."""
+
+    actor_lr: float = 1e-6
+    """Actor learning rate."""
+    critic_lr: float = 1e-5
+    """Critic learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warmup in optimizer steps."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warmup; cosine decays to 10% over `total_steps`."""
+    total_steps: int = 1000
+    """Optimizer steps the cosine schedule spans."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""

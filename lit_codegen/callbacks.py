@@ -1,0 +1,92 @@
+"""`PassRateValidation`: score the validation problems every N PPO iterations, before training and at the end.
+
+Generation is greedy by default (`model.rollout.val_greedy`); with `val_n > 1` samples per prompt it reports pass@k.
+Prompts are sharded over ranks batch by batch (batch i goes to rank i mod world size: no duplicates, no drops) and
+the torchmetrics states are summed across ranks, so every rank computes the same numbers; rank zero logs them.
+A table of sample generations goes to the logger (a wandb table, or `val_samples.jsonl` next to the CSV metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class PassRateValidation(Callback):
+    """Validation pass rate on a PPO-iteration schedule.
+
+    Args:
+        every_n_iterations: Validate after every N PPO iterations (0 = never during training).
+        before_training: Validate the initial policy before the first iteration.
+        at_end: Validate after the last iteration.
+        num_samples_logged: Sample generations per validation written to the logger.
+    """
+
+    def __init__(
+        self, every_n_iterations: int = 200, before_training: bool = True, at_end: bool = True,
+        num_samples_logged: int = 8,
+    ) -> None:
+        self.every_n_iterations = every_n_iterations
+        self.before_training = before_training
+        self.at_end = at_end
+        self.num_samples_logged = num_samples_logged
+        self._last_validated: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Validate the starting policy (skipped when resuming: that iteration was validated before)."""
+        if self.before_training and pl_module.ppo_iteration == 0:
+            self.validate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        """Validate on schedule and after the last iteration."""
+        it = pl_module.ppo_iteration
+        scheduled = self.every_n_iterations > 0 and it % self.every_n_iterations == 0
+        last = self.at_end and (it == trainer.max_steps or (trainer.is_last_batch and
+                                                              trainer.current_epoch + 1 == trainer.max_epochs))
+        if scheduled or last:
+            self.validate(trainer, pl_module)
+
+    def validate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """Score all validation prompts with the current policy and log `val/*` at the current iteration."""
+        it = pl_module.ppo_iteration
+        if self._last_validated == it:  # idempotent: hooks can fire twice for one iteration
+            return {}
+        self._last_validated = it
+        metrics, samples = pl_module.val_metrics, []
+        metrics.reset()
+        loader = trainer.datamodule.val_dataloader()
+        for i, batch in enumerate(loader):
+            if i % trainer.world_size != trainer.global_rank:
+                continue
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            roll, results = pl_module.score_batch(batch)
+            problem_index = roll.prompt_index.tolist()
+            metrics.update(results, [batch["difficulty"][j] for j in problem_index],
+                           group_size=pl_module.rollout_args.val_n)
+            for j, res in enumerate(results[: max(0, self.num_samples_logged - len(samples))]):
+                samples.append({"iteration": it, "problem_id": int(batch["problem_id"][problem_index[j]]),
+                                "response": roll.texts[j], "pass_rate": res.pass_rate, "outcomes": res.outcomes})
+        values = metrics.compute()  # every rank must reach this: the states are summed across ranks
+        metrics.reset()
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        self._log(trainer, values, samples, it)
+        return values
+
+    @rank_zero_only
+    def _log(self, trainer: Trainer, values: dict[str, float], samples: list[dict], it: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=it)
+            if isinstance(logger, WandbLogger) and samples:
+                columns = list(samples[0])
+                logger.log_table("val/samples", columns=columns, data=[[str(s[c]) for c in columns] for s in samples])
+            elif samples and logger.log_dir:
+                os.makedirs(logger.log_dir, exist_ok=True)
+                with open(os.path.join(logger.log_dir, "val_samples.jsonl"), "a") as f:
+                    f.writelines(json.dumps(s) + "\n" for s in samples)
+        summary = "  ".join(f"{k}={v:.3f}" for k, v in values.items() if "/score_band/" not in k)
+        print(f"[validation @ iteration {it}] {summary}", flush=True)

@@ -1,0 +1,487 @@
+"""`PPOModule`: actor, critic and frozen reference policy trained with PPO under Lightning manual optimization.
+
+One `training_step` is one PPO iteration on a prompt batch, written as numbered phases:
+
+    1. rollout      generate `rollout.n` responses per prompt (HF generate or vLLM)
+    2. reward       extract each program, score it in the sandbox (runs in the background during phase 3)
+    3. experience   old log-probs, reference log-probs and values of the sampled tokens
+    4. advantages   GAE with the critic, or GRPO / RLOO group baselines
+    5. update       `ppo_epochs` x mini-batches (micro-batch gradient accumulation) for critic, then actor
+    6. log          verl's metric names
+
+All math lives in `lit_codegen.ppo`; this file only orchestrates. Step counting: Lightning's `global_step` counts
+every `optimizer.step()` under manual optimization; here the optimizers step through the strategy without being
+counted and each PPO iteration adds exactly one step, so `max_steps`, `val_check_interval`-style schedules and
+checkpoint frequencies are PPO iterations, as in verl.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from lightning.pytorch import LightningModule
+
+from lit_codegen import ppo
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.data.prompts import extract_program
+from lit_codegen.metrics import PassRateMetrics
+from lit_codegen.models.critic import CriticModel
+from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from lit_codegen.parallel import gathered, shard_model
+from lit_codegen.reward import Evaluator
+from lit_codegen.rollout import HFRollout, Rollout, SamplingParams
+
+
+class PPOModule(LightningModule):
+    """PPO for code generation, rewarded by the fraction of tests a generated program passes.
+
+    Args:
+        model: Actor checkpoint: a hub id (`Qwen/Qwen2.5-3B-Instruct`), a local HF directory, or `tiny`.
+        critic_model: Critic backbone checkpoint; None = initialise from the (warm-started) actor.
+        warm_start_steps: SFT steps on the training problems' reference solutions before PPO (0 = none). The
+            warm-started model is cached and reused; `lit_codegen.sft.sft_warm_start` builds it.
+        warm_start_lr: Learning rate of the SFT warm start.
+        dtype: Parameter dtype of actor, critic and reference (`float32`, `bfloat16`).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        fsdp_cpu_offload: Under the FSDP (ModelParallel) strategy, keep sharded parameters and optimizer state on CPU.
+        algorithm: PPO settings.
+        rollout: Generation settings.
+        reward: Evaluator settings.
+        optim: Optimizer settings.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        critic_model: str | None = None,
+        warm_start_steps: int = 0,
+        warm_start_lr: float = 1e-3,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        fsdp_cpu_offload: bool = False,
+        algorithm: PPOArgs = PPOArgs(),
+        rollout: RolloutArgs = RolloutArgs(),
+        reward: RewardArgs = RewardArgs(),
+        optim: OptimArgs = OptimArgs(),
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters()
+        self.algo, self.rollout_args, self.reward_args, self.optim_args = algorithm, rollout, reward, optim
+        _check_args(algorithm, rollout)
+        self.model_path = resolve_model_path(model)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.uses_critic = algorithm.adv_estimator == "gae"
+        self.uses_ref = algorithm.kl_coef > 0 or algorithm.kl_loss_coef > 0
+        if algorithm.kl_target is None:
+            self.kl_ctl = ppo.FixedKLController(algorithm.kl_coef)
+        else:
+            self.kl_ctl = ppo.AdaptiveKLController(algorithm.kl_coef, algorithm.kl_target, algorithm.kl_horizon)
+        self.ppo_iteration = 0
+        self.val_metrics = PassRateMetrics()
+        self.actor = self.critic = self.ref = None
+        self._evaluator: Evaluator | None = None
+        self._engine = None
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        """Run the SFT warm start (rank zero builds it once, the others wait) before the models are built."""
+        if self.hparams.warm_start_steps > 0 and self.actor is None:
+            from lit_codegen.sft import sft_warm_start
+
+            if self.trainer.is_global_zero:
+                self.model_path = str(sft_warm_start(
+                    self.model_path, steps=self.hparams.warm_start_steps, lr=self.hparams.warm_start_lr,
+                    datamodule=self.trainer.datamodule,
+                ))
+            self.trainer.strategy.barrier("warm_start")  # every rank must reach this
+            self.model_path = self.trainer.strategy.broadcast(self.model_path)
+
+    def configure_model(self) -> None:
+        """Build actor, critic and (when a KL term is on) the frozen reference policy."""
+        if self.actor is not None:
+            return
+        hp = self.hparams
+        self.actor = load_causal_lm(self.model_path, dtype=hp.dtype, gradient_checkpointing=hp.gradient_checkpointing)
+        self.actor.train()  # from_pretrained returns eval mode; Qwen2 has no dropout, but say what we mean
+        if self.uses_critic:
+            self.critic = CriticModel.from_pretrained(
+                hp.critic_model or self.model_path, dtype=hp.dtype, gradient_checkpointing=hp.gradient_checkpointing
+            ).train()
+        if self.uses_ref:
+            self.ref = load_causal_lm(self.model_path, dtype=hp.dtype).eval().requires_grad_(False)
+        if self.device_mesh is not None:  # ModelParallelStrategy: shard every model over the data-parallel ranks
+            mixed = "bf16" in str(self.trainer.precision)
+            for model in (self.actor, self.critic, self.ref):
+                if model is not None:
+                    shard_model(model, self.device_mesh["data_parallel"], mixed, hp.fsdp_cpu_offload)
+
+    def configure_optimizers(self):
+        """AdamW for the actor and (with GAE) the critic, each with linear warmup and an optional cosine decay."""
+        o = self.optim_args
+        optimizers = [torch.optim.AdamW(self.actor.parameters(), lr=o.actor_lr, weight_decay=o.weight_decay)]
+        if self.uses_critic:
+            optimizers.append(torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr, weight_decay=o.weight_decay))
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o)) for opt in optimizers]
+        return optimizers, schedulers
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The sandboxed evaluator, started on first use and closed at teardown."""
+        if self._evaluator is None:
+            r = self.reward_args
+            self._evaluator = Evaluator(workers=r.workers, timeout=r.timeout, mode=r.mode, memory_mb=r.memory_mb)
+        return self._evaluator
+
+    @property
+    def engine(self):
+        """The rollout engine (HF generate or vLLM) behind `lit_codegen.rollout.RolloutEngine`."""
+        if self._engine is None:
+            if self.rollout_args.backend == "vllm":
+                from lit_codegen.rollout_vllm import VLLMRollout
+
+                self._engine = VLLMRollout(self.model_path, self.tokenizer, self.rollout_args)
+            else:  # every rank must run the same number of decoding steps when parameters are sharded
+                self._engine = HFRollout(self.actor, self.tokenizer, synced_gpus=self.trainer.world_size > 1)
+        return self._engine
+
+    def generate(self, batch: dict, params: SamplingParams) -> Rollout:
+        """Roll out the current actor on a prompt batch (parameters gathered once if sharded)."""
+        with gathered(self.actor):
+            return self.engine.generate(batch["input_ids"], batch["attention_mask"], params)
+
+    def teardown(self, stage: str) -> None:
+        """Stop the sandbox workers."""
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
+
+    # ----------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        """One PPO iteration on a batch of prompts (see the module docstring for the phases)."""
+        timing: dict[str, float] = {}
+        t_start = time.perf_counter()
+        a = self.algo
+        # 1. rollout
+        with _timer(timing, "gen"):
+            roll = self.generate(batch, self.train_sampling())
+        # 2. reward, in the background while phase 3 runs
+        tests = [batch["input_output"][i] for i in roll.prompt_index.tolist()]
+        programs = [extract_program(t) for t in roll.texts]
+        pending = self.evaluator.evaluate_async(programs, tests, max_tests=self.reward_args.max_tests)
+        # 3. experience
+        seq, attn, pos = _sequences(roll)
+        p_len, mask = roll.prompt_ids.shape[1], roll.response_mask.to(torch.float32)
+        with _timer(timing, "old_log_prob"):
+            old_logprobs = self._logprobs(self.actor, seq, attn, pos, p_len)
+        ref_logprobs = None
+        if self.uses_ref:
+            with _timer(timing, "ref"):
+                ref_logprobs = self._logprobs(self.ref, seq, attn, pos, p_len)
+        values = None
+        if self.uses_critic:
+            with _timer(timing, "values"):
+                values = self._values(seq, attn, pos, p_len) * mask
+        with _timer(timing, "reward"):
+            results = pending.result()
+        scores = self._scores(results, roll.texts).to(self.device)
+        # 4. advantages
+        kl = ppo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask if ref_logprobs is not None else None
+        advantages, returns = self._advantages(scores, values, kl, mask, roll)
+        # 5. update
+        exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                   values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
+        metrics: dict[str, float] = {}
+        if self.uses_critic:
+            with _timer(timing, "update_critic"):
+                metrics |= self._update_critic(exp, p_len)
+        if self.ppo_iteration >= a.critic_warmup:
+            with _timer(timing, "update_actor"):
+                metrics |= self._update_actor(exp, p_len)
+        for scheduler in _as_list(self.lr_schedulers()):
+            scheduler.step()
+        if kl is not None:  # Ziegler et al. track the KL of whole sequences
+            self.kl_ctl.update(kl.sum(-1).mean().item(), len(scores))
+        self._count_iteration()
+        # 6. log
+        timing["step"] = time.perf_counter() - t_start
+        self._log_iteration(metrics, timing, scores, results, roll, kl, mask, batch, values, returns)
+
+    def train_sampling(self) -> SamplingParams:
+        """Sampling settings of training rollouts."""
+        r = self.rollout_args
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, n=r.n)
+
+    def val_sampling(self) -> SamplingParams:
+        """Sampling settings of validation (greedy by default)."""
+        r = self.rollout_args
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                              n=r.val_n, greedy=r.val_greedy)
+
+    def _logprobs(self, model, seq, attn, pos, p_len: int) -> torch.Tensor:
+        """Log-probs (N, R) of the response tokens under `model`, in micro-batches, without gradients."""
+        out = []
+        with torch.no_grad():
+            for idx in _chunks(seq.shape[0], self.algo.micro_batch_size):
+                logits = model(input_ids=seq[idx], attention_mask=attn[idx], position_ids=pos[idx]).logits
+                out.append(self._token_logprobs(logits, seq[idx], p_len))
+        return torch.cat(out)
+
+    def _token_logprobs(self, logits: torch.Tensor, seq: torch.Tensor, p_len: int) -> torch.Tensor:
+        """(n, P+R, V) logits -> (n, R) log-probs of the sampled response tokens at the rollout temperature."""
+        return ppo.logprobs_from_logits(logits[:, p_len - 1 : -1], seq[:, p_len:], self.rollout_args.temperature)
+
+    def _values(self, seq, attn, pos, p_len: int, grad: bool = False) -> torch.Tensor:
+        """Critic values (n, R) of the states before each response token."""
+        with torch.set_grad_enabled(grad):
+            chunks = [self.critic(seq[i], attn[i], pos[i])[:, p_len - 1 : -1] for i in
+                      ([slice(None)] if grad else _chunks(seq.shape[0], self.algo.micro_batch_size))]
+        return torch.cat(chunks).float()
+
+    def _scores(self, results, texts: list[str]) -> torch.Tensor:
+        """Terminal reward (N,): pass rate, plus the no-code penalty where a response has no code block."""
+        scores = torch.tensor([res.pass_rate for res in results], dtype=torch.float32)
+        if self.reward_args.no_code_penalty:
+            no_code = torch.tensor(["```" not in t for t in texts])  # the chat template asks for a fenced block
+            scores = scores + self.reward_args.no_code_penalty * no_code
+        return scores
+
+    def _advantages(self, scores, values, kl, mask, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advantages and returns (N, R) with the configured estimator."""
+        a = self.algo
+        if a.adv_estimator == "gae":
+            rewards = ppo.terminal_token_rewards(scores, mask, kl, self.kl_ctl.value)
+            advantages, returns = ppo.compute_gae(rewards, values, mask, a.gamma, a.lam)
+            if a.whiten_advantages:
+                advantages = ppo.masked_whiten(advantages, mask)
+            return advantages * mask, returns
+        if a.adv_estimator == "grpo":
+            advantages = ppo.grpo_advantages(scores, self.rollout_args.n, mask)
+        else:
+            advantages = ppo.rloo_advantages(scores, self.rollout_args.n, mask)
+        return advantages, advantages
+
+    def _update_critic(self, exp: dict, p_len: int) -> dict[str, float]:
+        """`ppo_epochs` x mini-batches of clipped value-loss steps; returns metrics averaged over mini-batches."""
+        a, opt = self.algo, self._raw_optimizers()[1]
+        stats = _Mean()
+        for mb in self._minibatches(exp["seq"].shape[0]):
+            opt.zero_grad(set_to_none=True)
+            norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
+            for idx in mb.split(a.micro_batch_size):
+                values = self._values(exp["seq"][idx], exp["attn"][idx], exp["pos"][idx], p_len, grad=True)
+                loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["mask"][idx],
+                                                a.value_clip, a.loss_agg, norm)
+                self.manual_backward(loss)
+                logs.add(**{"critic/vf_loss": loss.item(), "critic/vf_clipfrac": clipfrac.item() * len(idx) / len(mb)})
+            stats.add(**logs.sums, **{"critic/grad_norm": self._step(opt, self.critic)})
+        return stats.result()
+
+    def _update_actor(self, exp: dict, p_len: int) -> dict[str, float]:
+        """`ppo_epochs` x mini-batches of clipped policy-loss steps (+ entropy bonus, + KL loss); averaged metrics."""
+        a, opt = self.algo, self._raw_optimizers()[0]
+        stats = _Mean()
+        for mb in self._minibatches(exp["seq"].shape[0]):
+            opt.zero_grad(set_to_none=True)
+            norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
+            for idx in mb.split(a.micro_batch_size):
+                m, share = exp["mask"][idx], len(idx) / len(mb)
+                logits = self.actor(input_ids=exp["seq"][idx], attention_mask=exp["attn"][idx],
+                                    position_ids=exp["pos"][idx]).logits
+                logprobs = self._token_logprobs(logits, exp["seq"][idx], p_len)
+                loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
+                                           a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm)
+                logs.add(**{"actor/pg_loss": loss.item(), "actor/pg_clipfrac": pg["clipfrac"].item() * share,
+                            "actor/ppo_kl": pg["approx_kl"].item() * share})
+                with torch.set_grad_enabled(a.entropy_coef > 0):  # always logged, only differentiated if used
+                    entropy_tokens = ppo.entropy_from_logits(logits[:, p_len - 1 : -1], self.rollout_args.temperature)
+                    entropy = ppo.aggregate_loss(entropy_tokens, m, a.loss_agg, norm)
+                loss = loss - a.entropy_coef * entropy
+                logs.add(**{"actor/entropy": entropy.item()})
+                if a.kl_loss_coef > 0:
+                    kl_tokens = ppo.kl_penalty(logprobs, exp["ref_logprobs"][idx], "k3")
+                    kl_loss = ppo.aggregate_loss(kl_tokens, m, a.loss_agg, norm)
+                    loss = loss + a.kl_loss_coef * kl_loss
+                    logs.add(**{"actor/kl_loss": kl_loss.item()})
+                self.manual_backward(loss)
+            stats.add(**logs.sums, **{"actor/grad_norm": self._step(opt, self.actor)})
+        return stats.result()
+
+    def _normalizer(self, mb_mask: torch.Tensor) -> float:
+        """Loss denominator of a whole mini-batch, so summed micro-batch losses equal the mini-batch loss."""
+        if self.algo.loss_agg == "token-mean":
+            return float(mb_mask.sum())
+        return float(mb_mask.bool().any(-1).sum())
+
+    def _minibatches(self, n: int) -> Iterator[torch.Tensor]:
+        """Shuffled mini-batch indices for `ppo_epochs` passes over `n` sequences."""
+        for _ in range(self.algo.ppo_epochs):
+            perm = torch.randperm(n, device=self.device)
+            yield from perm.split(self.algo.mini_batch_size)
+
+    def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [opt.optimizer for opt in _as_list(self.optimizers())]
+
+    def _step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> float:
+        """Clip gradients and step through the strategy without counting a trainer step; returns the grad norm."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.optim_args.max_grad_norm)
+        self.trainer.strategy.optimizer_step(optimizer, closure=_no_op)
+        return float(grad_norm)
+
+    def _count_iteration(self) -> None:
+        """One PPO iteration = one trainer step (`global_step`), whatever the number of optimizer steps in it."""
+        self.ppo_iteration += 1
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _log_iteration(self, metrics, timing, scores, results, roll, kl, mask, batch, values, returns) -> None:
+        """Log verl-named metrics for this iteration (reward and pass rate in the progress bar)."""
+        lengths = mask.sum(-1)
+        n_tokens = float(lengths.sum() + roll.prompt_mask.sum())
+        metrics |= {
+            "critic/score/mean": scores.mean().item(),
+            "critic/pass_rate/mean": float(sum(r.pass_rate for r in results) / len(results)),
+            "response_length/mean": lengths.mean().item(),
+            "response_length/clip_ratio": roll.truncated.float().mean().item(),
+            "perf/throughput": n_tokens / timing["step"],
+            "actor/lr": self._raw_optimizers()[0].param_groups[0]["lr"],
+            "ppo_iteration": float(self.ppo_iteration),
+        }
+        if kl is not None:
+            metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask).item()
+            metrics["actor/kl_coef"] = self.kl_ctl.value
+        if values is not None:
+            metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
+        difficulties = [batch["difficulty"][i] for i in roll.prompt_index.tolist()]
+        for level in sorted(set(difficulties)):
+            rates = [r.pass_rate for r, d in zip(results, difficulties) if d == level]
+            metrics[f"critic/pass_rate/{level}"] = sum(rates) / len(rates)
+        metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
+        self.log_dict(metrics, batch_size=len(scores))
+        self.log("reward", metrics["critic/score/mean"], prog_bar=True, logger=False, batch_size=len(scores))
+
+    # ----------------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def score_batch(self, batch: dict) -> tuple[Rollout, list]:
+        """Generate for a validation batch (greedy by default) and score every program on all its tests."""
+        roll = self.generate(batch, self.val_sampling())
+        tests = [batch["input_output"][i] for i in roll.prompt_index.tolist()]
+        results = self.evaluator.evaluate([extract_program(t) for t in roll.texts], tests)
+        return roll, results
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Score a validation batch and accumulate `val/*` metrics (logged at epoch end)."""
+        roll, results = self.score_batch(batch)
+        self.val_metrics.update(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()],
+                                group_size=self.rollout_args.val_n)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the accumulated validation metrics and reset them."""
+        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.log("val/pass_rate", self.val_metrics.compute()["val/pass_rate"], prog_bar=True)
+        self.val_metrics.reset()
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the PPO state (iteration, KL controller, warm-started path); drop the frozen reference weights."""
+        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
+                                   "model_path": self.model_path}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the PPO state; the reference policy is rebuilt from the initial weights, not the checkpoint."""
+        state = checkpoint.get("ppo_state")
+        if state is None:
+            raise ValueError("checkpoint has no 'ppo_state': it was not written by PPOModule "
+                             "(use the model class that wrote it, e.g. lit_codegen.sft.SFTModule)")
+        self.ppo_iteration = state["ppo_iteration"]
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        if self.ref is not None:
+            checkpoint["state_dict"].update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
+
+
+def _check_args(a: PPOArgs, r: RolloutArgs) -> None:
+    """Reject settings that cannot work, naming the flag and the fix."""
+    if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
+        raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
+                         "(it compares samples of the same prompt)")
+    if a.micro_batch_size > a.mini_batch_size:
+        raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
+    if r.val_n > 1 and r.val_greedy:
+        raise ValueError("--model.rollout.val_n > 1 needs --model.rollout.val_greedy false (greedy samples coincide)")
+
+
+def _lr_lambda(o: OptimArgs):
+    """Linear warmup, then constant or cosine decay to 10% of the peak."""
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, o.total_steps - o.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _sequences(roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + response ids, attention mask and position ids (N, P+R) that match generation's positions."""
+    seq = torch.cat([roll.prompt_ids, roll.response_ids], dim=1)
+    attn = torch.cat([roll.prompt_mask, roll.response_mask], dim=1).long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return seq, attn, pos
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def _no_op() -> None:
+    return None
+
+
+@contextmanager
+def _timer(timing: dict[str, float], key: str):
+    start = time.perf_counter()
+    yield
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+
+
+class _Sum:
+    """Sums of scalar metrics over the micro-batches of one mini-batch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+
+class _Mean:
+    """Running means of scalar metrics over the mini-batches of one iteration."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def result(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+__all__ = ["PPOModule", "PPOArgs", "RolloutArgs", "RewardArgs", "OptimArgs"]

@@ -1,0 +1,81 @@
+"""Fully sharded data parallel (FSDP2, `torch.distributed.fsdp.fully_shard`) for actor, critic and reference.
+
+Used by `PPOModule.configure_model` under Lightning's `ModelParallelStrategy`, which hands the module a device mesh:
+
+    trainer:
+      strategy:
+        class_path: lightning.pytorch.strategies.ModelParallelStrategy
+        init_args: {data_parallel_size: 4, tensor_parallel_size: 1}
+
+Each decoder layer is its own FSDP unit (parameters all-gathered layer by layer), then the root module. With
+`precision: bf16-mixed` the layers compute in bfloat16 while fp32 master weights and fp32 gradient reduction stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of an HF model (the classes it lists in `_no_split_modules`), in order."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    if not names and hasattr(model, "backbone"):  # CriticModel wraps an HF backbone
+        names = set(getattr(model.backbone, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find decoder layers to shard in {type(model).__name__}")
+    return layers
+
+
+def shard_model(model: nn.Module, mesh, mixed_precision: bool = False, cpu_offload: bool = False) -> nn.Module:
+    """Apply `fully_shard` to every decoder layer and then to the whole model (in place).
+
+    Args:
+        model: An HF causal LM or `CriticModel`.
+        mesh: The 1-D data-parallel device mesh to shard over.
+        mixed_precision: Compute in bfloat16, keep fp32 master weights and reduce gradients in fp32.
+        cpu_offload: Keep sharded parameters, gradients and optimizer state in CPU memory.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {"mesh": mesh}
+    if mixed_precision:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True if `model` was wrapped by `fully_shard`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[nn.Module]:
+    """Keep a sharded model's parameters gathered for many forward passes (generation), then reshard.
+
+    Without it, every decoding step would all-gather and free each layer again. No-op for unsharded models.
+    """
+    if not is_sharded(model):
+        yield model
+        return
+    units = [m for m in model.modules() if is_sharded(m)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()

@@ -1,0 +1,78 @@
+"""PPOModule end to end on the tiny model: parameters move, the reference stays frozen, steps count PPO iterations."""
+
+import lightning as L
+import pytest
+import torch
+
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.module import PPOModule
+
+
+def make(adv_estimator="gae", n=2, kl_coef=0.05, lr=1e-2, ppo_epochs=1, mini=8, micro=4, batch=4, **algo):
+    module = PPOModule(
+        model="tiny",
+        algorithm=PPOArgs(adv_estimator=adv_estimator, ppo_epochs=ppo_epochs, mini_batch_size=mini,
+                          micro_batch_size=micro, kl_coef=kl_coef, **algo),
+        rollout=RolloutArgs(n=n, max_new_tokens=12),
+        reward=RewardArgs(workers=1, max_tests=2),
+        optim=OptimArgs(actor_lr=lr, critic_lr=lr, max_grad_norm=1e9),
+    )
+    data = AppsDataModule(template_type="base", train_batch_size=batch, val_batch_size=8)
+    data.connect(module.tokenizer)
+    return module, data
+
+
+def trainer(max_steps, **kw):
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, **kw)
+
+
+def test_one_iteration_changes_every_trainable_param_and_not_the_reference():
+    L.seed_everything(0)
+    module, data = make()
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer(1).fit(module, datamodule=data)
+    changed = {n: not torch.equal(before[n], p.detach()) for n, p in module.named_parameters()}
+    for name, did_change in changed.items():
+        if name.startswith("ref."):
+            assert not did_change, f"reference policy parameter {name} changed"
+        else:
+            assert did_change, f"trainable parameter {name} did not change"
+    assert any(n.startswith("critic.") for n in changed) and any(n.startswith("ref.") for n in changed)
+    assert not any(p.requires_grad for p in module.ref.parameters())
+
+
+@pytest.mark.parametrize("ppo_epochs,mini,micro", [(1, 8, 8), (2, 4, 2)])
+def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, micro):
+    L.seed_everything(0)
+    module, data = make(ppo_epochs=ppo_epochs, mini=mini, micro=micro)
+    calls = []
+    module.training_step = _counting(module.training_step, calls)
+    t = trainer(3)
+    t.fit(module, datamodule=data)
+    assert len(calls) == 3  # 3 prompt batches = 3 PPO iterations, whatever the optimizer steps per iteration
+    assert module.ppo_iteration == 3 and t.global_step == 3
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_critic_free_estimators_train_without_a_critic(estimator):
+    L.seed_everything(0)
+    module, data = make(adv_estimator=estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1)
+    trainer(1).fit(module, datamodule=data)
+    assert module.critic is None and module.ref is not None
+    assert module.ppo_iteration == 1
+
+
+def test_bad_settings_name_the_flag():
+    with pytest.raises(ValueError, match="rollout.n"):
+        PPOModule(algorithm=PPOArgs(adv_estimator="grpo"), rollout=RolloutArgs(n=1))
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped
