@@ -288,19 +288,22 @@ class Evaluator:
         self.close()
 
     # -- evaluation ------------------------------------------------------------------------------------------------
-    def imap(self, programs: Sequence[str], tests: Sequence[str | dict]) -> Iterator[tuple[int, EvalResult]]:
+    def imap(self, programs: Sequence[str], tests: Sequence[str | dict],
+             max_tests: int | None | str = "default") -> Iterator[tuple[int, EvalResult]]:
         """Score programs, yielding ``(index, result)`` as each program finishes (completion order).
 
         Args:
             programs: Python sources, one per problem instance.
             tests: per program, the APPS ``input_output`` JSON string or parsed dict.
+            max_tests: per-call test cap overriding the evaluator's (None = all tests); "default" keeps it.
 
         Yields:
             ``(index into programs, EvalResult)``.
         """
         if len(programs) != len(tests):
             raise ValueError(f"got {len(programs)} programs but {len(tests)} test specifications")
-        parsed = [parse_tests(t, self.max_tests, self.mode) for t in tests]
+        cap = self.max_tests if max_tests == "default" else max_tests
+        parsed = [parse_tests(t, cap, self.mode) for t in tests]
         self.start()
         batch = _Batch(parsed, self.mode)
         jobs = []
@@ -326,29 +329,32 @@ class Evaluator:
         finally:
             batch.cancelled = True
 
-    def evaluate(self, programs: Sequence[str], tests: Sequence[str | dict]) -> list[EvalResult]:
+    def evaluate(self, programs: Sequence[str], tests: Sequence[str | dict],
+                 max_tests: int | None | str = "default") -> list[EvalResult]:
         """Score programs and return their results in the order of ``programs``.
 
         Args:
             programs: Python sources, one per problem instance.
             tests: per program, the APPS ``input_output`` JSON string or parsed dict.
+            max_tests: per-call test cap overriding the evaluator's (None = all tests); "default" keeps it.
 
         Returns:
             One EvalResult per program.
         """
         results: list[EvalResult | None] = [None] * len(programs)
-        for index, result in self.imap(programs, tests):
+        for index, result in self.imap(programs, tests, max_tests):
             results[index] = result
         return results
 
-    def evaluate_async(self, programs: Sequence[str], tests: Sequence[str | dict]) -> concurrent.futures.Future:
+    def evaluate_async(self, programs: Sequence[str], tests: Sequence[str | dict],
+                       max_tests: int | None | str = "default") -> concurrent.futures.Future:
         """Like :meth:`evaluate`, in the background; the future's result is the list of EvalResult."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("Evaluator is closed")
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="evaluate-async")
-            return self._executor.submit(self.evaluate, list(programs), list(tests))
+            return self._executor.submit(self.evaluate, list(programs), list(tests), max_tests)
 
     def _serve(self, worker: _Worker) -> None:
         while (job := self._jobs.get()) is not None:
