@@ -25,6 +25,7 @@ This module uses the standard library only and has no side effects at import tim
 import builtins
 import ctypes
 import errno
+import fcntl
 import io
 import json
 import math
@@ -169,6 +170,13 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
+def _high_fd(fd: int) -> int:
+    """Move a descriptor to 10 or above, out of the way of the 0-3 the sandboxed child uses."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 def _others_can_enter(path: str) -> bool:
     """True when a process of an unrelated uid can traverse every directory on the way to ``path``."""
     parts = os.path.abspath(path).split("/")
@@ -242,10 +250,11 @@ class Sandbox:
         if "numpy" in sys.modules:
             self.header_globals["np"] = sys.modules["numpy"]
         self.baseline_vm = self._vm_size()
-        self.devnull = os.open(os.devnull, os.O_RDWR)
-        self.stdin_fd = os.memfd_create("stdin")
-        self.stdout_fd = os.memfd_create("stdout")
-        self.result_fd = os.memfd_create("result")
+        self.log_fd = _high_fd(os.dup(2))
+        self.devnull = _high_fd(os.open(os.devnull, os.O_RDWR))
+        self.stdin_fd = _high_fd(os.memfd_create("stdin"))
+        self.stdout_fd = _high_fd(os.memfd_create("stdout"))
+        self.result_fd = _high_fd(os.memfd_create("result"))
 
     # -- setup ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -294,6 +303,7 @@ class Sandbox:
                                 ctypes.c_uint32(0))
         if ruleset < 0:
             return None
+        ruleset = _high_fd(ruleset)
         read = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
         rules = [(d, read) for d in (*READABLE_SYSTEM_DIRS, *_python_dirs()) if os.path.exists(d)]
         rules += [(self.workdir, fs), (os.devnull, LL_READ_FILE | LL_WRITE_FILE)]
@@ -368,6 +378,11 @@ class Sandbox:
             try:
                 self._enter_sandbox(cpu_limit)
                 code = _execute(source, fn_name, test_input, self.header_globals)
+            except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
+                try:
+                    os.write(self.log_fd, f"sandbox_worker: test setup failed: {exc!r}\n".encode())
+                except OSError:
+                    pass
             finally:
                 os._exit(code)
         pidfd = os.pidfd_open(pid)
@@ -501,14 +516,15 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     module.__dict__.update(header_globals)
     module.__builtins__ = builtins
     sys.modules[module.__name__] = module
-    try:
-        code = compile(source, "solution.py", "exec")
-    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
+    code = _compile(source, fn_name is None)
+    if code is None:
         return EXIT_COMPILE_ERROR
     payload = None
     try:
         try:
             exec(code, module.__dict__)
+            if "__apps_main__" in module.__dict__ and code.co_filename == "solution_wrapped.py":
+                module.__apps_main__()
         except SystemExit as exc:
             if exc.code not in (None, 0) or fn_name is not None:
                 return EXIT_RUNTIME_ERROR
@@ -536,6 +552,27 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     except BaseException:  # noqa: BLE001 - any exception of the candidate is a runtime error
         return EXIT_RUNTIME_ERROR
     return EXIT_OK
+
+
+def _compile(source: str, allow_top_level_return: bool):
+    """Compile the program; None on a compile error.
+
+    APPS stdin solutions sometimes use a top-level ``return`` to stop early (the reference harness wraps
+    programs in a function). Only when plain compilation fails for that reason, the program is compiled
+    as the body of a function that is then called, like the reference does.
+    """
+    try:
+        return compile(source, "solution.py", "exec")
+    except SyntaxError as exc:
+        if not allow_top_level_return or "'return' outside function" not in str(exc):
+            return None
+    except (ValueError, OverflowError, RecursionError, MemoryError):
+        return None
+    body = "".join(" " + line for line in source.splitlines(keepends=True))
+    try:
+        return compile("def __apps_main__():\n" + body + "\n", "solution_wrapped.py", "exec")
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
+        return None
 
 
 def _resolve_function(module: types.ModuleType, fn_name: str, source: str):

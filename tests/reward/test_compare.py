@@ -1,0 +1,79 @@
+"""Judging rules (strict and apps), test parsing and sampling, score bands: pure functions, no sandbox."""
+
+import json
+
+import pytest
+
+from lit_codegen.reward.compare import judge, json_equal, normalise_text, parse_tests
+from lit_codegen.reward.report import SCORE_BANDS, format_table, score_band, score_bands, summarize
+
+
+def test_strict_text_ignores_only_trailing_whitespace_and_trailing_empty_lines():
+    assert judge(b"1 2  \n3\n\n\n", "1 2\n3\n", call_based=False)
+    assert judge(b"1 2\r\n3", "1 2\n3\n", call_based=False)
+    assert not judge(b" 1 2\n3\n", "1 2\n3\n", call_based=False)  # leading space matters
+    assert not judge(b"3\n1 2\n", "1 2\n3\n", call_based=False)
+    assert not judge(b"240.0\n", "240\n", call_based=False)
+    assert normalise_text("a \n\nb\t\n\n") == "a\n\nb"
+
+
+def test_apps_text_reproduces_reference_laxities():
+    # token-set match: line order, token order and repetitions are ignored
+    assert judge(b"2 1\n1 2\n", "1 2\n", call_based=False, mode="apps")
+    assert not judge(b"2 1\n1 2\n", "1 2\n", call_based=False, mode="strict")
+    # floats: allclose, and rounding to 3 decimals in the token-set stage
+    assert judge(b"240.0\n", "240\n", call_based=False, mode="apps")
+    assert judge(b"0.3333334\n", "0.3333333\n", call_based=False, mode="apps")
+    assert judge(b"  1\n\n 2 \n", "1\n2\n", call_based=False, mode="apps")
+    assert not judge(b"1\n3\n", "1\n2\n", call_based=False, mode="apps")
+
+
+def test_strict_call_based_is_json_equality_with_codewars_unwrapping():
+    assert judge(b"[1, 2]", [1, 2], call_based=True)
+    assert judge(b"false", [False], call_based=True)  # Codewars outputs are wrapped in a one-element list
+    assert judge(b"1.0", 1, call_based=True)  # one JSON number type
+    assert not judge(b"1", True, call_based=True)  # but a boolean is not a number
+    assert not judge(b"0", [False], call_based=True)
+    assert not judge(None, 1, call_based=True)  # value was not JSON-serialisable
+    assert not judge(b"{\"1\": 2}", {"1": 3}, call_based=True)
+    assert json_equal({"a": [1, 2.0]}, {"a": [1.0, 2]})
+
+
+def test_apps_call_based_uses_python_equality():
+    assert judge(b"1", True, call_based=True, mode="apps")
+    assert judge(b"{\"1\": \"a\"}", {"1": "a"}, call_based=True, mode="apps")
+
+
+def test_parse_tests_formats_and_deterministic_cap():
+    spec = {"inputs": [["a", "b"], "c\n"], "outputs": [["x", "y"], "z\n"]}
+    parsed = parse_tests(json.dumps(spec))
+    assert parsed.inputs == ["a\nb", "c\n"] and parsed.outputs == ["x\ny", "z\n"] and parsed.fn_name is None
+    big = {"fn_name": "f", "inputs": [[i] for i in range(50)], "outputs": list(range(50))}
+    first = parse_tests(big, max_tests=5)
+    assert first.indices == parse_tests(json.dumps(big), max_tests=5).indices  # same pick every time
+    assert len(first.indices) == 5 and first.indices != [0, 1, 2, 3, 4]
+    assert first.inputs == [[i] for i in first.indices] and first.outputs == first.indices
+    with pytest.raises(ValueError):
+        parse_tests({"inputs": [1], "outputs": []})
+
+
+def test_score_bands_edges_go_to_the_higher_band():
+    assert [score_band(x) for x in (0.0, 0.19, 0.2, 0.4, 0.6, 0.8, 0.99, 1.0)] == [
+        "Very Poor", "Very Poor", "Poor", "Fair", "Good", "Excellent", "Excellent", "Excellent"]
+    assert score_band(1 / 5) == "Poor" and score_band(3 * 0.2) == "Good"  # float noise at the edges
+    assert list(score_bands([0.1, 0.5, 1.0])) == list(SCORE_BANDS)
+
+
+def test_summarize_per_difficulty():
+    rows = [{"difficulty": "introductory", "pass_rate": 1.0, "n_tests": 2, "outcomes": ["passed"] * 2},
+            {"difficulty": "introductory", "pass_rate": 0.5, "n_tests": 2, "outcomes": ["passed", "timeout"]},
+            {"difficulty": "interview", "pass_rate": 0.0, "n_tests": 1, "outcomes": ["compile_error"]}]
+    summary = summarize(rows, wall_time_s=2.0, protections=["x"])
+    assert summary["mean_pass_rate"] == pytest.approx(0.5)
+    assert summary["strict_accuracy"] == pytest.approx(1 / 3)
+    assert summary["by_difficulty"]["introductory"]["mean_pass_rate"] == pytest.approx(0.75)
+    assert summary["by_difficulty"]["introductory"]["strict_accuracy"] == pytest.approx(0.5)
+    assert summary["verdicts"] == {"passed": 3, "timeout": 1, "compile_error": 1}
+    assert summary["score_bands"] == {"Very Poor": 1, "Poor": 0, "Fair": 1, "Good": 0, "Excellent": 1}
+    assert summary["tests_per_s"] == pytest.approx(2.5) and summary["protections"] == ["x"]
+    assert "interview" in format_table(summary)

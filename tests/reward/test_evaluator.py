@@ -1,0 +1,110 @@
+"""APPS execution semantics, every verdict kind, the test cap and the Evaluator API (streaming, async, lifecycle)."""
+
+import pickle
+import threading
+
+import pytest
+
+from lit_codegen.reward import VERDICTS, EvalResult, Evaluator
+
+STDIN_ECHO_DOUBLE = {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]}
+
+
+@pytest.mark.parametrize("program", [
+    "n = int(input())\nprint(2 * n)",
+    "import sys\n\ndef main():\n    print(2 * int(sys.stdin.readline()))\n\nif __name__ == '__main__':\n    main()\n",
+    "import sys\nprint(2 * int(sys.stdin.buffer.read().decode()))",
+    "total = 0\ndef add(x):\n    global total\n    total += x\nadd(2 * int(input()))\nprint(total)\nexit()\nprint('unreachable')",
+    "n = int(open(0).read())\nprint(2 * n)\nraise SystemExit(0)",
+    "print(Counter('aa')['a'] * int(input()))",  # the APPS header's imports are available
+    "n = int(input())\nif n > 0:\n    print(2 * n)\n    return\nprint('negative')",  # top-level return
+])
+def test_stdin_program_semantics(evaluator, program):
+    (result,) = evaluator.evaluate([program], [STDIN_ECHO_DOUBLE])
+    assert result.outcomes == ["passed", "passed"] and result.pass_rate == 1.0
+
+
+def test_call_based_semantics(evaluator):
+    leetcode = ("class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n"
+                "        return [k * x for x in nums]\n")
+    codewars = "def is_even(n):\n    return n % 2 == 0\n"
+    tuple_result = "def pair(a):\n    return (a, a + 1)\n"
+    results = evaluator.evaluate(
+        [leetcode, codewars, tuple_result],
+        [{"fn_name": "twice", "inputs": [[[1, 2], 3]], "outputs": [[3, 6]]},
+         {"fn_name": "is_even", "inputs": [[2], [3]], "outputs": [[True], [False]]},
+         '{"fn_name": "pair", "inputs": [[1]], "outputs": [[1, 2]]}'])
+    assert [r.pass_rate for r in results] == [1.0, 1.0, 1.0]
+
+
+def test_every_verdict_kind(evaluator):
+    cases = {
+        "passed": "print(2 * int(input()))",
+        "wrong_answer": "print(3 * int(input()))",
+        "timeout": "while True:\n    pass",
+        "runtime_error": "print(1 // 0)",
+        "compile_error": "print(2 * int(input())",
+        "memory_limit": "x = bytearray(2 * 1024**3)",
+        "output_limit": "while True:\n    print('x' * 100000)",
+    }
+    results = evaluator.evaluate(list(cases.values()), [{"inputs": ["3\n"], "outputs": ["6\n"]}] * len(cases))
+    assert {k: r.outcomes[0] for k, r in zip(cases, results)} == {k: k for k in cases}
+    assert set(cases) == set(VERDICTS)
+    call = evaluator.evaluate(["def f():\n    return {1, 2}\n", "def f():\n    raise ValueError\n"],
+                              [{"fn_name": "f", "inputs": [[]], "outputs": [[1, 2]]}] * 2)
+    assert [r.outcomes for r in call] == [["wrong_answer"], ["runtime_error"]]  # a set is not JSON
+
+
+def test_pass_rate_counts_every_test_and_cap_is_deterministic():
+    tests = {"fn_name": "f", "inputs": [[i] for i in range(20)], "outputs": [i if i % 4 else -1 for i in range(20)]}
+    with Evaluator(workers=2, timeout=2.0, max_tests=6) as capped, Evaluator(workers=1, timeout=2.0) as full:
+        (all_tests,) = full.evaluate(["def f(x):\n    return x\n"], [tests])
+        first, second = (capped.evaluate(["def f(x):\n    return x\n"], [tests])[0] for _ in range(2))
+    assert all_tests.n_tests == 20 and all_tests.pass_rate == 15 / 20
+    assert first.n_tests == 6 and first.test_indices == second.test_indices and first.outcomes == second.outcomes
+    assert first.pass_rate == sum(i % 4 != 0 for i in first.test_indices) / 6
+
+
+def test_compile_error_counts_all_tests(evaluator):
+    (result,) = evaluator.evaluate(["def f(:\n"], [{"fn_name": "f", "inputs": [[1]] * 11, "outputs": [1] * 11}])
+    assert result.outcomes == ["compile_error"] * 11 and result.n_tests == 11 and result.pass_rate == 0.0
+
+
+def test_imap_async_threads_and_order(evaluator):
+    programs = [f"print({i} * int(input()))" for i in range(6)]
+    tests = [{"inputs": ["2\n"], "outputs": [f"{2 * i}\n"]} for i in range(6)]
+    streamed = dict(evaluator.imap(programs, tests))
+    assert sorted(streamed) == list(range(6)) and all(r.passed for r in streamed.values())
+    future = evaluator.evaluate_async(programs[::-1], tests)
+    results = future.result(timeout=60)
+    assert [r.outcomes for r in results] == [["wrong_answer"]] * 6  # reversed: program 5 - i on test i
+    outputs = {}
+
+    def worker(k):
+        outputs[k] = evaluator.evaluate(programs, tests)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(all(r.passed for r in res) for res in outputs.values())
+
+
+def test_lifecycle_pickle_and_empty_inputs():
+    ev = Evaluator(workers=1, timeout=1.0)
+    assert ev._pool == []  # nothing starts at construction
+    clone = pickle.loads(pickle.dumps(ev))
+    assert clone.timeout == 1.0 and clone._pool == []
+    assert ev.evaluate([], []) == []
+    (empty,) = ev.evaluate(["print(1)"], [{"inputs": [], "outputs": []}])
+    assert empty == EvalResult(0.0, [], 0, [])
+    assert any("timeout" in p for p in ev.protections)
+    worker_proc = ev._pool[0].proc
+    ev.close()
+    ev.close()  # safe twice
+    assert worker_proc.poll() is not None  # the worker is gone
+    with pytest.raises(RuntimeError):
+        ev.evaluate(["print(1)"], [STDIN_ECHO_DOUBLE])
+    with pytest.raises(ValueError):
+        Evaluator(mode="lenient")
