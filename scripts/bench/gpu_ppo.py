@@ -1,0 +1,433 @@
+"""GPU benchmark of one PPO iteration: per-phase time, generation and training tokens/s, MFU of the training phase.
+
+    python scripts/bench/gpu_ppo.py --json bench.json                 # Qwen2.5-0.5B architecture, 1 GPU
+    python scripts/bench/gpu_ppo.py --smoke --json smoke.json         # tiny dims on CPU, 1 iteration (a few seconds)
+
+What runs: a random-init model with the Qwen2.5-0.5B architecture (built from its config values, nothing downloaded,
+saved as an HF directory in a temp dir with the bundled tiny tokenizer) trained by the real `PPOModule` (GAE:
+actor, critic and frozen reference) in a real `lightning.Trainer` under `ModelParallelStrategy` (FSDP2 over one
+device) in bf16-mixed. Prompts are random token ids (all < the tokenizer's vocabulary, itself < the model's), every
+response runs to `--new_tokens` (end-of-sequence is suppressed with `min_new_tokens`), and the reward is stubbed
+(deterministic random pass rates; the sandbox is benchmarked by `scripts/bench/code_eval.py`, so `timing_s/reward`
+here is ~0 and says nothing about the evaluator).
+
+The bench changes two things in the module and says so in its output: phase timers synchronise the GPU (otherwise a
+phase's queued kernels are billed to the next phase), and the rollout engine and evaluator are the two swaps above.
+
+Formulas (N sequences of T = prompt + response tokens, R response tokens, L layers, H hidden size):
+
+- matmul parameters: actor M_a = L x layer + V x H (the LM head, tied or not), critic M_c = L x layer (+ H).
+- training FLOPs (update_critic + update_actor) = ppo_epochs x N x T x sum over actor, critic of
+  (6 x M + 6 x L x H x T)   [fwd + bwd = 3 x fwd; causal attention: 2 x 2 x L x H x T / 2 per token forward]
+  MFU = training FLOPs / training time / peak. HFU adds the recomputed forward when gradient checkpointing is on
+  (8 instead of 6).
+- forward-only FLOPs (old log-probs, reference, values) = N x T x (2 x M + 2 x L x H x T).
+- training tokens/s = ppo_epochs x N x T / training time (each token goes through the critic's and the actor's update).
+- generation tokens/s = N x R / generation time (HF generate, KV cache, batch N).
+- peak: 989 TFLOP/s bf16 dense for H100 SXM and H200 (same compute), 312 for A100; `--peak_tflops` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.utils.data import DataLoader
+from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+import lit_codegen.module as module_lib
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.models.loading import load_tokenizer, resolve_model_path
+from lit_codegen.module import PPOModule
+from lit_codegen.reward import EvalResult
+from lit_codegen.rollout import HFRollout, SamplingParams
+
+# Qwen2.5-0.5B's config.json (hub), checked against its model card: 0.49 B parameters, tied embeddings.
+QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0,
+                  rms_norm_eps=1e-6, max_position_embeddings=32768)
+SMOKE = dict(QWEN25_05B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+             vocab_size=2048)  # > the tiny tokenizer; a small vocabulary keeps the CPU smoke run in seconds
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
+
+
+@dataclass
+class BenchArgs:
+    """The workload (one rank's view)."""
+
+    prompts: int = 64
+    prompt_len: int = 256
+    new_tokens: int = 256
+    n: int = 1
+    iterations: int = 4
+    warmup: int = 1
+    micro_batch_size: int = 16
+    mini_batch_size: int = 16
+    ppo_epochs: int = 1
+    kl_coef: float = 0.001
+    gradient_checkpointing: bool = False
+    precision: str = "bf16-mixed"
+    reference_steps: int = 5
+
+
+class FullLengthRollout(HFRollout):
+    """`HFRollout` whose responses never stop early (`min_new_tokens = max_new_tokens`): a fixed token count."""
+
+    def generation_config(self, params: SamplingParams) -> GenerationConfig:
+        """The parent's config with end-of-sequence suppressed until `max_new_tokens`."""
+        config = super().generation_config(params)
+        config.min_new_tokens = params.max_new_tokens
+        return config
+
+
+class StubEvaluator:
+    """Stands in for the sandbox: deterministic random pass rates in quarters, returned at once."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def evaluate_async(self, programs, tests, max_tests=None) -> concurrent.futures.Future:
+        """A finished future with one `EvalResult` per program."""
+        passed = torch.randint(0, 5, (len(programs),), generator=self.generator).tolist()
+        future = concurrent.futures.Future()
+        future.set_result([EvalResult(k / 4, ["passed"] * k + ["wrong_answer"] * (4 - k), 4) for k in passed])
+        return future
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+class BenchPPOModule(PPOModule):
+    """`PPOModule` with the full-length HF rollout and the stub evaluator; everything else is the real module."""
+
+    @property
+    def engine(self) -> FullLengthRollout:
+        """Full-length HF generate on the (gathered) actor."""
+        if self._engine is None:
+            self._engine = FullLengthRollout(self.actor, self.tokenizer)
+        return self._engine
+
+    @property
+    def evaluator(self) -> StubEvaluator:
+        """The stub reward."""
+        if self._evaluator is None:
+            self._evaluator = StubEvaluator()
+        return self._evaluator
+
+
+class IterationRecorder(Callback):
+    """Per PPO iteration: the module's logged `timing_s/*` and metrics, wall time and peak GPU memory."""
+
+    def __init__(self) -> None:
+        self.iterations: list[dict[str, float]] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
+        """Start the wall clock (after the GPU is idle)."""
+        _sync(pl_module.device)
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """Record this iteration."""
+        _sync(pl_module.device)
+        record = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("timing_s/", "actor/",
+                                                                                              "critic/"))}
+        record["wall_s"] = time.perf_counter() - self._start
+        if pl_module.device.type == "cuda":
+            record["peak_allocated_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            record["peak_reserved_gib"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
+        self.iterations.append(record)
+
+
+def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0) -> Path:
+    """Save a random-init Qwen2 causal LM with `config_values` and the tiny tokenizer as an HF directory.
+
+    Args:
+        out_dir: Directory to write.
+        config_values: `Qwen2Config` keyword arguments (architecture).
+        seed: Seed of the random initialisation.
+
+    Returns:
+        `out_dir`, loadable by `PPOModule(model=str(out_dir))`.
+    """
+    tokenizer = load_tokenizer(resolve_model_path("tiny"))
+    if len(tokenizer) > config_values["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the model's {config_values['vocab_size']}")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    config = Qwen2Config(**config_values, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(eos_token_id=[eos], pad_token_id=pad)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def prompt_loader(args: BenchArgs, vocab: int, first_id: int, seed: int = 0) -> DataLoader:
+    """`iterations` batches of `prompts` random prompts of exactly `prompt_len` ids in [first_id, vocab)."""
+    generator = torch.Generator().manual_seed(seed)
+    total = args.prompts * args.iterations
+    ids = torch.randint(first_id, vocab, (total, args.prompt_len), generator=generator)
+    rows = [{"input_ids": ids[i], "problem_id": i} for i in range(total)]
+
+    def collate(examples: list[dict]) -> dict:
+        input_ids = torch.stack([e["input_ids"] for e in examples])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                "problem_id": torch.tensor([e["problem_id"] for e in examples]),
+                "input_output": ['{"inputs": [""], "outputs": [""]}'] * len(examples),
+                "difficulty": ["introductory"] * len(examples)}
+
+    return DataLoader(rows, batch_size=args.prompts, shuffle=False, collate_fn=collate)
+
+
+def matmul_params(config: Qwen2Config) -> dict[str, int]:
+    """Parameters that take part in matrix products per token: decoder layers (+ LM head for the actor)."""
+    h, kv = config.hidden_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
+    layers = config.num_hidden_layers * layer
+    return {"actor": layers + config.vocab_size * h, "critic": layers + h, "layer": layer}
+
+
+def flops_per_token(m: int, config: Qwen2Config, seq_len: int, passes: int) -> float:
+    """`passes` x (M + causal attention) with passes = 2 (forward), 6 (fwd + bwd) or 8 (fwd + recompute + bwd)."""
+    return passes * (m + config.num_hidden_layers * config.hidden_size * seq_len / 2)
+
+
+def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tflops: float | None) -> dict:
+    """Means over the measured iterations (after `warmup`) and the derived throughput and MFU figures."""
+    measured = records[args.warmup :] or records
+    mean = {k: statistics.fmean(r[k] for r in measured if k in r) for k in measured[0]}
+    n_seq, seq_len = args.prompts * args.n, args.prompt_len + args.new_tokens
+    tokens = n_seq * seq_len
+    m = matmul_params(config)
+    train_time = mean.get("timing_s/update_critic", 0.0) + mean.get("timing_s/update_actor", 0.0)
+    trained_tokens = args.ppo_epochs * tokens
+    model_flops = trained_tokens * sum(flops_per_token(m[k], config, seq_len, 6) for k in ("actor", "critic"))
+    recompute = 8 if args.gradient_checkpointing else 6
+    hardware_flops = trained_tokens * sum(flops_per_token(m[k], config, seq_len, recompute)
+                                          for k in ("actor", "critic"))
+    forward_time = sum(mean.get(f"timing_s/{k}", 0.0) for k in ("old_log_prob", "ref", "values"))
+    forward_models = ["actor"] + (["actor"] if "timing_s/ref" in mean else []) + ["critic"]
+    forward_flops = tokens * sum(flops_per_token(m[k], config, seq_len, 2) for k in forward_models)
+    peak = peak_tflops * 1e12 if peak_tflops else None
+    summary = {
+        "iterations_measured": len(measured),
+        "timing_s": {k.removeprefix("timing_s/"): v for k, v in mean.items() if k.startswith("timing_s/")},
+        "wall_s_per_iteration": mean["wall_s"],
+        "generation_tokens_per_s": n_seq * args.new_tokens / mean["timing_s/gen"],
+        "training_tokens_per_s": trained_tokens / train_time if train_time else None,
+        "training_tflops": model_flops / train_time / 1e12 if train_time else None,
+        "mfu_training": model_flops / train_time / peak if peak and train_time else None,
+        "hfu_training": hardware_flops / train_time / peak if peak and train_time else None,
+        "forward_only_tflops": forward_flops / forward_time / 1e12 if forward_time else None,
+        "mfu_forward_only": forward_flops / forward_time / peak if peak and forward_time else None,
+        "peak_allocated_gib": max((r.get("peak_allocated_gib", 0.0) for r in records), default=0.0),
+        "peak_reserved_gib": max((r.get("peak_reserved_gib", 0.0) for r in records), default=0.0),
+    }
+    return summary
+
+
+def reference_fwd_bwd(module: PPOModule, args: BenchArgs, config: Qwen2Config, peak_tflops: float | None,
+                      vocab: int) -> dict | None:
+    """Plain forward + backward of the same sharded actor on one micro-batch: the model's own ceiling.
+
+    Same shapes as one actor micro-batch, a log-sum-exp loss over the response positions, no optimizer step, no
+    PPO bookkeeping, no host syncs inside the loop. Training-phase MFU far below this figure points at PPOModule's
+    per-micro-batch overheads; close to it, at the model (eager HF layers) itself.
+    """
+    if args.reference_steps <= 0:
+        return None
+    device, seq_len = module.device, args.prompt_len + args.new_tokens
+    ids = torch.randint(3, vocab, (args.micro_batch_size, seq_len), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in args.precision)
+
+    def step() -> None:
+        with autocast:
+            logits = module.actor(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            loss = logits[:, args.prompt_len - 1 : -1].float().logsumexp(-1).mean()
+        loss.backward()
+
+    step()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.reference_steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / args.reference_steps
+    module.actor.zero_grad(set_to_none=True)
+    flops = args.micro_batch_size * seq_len * flops_per_token(matmul_params(config)["actor"], config, seq_len, 6)
+    return {"seconds_per_micro_batch": seconds, "tflops": flops / seconds / 1e12,
+            "mfu": flops / seconds / (peak_tflops * 1e12) if peak_tflops else None}
+
+
+def detect_peak_tflops(device: torch.device) -> tuple[str, float | None]:
+    """The device's name and its bf16 dense peak (None if unknown, e.g. CPU)."""
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) -> dict:
+    """Build the model, train `iterations` PPO iterations, return the report."""
+    accelerator = "cpu" if smoke or not torch.cuda.is_available() else "gpu"
+    config_values = SMOKE if smoke else QWEN25_05B
+    model_dir = build_model_dir(workdir / "model", config_values)
+    config = Qwen2Config.from_pretrained(model_dir)
+    module = BenchPPOModule(
+        model=str(model_dir), dtype="float32", gradient_checkpointing=args.gradient_checkpointing,
+        algorithm=PPOArgs(adv_estimator="gae", ppo_epochs=args.ppo_epochs, mini_batch_size=args.mini_batch_size,
+                          micro_batch_size=args.micro_batch_size, kl_coef=args.kl_coef),
+        rollout=RolloutArgs(backend="hf", n=args.n, temperature=1.0, max_new_tokens=args.new_tokens),
+        reward=RewardArgs(workers=1, max_tests=4), optim=OptimArgs(actor_lr=1e-6, critic_lr=1e-5),
+    )
+    recorder = IterationRecorder()
+    trainer = Trainer(
+        accelerator=accelerator, devices=1,
+        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
+        precision=args.precision, max_steps=args.iterations, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[recorder], default_root_dir=str(workdir),
+    )
+    first_id = max(module.tokenizer.all_special_ids) + 1  # no special token in a prompt
+    with _synced_phase_timers():
+        trainer.fit(module, train_dataloaders=prompt_loader(args, len(module.tokenizer), first_id))
+    device = module.device
+    name, detected = detect_peak_tflops(device)
+    peak = peak_tflops or detected
+    report = {
+        "device": name,
+        "torch": torch.__version__,
+        "peak_tflops_bf16": peak,
+        "architecture": {k: config_values[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                       "num_key_value_heads", "intermediate_size", "vocab_size",
+                                                       "tie_word_embeddings", "rope_theta")},
+        "parameters": _param_count(config),
+        "matmul_parameters": matmul_params(config),
+        "workload": asdict(args),
+        "strategy": "ModelParallelStrategy (FSDP2, data_parallel_size=1)",
+        "reward": "stubbed (deterministic random pass rates); timing_s/reward excludes the sandbox",
+        "timers": "phase timers synchronise the device (bench-only patch of lit_codegen.module._timer)",
+        "iterations": recorder.iterations,
+        "summary": summarize(recorder.iterations, args, config, peak),
+        "reference_fwd_bwd": reference_fwd_bwd(module, args, config, peak, len(module.tokenizer)),
+    }
+    return report
+
+
+def _param_count(config: Qwen2Config) -> int:
+    """Parameters of the causal LM without building it (embeddings counted once when tied)."""
+    h, kv = config.hidden_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * config.intermediate_size + 2 * h
+    head = 0 if config.tie_word_embeddings else config.vocab_size * h
+    return config.vocab_size * h + config.num_hidden_layers * layer + h + head
+
+
+@contextmanager
+def _synced_phase_timers():
+    """Make PPOModule's phase timers wait for the GPU at both ends, so each phase is billed its own kernels."""
+    original = module_lib._timer
+
+    @contextmanager
+    def synced(timing: dict[str, float], key: str):
+        _sync_all()
+        start = time.perf_counter()
+        yield
+        _sync_all()
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+
+    module_lib._timer = synced
+    try:
+        yield
+    finally:
+        module_lib._timer = original
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sync_all() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def format_summary(report: dict) -> str:
+    """A few readable lines of the headline figures."""
+    s, w = report["summary"], report["workload"]
+    pct = lambda x: "n/a (no peak for this device; --peak_tflops)" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    lines = [
+        f"device: {report['device']}  peak bf16: {report['peak_tflops_bf16']} TFLOP/s  "
+        f"params: {report['parameters'] / 1e6:.1f} M",
+        f"workload: {w['prompts']} prompts x n={w['n']}, {w['prompt_len']} prompt + {w['new_tokens']} new tokens, "
+        f"micro-batch {w['micro_batch_size']}, mini-batch {w['mini_batch_size']}, "
+        f"checkpointing {w['gradient_checkpointing']}, {w['precision']}",
+        "timing per iteration (s): " + "  ".join(f"{k}={v:.3f}" for k, v in s["timing_s"].items()),
+        f"generation: {s['generation_tokens_per_s']:.0f} tokens/s",
+        f"training: {s['training_tokens_per_s']:.0f} tokens/s (critic + actor update), "
+        f"{s['training_tflops']:.1f} TFLOP/s, "
+        f"MFU {pct(s['mfu_training'])}, HFU {pct(s['hfu_training'])}",
+        f"forward-only (old/ref log-probs, values): {s['forward_only_tflops']:.1f} TFLOP/s, "
+        f"MFU {pct(s['mfu_forward_only'])}",
+        f"peak memory: {s['peak_allocated_gib']:.1f} GiB allocated, {s['peak_reserved_gib']:.1f} GiB reserved",
+    ]
+    ref = report.get("reference_fwd_bwd")
+    if ref:
+        lines.append(f"reference plain fwd+bwd of the actor (1 micro-batch): {ref['tflops']:.1f} TFLOP/s, "
+                     f"MFU {pct(ref['mfu'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `python scripts/bench/gpu_ppo.py [--smoke] [--json OUT] [workload flags]`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny dims on CPU, 1 iteration: checks the script runs")
+    parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--peak_tflops", type=float, help="bf16 dense peak of the device (default: by GPU name)")
+    for field, default in asdict(BenchArgs()).items():
+        if isinstance(default, bool):
+            parser.add_argument(f"--{field}", action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(f"--{field}", type=type(default), default=default)
+    ns = parser.parse_args(argv)
+    args = BenchArgs(**{k: getattr(ns, k) for k in asdict(BenchArgs())})
+    if ns.smoke:
+        args = BenchArgs(**{**asdict(args), "prompts": 4, "prompt_len": 16, "new_tokens": 8, "iterations": 1,
+                            "warmup": 0, "micro_batch_size": 2, "mini_batch_size": 4, "reference_steps": 1})
+    elif not torch.cuda.is_available():
+        print("gpu_ppo: no CUDA device; run with --smoke on CPU", file=sys.stderr)
+        return 2
+    if args.micro_batch_size > args.mini_batch_size or args.iterations <= args.warmup:
+        print("gpu_ppo: need micro_batch_size <= mini_batch_size and iterations > warmup", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    with tempfile.TemporaryDirectory(prefix="gpu_ppo_") as tmp:
+        report = run(args, ns.smoke, ns.peak_tflops, Path(tmp))
+    print(format_summary(report))
+    if ns.json:
+        ns.json.parent.mkdir(parents=True, exist_ok=True)
+        ns.json.write_text(json.dumps(report, indent=2, default=_json_default))
+    return 0
+
+
+def _json_default(value):
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
