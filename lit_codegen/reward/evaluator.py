@@ -79,8 +79,11 @@ class _Worker:
         self.protections: list[str] = []
 
     def start(self) -> None:
+        env = dict(_WORKER_ENV)
+        if os.environ.get("LITCG_SANDBOX_DEBUG"):
+            env["LITCG_SANDBOX_DEBUG"] = "1"
         self.proc = subprocess.Popen([sys.executable, "-s", sandbox_worker.__file__], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=_WORKER_ENV, start_new_session=True)
+                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
         sandbox_worker.send_message(self.proc.stdin.fileno(), self.config)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

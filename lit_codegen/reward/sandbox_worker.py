@@ -391,6 +391,8 @@ class Sandbox:
         finally:
             os.close(pidfd)
         if timed_out:
+            if os.environ.get("LITCG_SANDBOX_DEBUG"):
+                self._describe(pid)
             os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
         self._kill_leftovers(pid)
@@ -416,6 +418,19 @@ class Sandbox:
             return "ok", None
         return {EXIT_COMPILE_ERROR: "compile_error", EXIT_MEMORY_ERROR: "memory_limit",
                 EXIT_OUTPUT_LIMIT: "output_limit"}.get(code, "runtime_error"), None
+
+    def _describe(self, pid: int) -> None:
+        """Debugging aid (LITCG_SANDBOX_DEBUG=1): log where a timed-out test is stuck."""
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                state = [line.strip() for line in f if line.startswith(("State", "Uid", "Threads", "VmRSS"))]
+            with open(f"/proc/{pid}/wchan") as f:
+                state.append("wchan " + f.read())
+            with open(f"/proc/{pid}/stat") as f:
+                state.append("utime/stime " + " ".join(f.read().rsplit(")", 1)[1].split()[11:13]))
+            os.write(self.log_fd, f"sandbox_worker: timeout in {pid}: {state}\n".encode())
+        except OSError as exc:
+            os.write(self.log_fd, f"sandbox_worker: timeout in {pid}: {exc}\n".encode())
 
     def _enter_sandbox(self, cpu_limit: int) -> None:
         """In the forked child: new session, fds, rlimits, Landlock, unprivileged uid. Order matters."""

@@ -32,20 +32,44 @@ def test_apps_reference_solutions_pass_every_test(mode):
     assert len(results) == 21
 
 
-def test_mbpp_strict_reproduces_every_expected_pass_rate():
+# amicable_numbers_sum(9999) is a legitimately slow O(n^2) program (seconds): its expected rates depend on the
+# machine's speed. Two stdin mutants of it that are equivalent to the ground truth on these inputs carry 2/3 in the
+# data (a timeout when the data was measured) while the ground truth carries 1.0; no evaluator can reproduce both.
+TIMING_DEPENDENT = {600071, 700071}
+
+
+def _mbpp():
     data = require_data() / "derived"
     problems = {row["problem_id"]: row for row in _load_jsonl(data / "mbpp_apps.jsonl")}
-    solutions = _load_jsonl(data / "mbpp_solutions.jsonl")
+    return problems, _load_jsonl(data / "mbpp_solutions.jsonl")
+
+
+def test_mbpp_strict_reproduces_every_expected_pass_rate():
+    problems, solutions = _mbpp()
     assert len(solutions) == 832
+    solutions = [s for s in solutions if s["problem_id"] not in TIMING_DEPENDENT]
     programs = [s["solution"] for s in solutions]
     # parsed dicts for call-based, JSON strings for stdin renderings: both input formats
     tests = [json.loads(problems[s["problem_id"]]["input_output"]) if s["problem_id"] < 700000
              else problems[s["problem_id"]]["input_output"] for s in solutions]
-    # a generous timeout: amicable_numbers_sum(9999) is a legitimately slow O(n^2) ground truth
-    with Evaluator(workers=2, timeout=30.0, mode="strict") as ev:
+    with Evaluator(workers=2, timeout=5.0, mode="strict") as ev:  # ~40 mutants loop forever: they set the run time
         results = ev.evaluate(programs, tests)
     mismatches = [(s["problem_id"], s["kind"], s["expected_pass_rate"], r.pass_rate, r.outcomes)
                   for s, r in zip(solutions, results) if r.pass_rate != pytest.approx(s["expected_pass_rate"], abs=1e-12)]
     assert not mismatches, mismatches[:10]
-    assert sum(r.pass_rate == 1.0 for r in results) == 335 + 73
-    assert sum(0.0 < r.pass_rate < 1.0 for r in results) == 136 + 3
+    assert len(results) == 826
+    partial = [r for r in results if 0.0 < r.pass_rate < 1.0]
+    assert len(partial) == 136 + 3 - 2 and all("wrong_answer" in r.outcomes for r in partial)
+
+
+def test_mbpp_timing_dependent_problem_fails_only_by_timeout():
+    problems, solutions = _mbpp()
+    family = [s for s in solutions if s["problem_id"] in TIMING_DEPENDENT]
+    with Evaluator(workers=2, timeout=4.0, mode="strict") as ev:
+        results = ev.evaluate([s["solution"] for s in family],
+                              [problems[s["problem_id"]]["input_output"] for s in family])
+    for s, r in zip(family, results):
+        if s["expected_pass_rate"] == 0.0:  # the real mutant (num % fact == 1) is wrong on every test
+            assert r.outcomes[0] == "wrong_answer" and r.pass_rate == 0.0
+        else:  # inputs 999 and 99 pass; 9999 passes or times out depending on the machine
+            assert r.outcomes[0] == r.outcomes[2] == "passed" and r.outcomes[1] in ("passed", "timeout")
