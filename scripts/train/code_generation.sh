@@ -8,6 +8,7 @@
 #
 # Every argument goes to `lit-codegen fit` after the config, so it overrides the YAML
 # (configs/ppo_qwen2.5_3b_apps.yaml). `python scripts/memory_plan.py --config ...` shows what fits per GPU.
+# The command runs as `python -m lit_codegen.cli fit` (the same CLI as `lit-codegen fit`); PYTHON picks the interpreter.
 #
 # Environment (defaults set below only when unset):
 #   WANDB_MODE=offline           log to disk only (sync later with `wandb sync`); unset = online (needs `wandb login`)
@@ -39,4 +40,4 @@ export VLLM_ENABLE_V1_MULTIPROCESSING="${VLLM_ENABLE_V1_MULTIPROCESSING:-0}"
 export VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-WARNING}"
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 
-exec lit-codegen fit --config "$CONFIG" "$@"
+exec "${PYTHON:-python}" -m lit_codegen.cli fit --config "$CONFIG" "$@"

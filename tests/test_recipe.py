@@ -1,0 +1,189 @@
+"""The Qwen2.5-3B APPS recipe and the seed's shell commands: the config parses with the seed's values, one PPO
+iteration of it runs on CPU with the tiny model swapped in, the memory plan adds up, the GPU bench runs in smoke mode.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "ppo_qwen2.5_3b_apps.yaml"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import memory_plan  # noqa: E402
+
+
+def script_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for the shell scripts: this interpreter's `python`/`lit-codegen` first, wandb offline."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "offline",
+            "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+
+
+def run_script(script: str, *args: str, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], cwd=tmp_path, env=script_env(tmp_path),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{script} {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+def test_training_script_prints_the_recipe_with_the_seed_values_and_overrides(tmp_path):
+    out = run_script("train/code_generation.sh", "--model.init_args.rollout.n", "4", "--trainer.log_every_n_steps", "5",
+                     "--print_config", tmp_path=tmp_path)
+    printed = yaml.safe_load(out.stdout)
+    trainer, model, data = printed["trainer"], printed["model"]["init_args"], printed["data"]["init_args"]
+    assert model["rollout"]["n"] == 4 and trainer["log_every_n_steps"] == 5  # command-line overrides win
+    assert model["model"] == "Qwen/Qwen2.5-3B-Instruct"
+    assert (trainer["max_epochs"], trainer["max_steps"]) == (5, -1)
+    assert (trainer["devices"], trainer["num_nodes"], trainer["precision"]) == (4, 1, "bf16-mixed")
+    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert trainer["strategy"]["init_args"]["data_parallel_size"] == trainer["devices"] * trainer["num_nodes"]
+    # train_batch_size is per rank: the seed's 64 prompts per iteration over 4 GPUs
+    assert data["train_batch_size"] * trainer["devices"] * trainer["num_nodes"] == 64
+    assert data["val_batch_size"] == 64 and data["template_type"] == "chat" and data["data_dir"] == "data/apps"
+    assert (model["optim"]["actor_lr"], model["optim"]["critic_lr"]) == (1e-6, 1e-5)
+    assert model["gradient_checkpointing"] is True and model["rollout"]["backend"] == "vllm"
+    assert model["rollout"]["max_new_tokens"] == 1024 and model["reward"]["max_tests"] == 16
+    logger = trainer["logger"]
+    assert logger["class_path"].endswith("WandbLogger") and logger["init_args"]["project"] == "lit_codegen"
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
+    assert callbacks["PassRateValidation"]["every_n_iterations"] == 200
+    ckpt = callbacks["ModelCheckpoint"]
+    assert (ckpt["monitor"], ckpt["mode"], ckpt["save_last"], ckpt["every_n_train_steps"]) == (
+        "val/pass_rate", "max", True, 200)
+
+
+def tiny_recipe_args(root: Path) -> list[str]:
+    """The recipe with the tiny model, on one CPU, HF rollouts, the bundled toy problems and tiny batches."""
+    return [
+        "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.max_steps", "1",
+        "--model.init_args.model", "tiny", "--model.init_args.rollout.backend", "hf",
+        "--model.init_args.rollout.max_new_tokens", "8", "--model.init_args.algorithm.mini_batch_size", "2",
+        "--model.init_args.algorithm.micro_batch_size", "2", "--model.init_args.reward.workers", "1",
+        "--data.init_args.data_dir", "null", "--data.init_args.train_batch_size", "2",
+        "--data.init_args.num_workers", "0",
+    ]
+
+
+def test_recipe_runs_one_ppo_iteration_with_the_tiny_model(tmp_path):
+    root = tmp_path / "run"
+    out = run_script("train/code_generation.sh", *tiny_recipe_args(root), tmp_path=tmp_path)
+    # PassRateValidation ran before training (iteration 0) and after the only iteration (1)
+    assert "[validation @ iteration 0]" in out.stdout and "[validation @ iteration 1]" in out.stdout
+    # the recipe's WandbLogger (offline) got the run and the validation sample tables
+    runs = list((root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].rglob("samples_*.table.json"))
+    # ModelCheckpoint(save_last) wrote the state after one PPO iteration: actor, critic, both optimizers, no reference
+    (last,) = root.rglob("last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 1 and ckpt["ppo_state"]["ppo_iteration"] == 1
+    assert len(ckpt["optimizer_states"]) == 2
+    prefixes = {k.split(".", 1)[0] for k in ckpt["state_dict"]}
+    assert prefixes == {"actor", "critic"}
+    assert (root / "config.yaml").exists()
+
+
+# ------------------------------------------------------------------------------------------------ other scripts
+@pytest.mark.skipif(not (SHARED_DATA / "apps").is_dir(), reason=f"shared test data not found at {SHARED_DATA}")
+def test_preprocess_script_writes_chat_parquet(tmp_path):
+    run_script("preprocess_apps.sh", "--source", str(SHARED_DATA / "apps" / "apps_coderl5.jsonl"),
+               "--local_dir", str(tmp_path / "apps"), "--test_size", "0.4", tmp_path=tmp_path)
+    rows = pq.read_table(tmp_path / "apps" / "train.parquet").to_pylist()
+    rows += pq.read_table(tmp_path / "apps" / "test.parquet").to_pylist()
+    assert sorted(r["problem_id"] for r in rows) == [1, 111, 2287, 2404, 4184]
+    assert {r["template_type"] for r in rows} == {"chat"} and all(r["prompt"][-1]["role"] == "user" for r in rows)
+
+
+def test_shell_scripts_are_strict():
+    for script in ["train/code_generation.sh", "preprocess_apps.sh", "evaluate.sh"]:
+        text = (ROOT / "scripts" / script).read_text()
+        assert "set -euo pipefail" in text and '"$@"' in text, script
+        subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
+
+
+# ------------------------------------------------------------------------------------------------ memory plan
+def qwen2_param_count(arch: memory_plan.Arch) -> int:
+    """Parameters of a real transformers Qwen2 model with the architecture, built on the meta device."""
+    config = Qwen2Config(hidden_size=arch.hidden, num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
+                         num_key_value_heads=arch.kv_heads, intermediate_size=arch.intermediate,
+                         vocab_size=arch.vocab, tie_word_embeddings=arch.tied_embeddings)
+    with torch.device("meta"):
+        return sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+
+
+@pytest.mark.parametrize("arch, billions", [(memory_plan.QWEN25_3B, 3.09), (memory_plan.QWEN25_05B, 0.49)])
+def test_memory_plan_counts_the_parameters_of_the_real_architecture(arch, billions):
+    assert arch.actor_params() == qwen2_param_count(arch)
+    assert round(arch.actor_params() / 1e9, 2) == billions  # the model cards' figures
+    untied = memory_plan.Arch(**{**arch.__dict__, "tied_embeddings": False})
+    assert untied.actor_params() == qwen2_param_count(untied)
+
+
+def test_memory_plan_of_the_recipe_fits_80_gb(capsys):
+    assert memory_plan.main(["--config", str(RECIPE)]) == 0
+    printed = capsys.readouterr().out
+    assert "| Actor AdamW moments |" in printed and "KV cache this batch needs" in printed
+    config = yaml.safe_load(RECIPE.read_text())
+    recipe = memory_plan.Recipe.from_config(config)
+    assert (recipe.shards, recipe.micro_batch_size, recipe.rollout_sequences) == (4, 4, 16)
+    assert recipe.uses_critic and recipe.uses_ref and recipe.gradient_checkpointing
+    rows, totals = memory_plan.plan(recipe, memory_plan.QWEN25_3B)
+    gib = {r.name: r.gib for r in rows}
+    # 3.09 B fp32 parameters sharded over 4 GPUs: 2.87 GiB; AdamW's two moments twice that
+    assert gib["Actor weights"] == pytest.approx(3.0859e9 * 4 / 4 / 2**30, rel=1e-3)
+    assert gib["Actor AdamW moments"] == pytest.approx(2 * gib["Actor weights"])
+    assert gib["vLLM engine (whole budget)"] == pytest.approx(0.4 * memory_plan.GPU_GIB)
+    assert gib["  KV cache this batch needs"] < gib["  of which KV cache + activations"]
+    assert gib["Actor activations (1 micro-batch)"] < gib["  (activations without checkpointing)"] / 10
+    assert max(totals["generation"], totals["experience"], totals["training"]) < 0.9 * memory_plan.GPU_GIB
+
+
+def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
+    config = yaml.safe_load(RECIPE.read_text())
+    base = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
+    memory_plan._apply_override(config, "model.init_args.algorithm.micro_batch_size=8")
+    assert memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]["training"] > \
+        base["training"]
+    memory_plan._apply_override(config, "trainer.strategy.init_args.data_parallel_size=8")
+    eight = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
+    assert eight["generation"] < base["generation"]
+
+
+def test_memory_plan_module_defaults_match_ppo_module():
+    from lit_codegen.module import PPOModule
+
+    params = inspect.signature(PPOModule.__init__).parameters
+    assert {k: params[k].default for k in memory_plan.MODULE_DEFAULTS} == memory_plan.MODULE_DEFAULTS
+
+
+def test_memory_plan_unknown_model_is_one_clear_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_args": {"model": "some/other-model"}}}))
+    assert memory_plan.main(["--config", str(config)]) == 2
+    assert "--model_config" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ GPU bench
+def test_gpu_bench_smoke_run_on_cpu(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / "gpu_ppo.py"), "--smoke", "--json",
+                          str(tmp_path / "bench.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    timing = report["summary"]["timing_s"]
+    for phase in ["gen", "old_log_prob", "ref", "values", "update_critic", "update_actor", "step"]:
+        assert timing[phase] > 0, phase
+    assert report["summary"]["generation_tokens_per_s"] > 0 and report["summary"]["training_tflops"] > 0
+    assert report["parameters"] == memory_plan.Arch(64, 2, 4, 2, 128, 2048, True).actor_params()
+    assert report["summary"]["mfu_training"] is None  # no peak on CPU
