@@ -74,7 +74,7 @@ class BenchArgs:
     iterations: int = 4
     warmup: int = 1
     micro_batch_size: int = 16
-    mini_batch_size: int = 16
+    mini_batch_size: int = 32
     ppo_epochs: int = 1
     kl_coef: float = 0.001
     gradient_checkpointing: bool = False
@@ -128,11 +128,21 @@ class BenchPPOModule(PPOModule):
 
 
 class IterationRecorder(Callback):
-    """Per PPO iteration: the module's logged `timing_s/*` and metrics, wall time and peak GPU memory."""
+    """Per PPO iteration: the module's logged `timing_s/*` and metrics, wall time and peak GPU memory.
 
-    def __init__(self) -> None:
+    At the end of training (before Lightning moves the model back to the CPU) it also runs `reference_fwd_bwd`.
+    """
+
+    def __init__(self, args: BenchArgs) -> None:
+        self.args = args
         self.iterations: list[dict[str, float]] = []
+        self.device = torch.device("cpu")
+        self.reference: dict | None = None
         self._start = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module) -> None:
+        """Remember the device the run trains on."""
+        self.device = pl_module.device
 
     def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
         """Start the wall clock (after the GPU is idle)."""
@@ -144,22 +154,34 @@ class IterationRecorder(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         """Record this iteration."""
         _sync(pl_module.device)
-        record = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("timing_s/", "actor/",
-                                                                                              "critic/"))}
+        record = {k: float(v) for k, v in trainer.callback_metrics.items()
+                  if k.startswith(("timing_s/", "actor/", "critic/"))}
         record["wall_s"] = time.perf_counter() - self._start
         if pl_module.device.type == "cuda":
             record["peak_allocated_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
             record["peak_reserved_gib"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
         self.iterations.append(record)
 
+    def on_train_end(self, trainer: Trainer, pl_module) -> None:
+        """Measure the plain forward + backward of the actor while it is still on the device.
 
-def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0) -> Path:
-    """Save a random-init Qwen2 causal LM with `config_values` and the tiny tokenizer as an HF directory.
+        A failure here (e.g. out of memory) is recorded in the report instead of losing the PPO figures.
+        """
+        try:
+            with torch.enable_grad():
+                self.reference = reference_fwd_bwd(pl_module, self.args)
+        except Exception as err:  # noqa: BLE001 - the report says what went wrong
+            self.reference = {"error": repr(err)}
+
+
+def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0, device: str = "cpu") -> Path:
+    """Save a random-init Qwen2 causal LM with `config_values` and the tiny tokenizer as an HF directory (bf16).
 
     Args:
         out_dir: Directory to write.
         config_values: `Qwen2Config` keyword arguments (architecture).
         seed: Seed of the random initialisation.
+        device: Where to run the initialisation (`cuda` is much faster for 0.5 B parameters).
 
     Returns:
         `out_dir`, loadable by `PPOModule(model=str(out_dir))`.
@@ -170,10 +192,14 @@ def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0) -> Path:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = Qwen2Config(**config_values, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=[eos], pad_token_id=pad)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return out_dir
 
 
@@ -241,18 +267,22 @@ def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tf
     return summary
 
 
-def reference_fwd_bwd(module: PPOModule, args: BenchArgs, config: Qwen2Config, peak_tflops: float | None,
-                      vocab: int) -> dict | None:
+def reference_fwd_bwd(module: PPOModule, args: BenchArgs) -> dict | None:
     """Plain forward + backward of the same sharded actor on one micro-batch: the model's own ceiling.
 
     Same shapes as one actor micro-batch, a log-sum-exp loss over the response positions, no optimizer step, no
     PPO bookkeeping, no host syncs inside the loop. Training-phase MFU far below this figure points at PPOModule's
     per-micro-batch overheads; close to it, at the model (eager HF layers) itself.
+
+    Returns:
+        `{"seconds_per_micro_batch", "tokens"}`, or None when `reference_steps` is 0.
     """
     if args.reference_steps <= 0:
         return None
     device, seq_len = module.device, args.prompt_len + args.new_tokens
-    ids = torch.randint(3, vocab, (args.micro_batch_size, seq_len), device=device)
+    vocab = len(module.tokenizer)
+    ids = torch.randint(max(module.tokenizer.all_special_ids) + 1, vocab, (args.micro_batch_size, seq_len),
+                        device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in args.precision)
 
     def step() -> None:
@@ -269,9 +299,7 @@ def reference_fwd_bwd(module: PPOModule, args: BenchArgs, config: Qwen2Config, p
     _sync(device)
     seconds = (time.perf_counter() - start) / args.reference_steps
     module.actor.zero_grad(set_to_none=True)
-    flops = args.micro_batch_size * seq_len * flops_per_token(matmul_params(config)["actor"], config, seq_len, 6)
-    return {"seconds_per_micro_batch": seconds, "tflops": flops / seconds / 1e12,
-            "mfu": flops / seconds / (peak_tflops * 1e12) if peak_tflops else None}
+    return {"seconds_per_micro_batch": seconds, "tokens": args.micro_batch_size * seq_len}
 
 
 def detect_peak_tflops(device: torch.device) -> tuple[str, float | None]:
@@ -286,7 +314,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
     """Build the model, train `iterations` PPO iterations, return the report."""
     accelerator = "cpu" if smoke or not torch.cuda.is_available() else "gpu"
     config_values = SMOKE if smoke else QWEN25_05B
-    model_dir = build_model_dir(workdir / "model", config_values)
+    model_dir = build_model_dir(workdir / "model", config_values, device="cuda" if accelerator == "gpu" else "cpu")
     config = Qwen2Config.from_pretrained(model_dir)
     module = BenchPPOModule(
         model=str(model_dir), dtype="float32", gradient_checkpointing=args.gradient_checkpointing,
@@ -295,7 +323,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
         rollout=RolloutArgs(backend="hf", n=args.n, temperature=1.0, max_new_tokens=args.new_tokens),
         reward=RewardArgs(workers=1, max_tests=4), optim=OptimArgs(actor_lr=1e-6, critic_lr=1e-5),
     )
-    recorder = IterationRecorder()
+    recorder = IterationRecorder(args)
     trainer = Trainer(
         accelerator=accelerator, devices=1,
         strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
@@ -306,9 +334,14 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
     first_id = max(module.tokenizer.all_special_ids) + 1  # no special token in a prompt
     with _synced_phase_timers():
         trainer.fit(module, train_dataloaders=prompt_loader(args, len(module.tokenizer), first_id))
-    device = module.device
-    name, detected = detect_peak_tflops(device)
+    name, detected = detect_peak_tflops(recorder.device)
     peak = peak_tflops or detected
+    reference = recorder.reference
+    if reference is not None and "error" not in reference:
+        flops = reference["tokens"] * flops_per_token(matmul_params(config)["actor"], config,
+                                                      args.prompt_len + args.new_tokens, 6)
+        reference["tflops"] = flops / reference["seconds_per_micro_batch"] / 1e12
+        reference["mfu"] = reference["tflops"] / peak if peak else None
     report = {
         "device": name,
         "torch": torch.__version__,
@@ -324,7 +357,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
         "timers": "phase timers synchronise the device (bench-only patch of lit_codegen.module._timer)",
         "iterations": recorder.iterations,
         "summary": summarize(recorder.iterations, args, config, peak),
-        "reference_fwd_bwd": reference_fwd_bwd(module, args, config, peak, len(module.tokenizer)),
+        "reference_fwd_bwd": reference,
     }
     return report
 
@@ -387,7 +420,9 @@ def format_summary(report: dict) -> str:
         f"peak memory: {s['peak_allocated_gib']:.1f} GiB allocated, {s['peak_reserved_gib']:.1f} GiB reserved",
     ]
     ref = report.get("reference_fwd_bwd")
-    if ref:
+    if ref and "error" in ref:
+        lines.append(f"reference plain fwd+bwd of the actor failed: {ref['error']}")
+    elif ref:
         lines.append(f"reference plain fwd+bwd of the actor (1 micro-batch): {ref['tflops']:.1f} TFLOP/s, "
                      f"MFU {pct(ref['mfu'])}")
     return "\n".join(lines)
