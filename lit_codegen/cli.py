@@ -23,20 +23,23 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 ROOT_DIR = "${trainer.default_root_dir}"
-"""A logger `save_dir` with this value follows `--trainer.default_root_dir` (also when given on the command line)."""
+"""Stands for `trainer.default_root_dir` (also when given on the command line) in the string arguments of loggers
+and callbacks, e.g. `save_dir: ${trainer.default_root_dir}` or `dirpath: ${trainer.default_root_dir}/checkpoints`."""
 
 
 class LitCodegenCLI(LightningCLI):
     """LightningCLI that connects the data module to the model's tokenizer and saves the resolved config."""
 
     def before_instantiate_classes(self) -> None:
-        """Resolve `save_dir: ${trainer.default_root_dir}` in logger configs."""
+        """Resolve `${trainer.default_root_dir}` in the init arguments of loggers and callbacks."""
         trainer_cfg = (self.config[self.subcommand] if self.subcommand else self.config).trainer
-        loggers = trainer_cfg.logger if isinstance(trainer_cfg.logger, list) else [trainer_cfg.logger]
-        for logger in loggers:
-            init_args = getattr(logger, "init_args", None)
-            if init_args is not None and init_args.get("save_dir") == ROOT_DIR:
-                init_args.save_dir = trainer_cfg.default_root_dir or "."
+        root = str(trainer_cfg.default_root_dir or ".")
+        for group in (trainer_cfg.logger, trainer_cfg.callbacks):
+            for item in group if isinstance(group, list) else [group]:
+                init_args = getattr(item, "init_args", None)
+                for key, value in (vars(init_args).items() if init_args is not None else ()):
+                    if isinstance(value, str) and ROOT_DIR in value:
+                        setattr(init_args, key, value.replace(ROOT_DIR, root))
 
     def instantiate_classes(self) -> None:
         """Build model, data module and trainer, then hand the tokenizer to the data module."""

@@ -18,17 +18,19 @@ checkpoint frequencies are PPO iterations, as in verl.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
 from lit_codegen import ppo
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.data.prompts import extract_program
-from lit_codegen.metrics import PassRateMetrics
+from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from lit_codegen.parallel import gathered, shard_model
@@ -53,6 +55,8 @@ class PPOModule(LightningModule):
         reward: Evaluator settings.
         optim: Optimizer settings.
     """
+
+    DIFFICULTY_KEYS = tuple(f"critic/pass_rate/{level}" for level in (*DIFFICULTIES, "other"))
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class PPOModule(LightningModule):
         self.actor = self.critic = self.ref = None
         self._evaluator: Evaluator | None = None
         self._engine = None
+        self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -150,9 +155,22 @@ class PPOModule(LightningModule):
         return self._engine
 
     def generate(self, batch: dict, params: SamplingParams) -> Rollout:
-        """Roll out the current actor on a prompt batch (parameters gathered once if sharded)."""
-        with gathered(self.actor):
-            return self.engine.generate(batch["input_ids"], batch["attention_mask"], params)
+        """Roll out the current actor on a prompt batch (parameters gathered once if sharded).
+
+        With vLLM the engine wakes up with the actor's current weights (pushed layer by layer when they changed since
+        the last rollout), generates, and sleeps again so training gets the memory back.
+        """
+        if self.rollout_args.backend != "vllm":
+            with gathered(self.actor):
+                return self.engine.generate(batch["input_ids"], batch["attention_mask"], params)
+        from lit_codegen.rollout_vllm import iter_actor_params
+
+        engine = self.engine
+        engine.wake_up(iter_actor_params(self.actor) if self._vllm_stale else None)  # a collective when sharded
+        self._vllm_stale = False
+        roll = engine.generate(batch["input_ids"], batch["attention_mask"], params)
+        engine.sleep()
+        return roll
 
     def teardown(self, stage: str) -> None:
         """Stop the sandbox workers."""
@@ -189,6 +207,7 @@ class PPOModule(LightningModule):
         with _timer(timing, "reward"):
             results = pending.result()
         scores = self._scores(results, roll.texts).to(self.device)
+        self.last_scores = scores.detach().cpu()  # this rank's rewards of the last iteration (for callbacks)
         # 4. advantages
         kl = ppo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask if ref_logprobs is not None else None
         advantages, returns = self._advantages(scores, values, kl, mask, roll)
@@ -202,6 +221,7 @@ class PPOModule(LightningModule):
         if self.ppo_iteration >= a.critic_warmup:
             with _timer(timing, "update_actor"):
                 metrics |= self._update_actor(exp, p_len)
+            self._vllm_stale = True
         for scheduler in _as_list(self.lr_schedulers()):
             scheduler.step()
         if kl is not None:  # Ziegler et al. track the KL of whole sequences
@@ -350,20 +370,32 @@ class PPOModule(LightningModule):
             "response_length/clip_ratio": roll.truncated.float().mean().item(),
             "perf/throughput": n_tokens / timing["step"],
             "actor/lr": self._raw_optimizers()[0].param_groups[0]["lr"],
-            "ppo_iteration": float(self.ppo_iteration),
+            "step": float(self.ppo_iteration),  # the x-axis of every logger: PPO iterations
         }
         if kl is not None:
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask).item()
             metrics["actor/kl_coef"] = self.kl_ctl.value
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
-        difficulties = [batch["difficulty"][i] for i in roll.prompt_index.tolist()]
-        for level in sorted(set(difficulties)):
-            rates = [r.pass_rate for r, d in zip(results, difficulties) if d == level]
-            metrics[f"critic/pass_rate/{level}"] = sum(rates) / len(rates)
+        metrics |= self._pass_rate_by_difficulty(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()])
         metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
-        self.log_dict(metrics, batch_size=len(scores))
+        by_difficulty = {k: metrics.pop(k) for k in self.DIFFICULTY_KEYS if k in metrics}
+        # sync_dist: every logged value is the mean over ranks (each rank scored its own share of the prompts)
+        self.log_dict(metrics, batch_size=len(scores), sync_dist=True)
+        self.log_dict(by_difficulty, batch_size=len(scores))  # already reduced over ranks
         self.log("reward", metrics["critic/score/mean"], prog_bar=True, logger=False, batch_size=len(scores))
+
+    def _pass_rate_by_difficulty(self, results: list, difficulties: list[str]) -> dict[str, float]:
+        """Training pass rate per difficulty over all ranks (sums and counts reduced, so every rank agrees)."""
+        levels = (*DIFFICULTIES, "other")
+        sums, counts = torch.zeros(len(levels), dtype=torch.float64), torch.zeros(len(levels), dtype=torch.float64)
+        for res, level in zip(results, difficulties):
+            i = levels.index(level) if level in levels else len(levels) - 1
+            sums[i] += res.pass_rate
+            counts[i] += 1
+        sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()  # every rank reaches this
+        counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+        return {key: float(sums[i] / counts[i]) for i, key in enumerate(self.DIFFICULTY_KEYS) if counts[i]}
 
     # ----------------------------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -382,15 +414,16 @@ class PPOModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log the accumulated validation metrics and reset them."""
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
-        self.log("val/pass_rate", self.val_metrics.compute()["val/pass_rate"], prog_bar=True)
+        values = self.val_metrics.compute()
+        self.log("val/pass_rate", values.pop("val/pass_rate"), prog_bar=True)
+        self.log_dict(values)
         self.val_metrics.reset()
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Save the PPO state (iteration, KL controller, warm-started path); drop the frozen reference weights."""
         checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
-                                   "model_path": self.model_path}
+                                   "model_path": self.model_path, "rng": _rng_state()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -401,8 +434,27 @@ class PPOModule(LightningModule):
                              "(use the model class that wrote it, e.g. lit_codegen.sft.SFTModule)")
         self.ppo_iteration = state["ppo_iteration"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.model_path = state["model_path"]
+        _set_rng_state(state["rng"])
         if self.ref is not None:
             checkpoint["state_dict"].update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
+
+
+def _rng_state() -> dict:
+    """Python, NumPy and torch RNG states (sampling and mini-batch shuffles continue exactly after a resume).
+
+    Stored as tensors and plain tuples so the checkpoint still loads with `torch.load(weights_only=True)`.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
 
 
 def _check_args(a: PPOArgs, r: RolloutArgs) -> None:

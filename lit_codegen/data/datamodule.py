@@ -133,6 +133,39 @@ class SFTCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Training order that is a pure function of (seed, epoch) and can start in the middle of an epoch.
+
+    Epoch e visits `torch.randperm(n, generator=seed + e)` (or 0..n-1 without shuffling). `start_batch` counts the
+    batches already consumed over the whole run (the PPO iteration of a resumed run): iteration starts at that epoch
+    and offset, so a resumed run sees exactly the prompts a straight run would. One `iter()` = one epoch. Under DDP,
+    Lightning wraps this sampler in a `DistributedSamplerWrapper` that hands rank r every world-size-th index, so a
+    global batch spans `batch_size * world_size` indices.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, start_batch: int = 0,
+                 world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.global_batch = batch_size * world_size
+        batches_per_epoch = max(1, -(-n // self.global_batch))
+        self.epoch, first = divmod(start_batch, batches_per_epoch)
+        self.skip = first * self.global_batch
+
+    def order(self, epoch: int) -> list[int]:
+        """The full order of one epoch."""
+        if not self.shuffle:
+            return list(range(self.n))
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def __iter__(self):
+        indices = self.order(self.epoch)[self.skip :]
+        self.epoch, self.skip = self.epoch + 1, 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
 class _TokenizedDataModule(LightningDataModule):
     """Shared plumbing: data folder (or toy cache), tokenizer hand-off, split reading."""
 
@@ -241,27 +274,30 @@ class AppsDataModule(_TokenizedDataModule):
             raise ValueError(f"no {split} prompt fits max_prompt_length={self.max_prompt_length}; raise it")
         return examples
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"call setup() before asking for the {split} dataloader")
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            # Seeded so the order is reproducible; under DDP Lightning swaps in a DistributedSampler.
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             collate_fn=PromptCollator(pad_token_id(self.tokenizer)),
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training prompts, shuffled from `seed` if `shuffle`."""
-        return self._loader("train", self.train_batch_size, self.shuffle)
+        """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming at the model's PPO iteration."""
+        trainer = getattr(self, "trainer", None)
+        start = getattr(trainer.lightning_module, "ppo_iteration", 0) if trainer is not None else 0
+        world_size = trainer.world_size if trainer is not None else 1
+        sampler = ResumableSampler(len(self.datasets.get("train", ())), self.train_batch_size, self.shuffle,
+                                   self.seed, start_batch=start, world_size=world_size)
+        return self._loader("train", self.train_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation prompts (test.parquet), in file order."""
-        return self._loader("test", self.val_batch_size, False)
+        return self._loader("test", self.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """Test prompts: the same as validation (test.parquet)."""

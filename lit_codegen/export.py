@@ -1,0 +1,95 @@
+"""Export a PPO checkpoint's actor (and, on request, its critic) as Hugging Face model directories.
+
+    python -m lit_codegen.export --ckpt_path runs/x/checkpoints/last.ckpt --out exported/ [--critic]
+
+writes `exported/` (actor + tokenizer, loadable by `AutoModelForCausalLM.from_pretrained` and by vLLM) and, with
+`--critic`, `exported/critic/` (`CriticModel.from_pretrained`). Works for single-file checkpoints and for the sharded
+directories that the FSDP (ModelParallel) strategy writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lit_codegen.models.critic import CriticModel
+from lit_codegen.models.loading import load_causal_lm, load_tokenizer
+
+
+def load_checkpoint(ckpt_path: str | Path) -> dict:
+    """Load a Lightning checkpoint: a `.ckpt` file or a sharded (torch.distributed.checkpoint) directory."""
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            return torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _sub_state_dict(state_dict: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool = False) -> Path:
+    """Write the checkpoint's actor (+ tokenizer) to `out_dir`, and its critic to `out_dir/critic` if asked.
+
+    Args:
+        ckpt_path: A checkpoint written by `PPOModule` (file or sharded directory).
+        out_dir: Output directory (created).
+        critic: Also export the critic (value model).
+
+    Returns:
+        The output directory.
+    """
+    ckpt = load_checkpoint(ckpt_path)
+    state = ckpt.get("ppo_state")
+    if state is None:
+        raise ValueError(f"{ckpt_path} was not written by lit_codegen.module.PPOModule (no 'ppo_state' entry)")
+    model_path, hp = state["model_path"], ckpt.get("hyper_parameters", {})
+    if not Path(model_path).exists() and "/" not in model_path:
+        raise FileNotFoundError(f"the checkpoint's base model {model_path!r} is not available to rebuild the actor")
+    # The checkpoint may hold state in "state_dict" (single file) or directly as flattened keys (sharded).
+    weights = ckpt.get("state_dict", ckpt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    actor = load_causal_lm(model_path, dtype=hp.get("dtype", "float32"))
+    actor.load_state_dict(_sub_state_dict(weights, "actor."), strict=True)
+    actor.save_pretrained(out)
+    load_tokenizer(model_path).save_pretrained(out)
+    if critic:
+        critic_weights = _sub_state_dict(weights, "critic.")
+        if not critic_weights:
+            raise ValueError(f"{ckpt_path} has no critic (the run used a critic-free advantage estimator)")
+        critic_path = hp.get("critic_model") or model_path
+        value_model = CriticModel.from_pretrained(critic_path, dtype=hp.get("dtype", "float32"))
+        value_model.load_state_dict(critic_weights, strict=True)
+        value_model.save_pretrained(out / "critic")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="PPOModule checkpoint (.ckpt file or sharded directory)")
+    parser.add_argument("--out", required=True, help="output directory for the HF model")
+    parser.add_argument("--critic", action="store_true", help="also export the critic to OUT/critic")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.ckpt_path, args.out, critic=args.critic)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
