@@ -50,10 +50,10 @@ class LitCodegenCLI(LightningCLI):
             connect(tokenizer)
 
 
-def main(args: list[str] | None = None) -> LitCodegenCLI:
-    """Entry point of the `lit-codegen` console script."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the `lit-codegen` console script (returns None: the console wrapper exits with status 0)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return LitCodegenCLI(
+    LitCodegenCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
