@@ -16,7 +16,8 @@ for numbers comparable with papers. Its laxities, all reproduced on purpose:
 2. if every line parses as a number, lines are compared with ``numpy.allclose`` (rtol 1e-5, atol 1e-8);
 3. finally the output passes if the *set of lines, each taken as a set of whitespace-separated tokens*
    equals the expected one: line order, token order and repetitions are ignored
-   (``"1 2\\n2 1"`` passes for ``"2 1"``), also after rounding numeric tokens to 3 decimals;
+   (the lines "1 2" and "2 1" together pass for the single expected line "2 1"), also after rounding
+   numeric tokens to 3 decimals;
 4. call-based: Python ``==`` (so ``True == 1``), the one-element-list unwrapping, dicts with int keys.
 """
 
@@ -64,8 +65,12 @@ def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "st
         ValueError: malformed test specification.
     """
     spec = json.loads(tests) if isinstance(tests, str) else tests
-    if not isinstance(spec, dict) or not isinstance(spec.get("inputs"), list) or not isinstance(
-            spec.get("outputs"), list) or len(spec["inputs"]) != len(spec["outputs"]):
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("inputs"), list)
+        or not isinstance(spec.get("outputs"), list)
+        or len(spec["inputs"]) != len(spec["outputs"])
+    ):
         raise ValueError("tests must be a dict with equally long lists 'inputs' and 'outputs'")
     fn_name = spec.get("fn_name") or None
     count = len(spec["inputs"])
@@ -115,7 +120,7 @@ def judge(payload: bytes | None, expected, call_based: bool, mode: str = "strict
 
 # -- strict ------------------------------------------------------------------------------------------------------------
 def normalise_text(text: str) -> str:
-    """Remove trailing whitespace of every line and trailing empty lines (``\\r\\n`` counts as ``\\n``)."""
+    """Remove trailing whitespace of every line and trailing empty lines (CRLF counts as LF)."""
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
 
 
@@ -190,7 +195,7 @@ def _apps_text_equal(text: str, expected: str) -> bool:
         return True
     try:
         return {frozenset(round(float(t), 3) for t in s) for s in out_sets} == {
-            frozenset(round(float(t), 3) for t in s) for s in exp_sets}
+            frozenset(round(float(t), 3) for t in s) for s in exp_sets
+        }
     except ValueError:
         return False
-

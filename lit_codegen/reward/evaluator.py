@@ -33,9 +33,17 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("passed", "wrong_answer", "timeout", "runtime_error", "compile_error", "memory_limit", "output_limit")
 TESTS_PER_JOB = 8  # a program's tests are split into jobs of this size so that few long programs still spread out
-_WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "PYTHONSAFEPATH": "1", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_WORKER_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "PYTHONSAFEPATH": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 @dataclass
@@ -82,8 +90,13 @@ class _Worker:
         env = dict(_WORKER_ENV)
         if os.environ.get("LITCG_SANDBOX_DEBUG"):
             env["LITCG_SANDBOX_DEBUG"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-s", sandbox_worker.__file__], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-s", sandbox_worker.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         sandbox_worker.send_message(self.proc.stdin.fileno(), self.config)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -194,9 +207,17 @@ class Evaluator:
         isolation: "full" (everything this machine allows) or "none" (rlimits and timeouts only; for debugging).
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = 4.0, mode: str = "strict", memory_mb: int = 1024,
-                 max_tests: int | None = None, output_limit_mb: int = 16, max_processes: int = 32,
-                 isolation: str = "full"):
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout: float = 4.0,
+        mode: str = "strict",
+        memory_mb: int = 1024,
+        max_tests: int | None = None,
+        output_limit_mb: int = 16,
+        max_processes: int = 32,
+        isolation: str = "full",
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isolation not in ("full", "none"):
@@ -225,8 +246,7 @@ class Evaluator:
 
     # -- pickling: configuration only ------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
-        keys = ("workers", "timeout", "mode", "memory_mb", "max_tests", "output_limit_mb", "max_processes",
-                "isolation")
+        keys = ("workers", "timeout", "mode", "memory_mb", "max_tests", "output_limit_mb", "max_processes", "isolation")
         return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict) -> None:
@@ -241,8 +261,13 @@ class Evaluator:
                 raise RuntimeError("Evaluator is closed")
             if self._pool:
                 return self
-            config = {"timeout": self.timeout, "memory_mb": self.memory_mb, "output_limit_mb": self.output_limit_mb,
-                      "max_processes": self.max_processes, "isolation": self.isolation}
+            config = {
+                "timeout": self.timeout,
+                "memory_mb": self.memory_mb,
+                "output_limit_mb": self.output_limit_mb,
+                "max_processes": self.max_processes,
+                "isolation": self.isolation,
+            }
             pool = [_Worker(config) for _ in range(self.workers)]
             try:
                 for worker in pool:
@@ -255,13 +280,20 @@ class Evaluator:
                 raise
             self._pool = pool
             self._protections = list(pool[0].protections)
-            self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True, name=f"sandbox-{i}")
-                             for i, w in enumerate(pool)]
+            self._threads = [
+                threading.Thread(target=self._serve, args=(w,), daemon=True, name=f"sandbox-{i}")
+                for i, w in enumerate(pool)
+            ]
             for thread in self._threads:
                 thread.start()
             self._finalizer = weakref.finalize(self, _shutdown, self._jobs, self._pool, self._threads)
-        log.info("code evaluator: %d workers, mode=%s, timeout=%gs; active protections:\n  - %s", self.workers,
-                 self.mode, self.timeout, "\n  - ".join(self.protections))
+        log.info(
+            "code evaluator: %d workers, mode=%s, timeout=%gs; active protections:\n  - %s",
+            self.workers,
+            self.mode,
+            self.timeout,
+            "\n  - ".join(self.protections),
+        )
         if not any("uid" in p and "RUNNING AS ROOT" not in p for p in self.protections):
             log.warning("code evaluator: no unprivileged uid for sandboxed programs (see docs: sandbox levels)")
         return self
@@ -291,8 +323,9 @@ class Evaluator:
         self.close()
 
     # -- evaluation ------------------------------------------------------------------------------------------------
-    def imap(self, programs: Sequence[str], tests: Sequence[str | dict],
-             max_tests: int | None | str = "default") -> Iterator[tuple[int, EvalResult]]:
+    def imap(
+        self, programs: Sequence[str], tests: Sequence[str | dict], max_tests: int | None | str = "default"
+    ) -> Iterator[tuple[int, EvalResult]]:
         """Score programs, yielding ``(index, result)`` as each program finishes (completion order).
 
         Args:
@@ -313,8 +346,9 @@ class Evaluator:
         for index, (source, spec) in enumerate(zip(programs, parsed)):
             starts = range(0, len(spec.inputs), TESTS_PER_JOB)
             batch.pending[index] = len(starts)
-            jobs += [_Job(batch, index, s, source or "", spec.fn_name, spec.inputs[s : s + TESTS_PER_JOB])
-                     for s in starts]
+            jobs += [
+                _Job(batch, index, s, source or "", spec.fn_name, spec.inputs[s : s + TESTS_PER_JOB]) for s in starts
+            ]
         for index, spec in enumerate(parsed):
             if not spec.inputs:
                 batch.finish(index)
@@ -332,8 +366,9 @@ class Evaluator:
         finally:
             batch.cancelled = True
 
-    def evaluate(self, programs: Sequence[str], tests: Sequence[str | dict],
-                 max_tests: int | None | str = "default") -> list[EvalResult]:
+    def evaluate(
+        self, programs: Sequence[str], tests: Sequence[str | dict], max_tests: int | None | str = "default"
+    ) -> list[EvalResult]:
         """Score programs and return their results in the order of ``programs``.
 
         Args:
@@ -349,8 +384,9 @@ class Evaluator:
             results[index] = result
         return results
 
-    def evaluate_async(self, programs: Sequence[str], tests: Sequence[str | dict],
-                       max_tests: int | None | str = "default") -> concurrent.futures.Future:
+    def evaluate_async(
+        self, programs: Sequence[str], tests: Sequence[str | dict], max_tests: int | None | str = "default"
+    ) -> concurrent.futures.Future:
         """Like :meth:`evaluate`, in the background; the future's result is the list of EvalResult."""
         with self._lock:
             if self._closed:

@@ -39,10 +39,12 @@ def score_bands(pass_rates: Iterable[float]) -> dict[str, int]:
 
 def _group_stats(rows: Sequence[dict]) -> dict:
     rates = [r["pass_rate"] for r in rows]
-    return {"count": len(rows),
-            "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
-            "strict_accuracy": sum(r["n_tests"] > 0 and r["pass_rate"] == 1.0 for r in rows) / len(rows) if rows else 0.0,
-            "score_bands": score_bands(rates)}
+    return {
+        "count": len(rows),
+        "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
+        "strict_accuracy": sum(r["n_tests"] > 0 and r["pass_rate"] == 1.0 for r in rows) / len(rows) if rows else 0.0,
+        "score_bands": score_bands(rates),
+    }
 
 
 def summarize(results: Sequence[dict], wall_time_s: float | None = None, protections: Sequence[str] = ()) -> dict:
@@ -80,15 +82,19 @@ def format_table(summary: dict) -> str:
         A multi-line string.
     """
     header = f"{'difficulty':<14}{'n':>6}{'pass rate':>11}{'strict acc':>12}  " + " ".join(
-        f"{b:>9}" for b in SCORE_BANDS)
+        f"{b:>9}" for b in SCORE_BANDS
+    )
     lines = [header, "-" * len(header)]
     rows = list(summary["by_difficulty"].items()) + [("ALL", summary)]
     for name, stats in rows:
         bands = " ".join(f"{stats['score_bands'][b]:>9}" for b in SCORE_BANDS)
-        lines.append(f"{name:<14}{stats['count']:>6}{stats['mean_pass_rate']:>11.3f}{stats['strict_accuracy']:>12.3f}  "
-                     f"{bands}")
+        lines.append(
+            f"{name:<14}{stats['count']:>6}{stats['mean_pass_rate']:>11.3f}{stats['strict_accuracy']:>12.3f}  {bands}"
+        )
     verdicts = ", ".join(f"{k}={v}" for k, v in summary["verdicts"].items())
     lines.append(f"verdicts: {verdicts}")
     if summary.get("tests_per_s"):
-        lines.append(f"{summary['n_tests']} tests in {summary['wall_time_s']:.1f}s ({summary['tests_per_s']:.0f} tests/s)")
+        lines.append(
+            f"{summary['n_tests']} tests in {summary['wall_time_s']:.1f}s ({summary['tests_per_s']:.0f} tests/s)"
+        )
     return "\n".join(lines)

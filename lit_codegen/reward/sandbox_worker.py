@@ -141,8 +141,11 @@ READABLE_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/e
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -210,18 +213,21 @@ class Sandbox:
         isolation: "full" uses everything this machine allows; "none" only rlimits and timeouts.
     """
 
-    def __init__(self, timeout: float, memory_mb: int, output_limit_mb: int, max_processes: int,
-                 isolation: str = "full"):
+    def __init__(
+        self, timeout: float, memory_mb: int, output_limit_mb: int, max_processes: int, isolation: str = "full"
+    ):
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.output_limit = output_limit_mb << 20
         self.max_processes = max_processes
         self.pid = os.getpid()
-        self.protections = ["separate process per test (forked from a pre-imported worker), own process group",
-                            f"wall-clock timeout {timeout:g}s per test and CPU-time rlimit",
-                            f"address-space rlimit {memory_mb} MiB above the interpreter baseline",
-                            f"output cap {output_limit_mb} MiB (RLIMIT_FSIZE on in-memory output files)",
-                            "expected outputs never enter the sandbox; comparison in the evaluator process"]
+        self.protections = [
+            "separate process per test (forked from a pre-imported worker), own process group",
+            f"wall-clock timeout {timeout:g}s per test and CPU-time rlimit",
+            f"address-space rlimit {memory_mb} MiB above the interpreter baseline",
+            f"output cap {output_limit_mb} MiB (RLIMIT_FSIZE on in-memory output files)",
+            "expected outputs never enter the sandbox; comparison in the evaluator process",
+        ]
         full = isolation == "full"
         root = os.geteuid() == 0
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -230,15 +236,19 @@ class Sandbox:
             self.protections.append("network: empty network namespace (no interfaces but a down loopback)")
         self.mount_namespace = full and root and self._setup_mounts()
         if self.mount_namespace:
-            self.protections.append("filesystem: private mount namespace, size-limited tmpfs on /tmp, /var/tmp, "
-                                    "/dev/shm; non-public home directories hidden")
+            self.protections.append(
+                "filesystem: private mount namespace, size-limited tmpfs on /tmp, /var/tmp, "
+                "/dev/shm; non-public home directories hidden"
+            )
         self.workdir = self._make_workdir()
         self.uid = None
         if full and root and all(_others_can_enter(d) for d in _python_dirs()):
             self.uid = SANDBOX_UID_BASE + self.pid
             os.chown(self.workdir, self.uid, self.uid)
-            self.protections.append(f"unprivileged uid {self.uid} per worker: RLIMIT_NPROC={max_processes} binds, "
-                                    "cannot signal/ptrace other processes, no root-owned files writable")
+            self.protections.append(
+                f"unprivileged uid {self.uid} per worker: RLIMIT_NPROC={max_processes} binds, "
+                "cannot signal/ptrace other processes, no root-owned files writable"
+            )
         elif root:
             self.protections.append(f"RUNNING AS ROOT without uid drop: RLIMIT_NPROC={max_processes} does not bind")
         else:
@@ -296,11 +306,15 @@ class Sandbox:
             return None
         fs = LL_FS_V1 | (LL_REFER if abi >= 2 else 0) | (LL_TRUNCATE if abi >= 3 else 0)
         fs |= LL_IOCTL_DEV if abi >= 5 else 0
-        attr = _RulesetAttr(fs, (LL_NET_BIND_TCP | LL_NET_CONNECT_TCP) if abi >= 4 else 0,
-                            (LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL) if abi >= 6 else 0)
+        attr = _RulesetAttr(
+            fs,
+            (LL_NET_BIND_TCP | LL_NET_CONNECT_TCP) if abi >= 4 else 0,
+            (LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL) if abi >= 6 else 0,
+        )
         size = 8 if abi < 4 else (16 if abi < 6 else 24)
-        ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
-                                ctypes.c_uint32(0))
+        ruleset = _libc.syscall(
+            SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)
+        )
         if ruleset < 0:
             return None
         ruleset = _high_fd(ruleset)
@@ -416,8 +430,11 @@ class Sandbox:
             return "ok", os.pread(out_fd, os.fstat(out_fd).st_size, 0)
         if code == EXIT_NOT_JSON and fn_name is not None:
             return "ok", None
-        return {EXIT_COMPILE_ERROR: "compile_error", EXIT_MEMORY_ERROR: "memory_limit",
-                EXIT_OUTPUT_LIMIT: "output_limit"}.get(code, "runtime_error"), None
+        return {
+            EXIT_COMPILE_ERROR: "compile_error",
+            EXIT_MEMORY_ERROR: "memory_limit",
+            EXIT_OUTPUT_LIMIT: "output_limit",
+        }.get(code, "runtime_error"), None
 
     def _describe(self, pid: int) -> None:
         """Debugging aid (LITCG_SANDBOX_DEBUG=1): log where a timed-out test is stuck."""
@@ -450,9 +467,14 @@ class Sandbox:
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         os.chdir(self.workdir)
         address_space = self.baseline_vm + (self.memory_mb << 20)
-        limits = {resource.RLIMIT_CPU: (cpu_limit, cpu_limit + 1), resource.RLIMIT_AS: (address_space,) * 2,
-                  resource.RLIMIT_FSIZE: (self.output_limit + 1,) * 2, resource.RLIMIT_NPROC: (self.max_processes,) * 2,
-                  resource.RLIMIT_CORE: (0, 0), resource.RLIMIT_NOFILE: (256, 256)}
+        limits = {
+            resource.RLIMIT_CPU: (cpu_limit, cpu_limit + 1),
+            resource.RLIMIT_AS: (address_space,) * 2,
+            resource.RLIMIT_FSIZE: (self.output_limit + 1,) * 2,
+            resource.RLIMIT_NPROC: (self.max_processes,) * 2,
+            resource.RLIMIT_CORE: (0, 0),
+            resource.RLIMIT_NOFILE: (256, 256),
+        }
         for which, value in limits.items():
             resource.setrlimit(which, value)
         if self.uid is not None:
@@ -522,8 +544,7 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)
     stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 1 << 16), encoding="utf-8")
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-                                                 encoding="utf-8")
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
     sys.stdout = sys.__stdout__ = stdout
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8")
     sys.argv = ["solution.py"]

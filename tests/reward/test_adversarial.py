@@ -40,8 +40,9 @@ hits = [s for s in seen if "918273645" in s]
 print(hits[0] if hits else "nothing found")
 """
     assert run(evaluator, program).outcomes == ["wrong_answer"]
-    assert run(evaluator, program.replace("print(hits[0] if hits else", "print(len(hits), "),
-               SECRET).outcomes == ["wrong_answer"]
+    assert run(evaluator, program.replace("print(hits[0] if hits else", "print(len(hits), "), SECRET).outcomes == [
+        "wrong_answer"
+    ]
 
 
 def test_monkeypatching_the_judge_has_no_effect(evaluator):
@@ -66,8 +67,10 @@ print("wrong")
 """
     assert run(evaluator, program).outcomes == ["wrong_answer"]
     # call-based: patching also breaks the in-process wrapper of its own test; still never a pass
-    assert run(evaluator, program.replace('print("wrong")', "def f(x):\n    return 0"),
-               SECRET_CALL).outcomes[0] in ("wrong_answer", "runtime_error")
+    assert run(evaluator, program.replace('print("wrong")', "def f(x):\n    return 0"), SECRET_CALL).outcomes[0] in (
+        "wrong_answer",
+        "runtime_error",
+    )
     assert run(evaluator, "print(918273645)").outcomes == ["passed"]  # judging still works afterwards
 
 
@@ -87,9 +90,11 @@ def test_closing_stdout_cannot_fake_success(evaluator):
 
 def test_killing_the_parent_and_the_process_group(evaluator):
     before = worker_pids(evaluator)
-    for program in ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('wrong')",
-                    "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\nprint('wrong')",
-                    "import os, signal\nos.killpg(0, signal.SIGKILL)"):
+    for program in (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('wrong')",
+        "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\nprint('wrong')",
+        "import os, signal\nos.killpg(0, signal.SIGKILL)",
+    ):
         assert run(evaluator, program).outcomes[0] in ("runtime_error", "wrong_answer")
     assert worker_pids(evaluator) == before  # no worker died or was restarted
     assert all(w.proc.poll() is None for w in evaluator._pool)

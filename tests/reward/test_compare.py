@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lit_codegen.reward.compare import judge, json_equal, normalise_text, parse_tests
+from lit_codegen.reward.compare import json_equal, judge, normalise_text, parse_tests
 from lit_codegen.reward.report import SCORE_BANDS, format_table, score_band, score_bands, summarize
 
 
@@ -35,13 +35,13 @@ def test_strict_call_based_is_json_equality_with_codewars_unwrapping():
     assert not judge(b"1", True, call_based=True)  # but a boolean is not a number
     assert not judge(b"0", [False], call_based=True)
     assert not judge(None, 1, call_based=True)  # value was not JSON-serialisable
-    assert not judge(b"{\"1\": 2}", {"1": 3}, call_based=True)
+    assert not judge(b'{"1": 2}', {"1": 3}, call_based=True)
     assert json_equal({"a": [1, 2.0]}, {"a": [1.0, 2]})
 
 
 def test_apps_call_based_uses_python_equality():
     assert judge(b"1", True, call_based=True, mode="apps")
-    assert judge(b"{\"1\": \"a\"}", {"1": "a"}, call_based=True, mode="apps")
+    assert judge(b'{"1": "a"}', {"1": "a"}, call_based=True, mode="apps")
 
 
 def test_parse_tests_formats_and_deterministic_cap():
@@ -59,15 +59,25 @@ def test_parse_tests_formats_and_deterministic_cap():
 
 def test_score_bands_edges_go_to_the_higher_band():
     assert [score_band(x) for x in (0.0, 0.19, 0.2, 0.4, 0.6, 0.8, 0.99, 1.0)] == [
-        "Very Poor", "Very Poor", "Poor", "Fair", "Good", "Excellent", "Excellent", "Excellent"]
+        "Very Poor",
+        "Very Poor",
+        "Poor",
+        "Fair",
+        "Good",
+        "Excellent",
+        "Excellent",
+        "Excellent",
+    ]
     assert score_band(1 / 5) == "Poor" and score_band(3 * 0.2) == "Good"  # float noise at the edges
     assert list(score_bands([0.1, 0.5, 1.0])) == list(SCORE_BANDS)
 
 
 def test_summarize_per_difficulty():
-    rows = [{"difficulty": "introductory", "pass_rate": 1.0, "n_tests": 2, "outcomes": ["passed"] * 2},
-            {"difficulty": "introductory", "pass_rate": 0.5, "n_tests": 2, "outcomes": ["passed", "timeout"]},
-            {"difficulty": "interview", "pass_rate": 0.0, "n_tests": 1, "outcomes": ["compile_error"]}]
+    rows = [
+        {"difficulty": "introductory", "pass_rate": 1.0, "n_tests": 2, "outcomes": ["passed"] * 2},
+        {"difficulty": "introductory", "pass_rate": 0.5, "n_tests": 2, "outcomes": ["passed", "timeout"]},
+        {"difficulty": "interview", "pass_rate": 0.0, "n_tests": 1, "outcomes": ["compile_error"]},
+    ]
     summary = summarize(rows, wall_time_s=2.0, protections=["x"])
     assert summary["mean_pass_rate"] == pytest.approx(0.5)
     assert summary["strict_accuracy"] == pytest.approx(1 / 3)

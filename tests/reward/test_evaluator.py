@@ -10,30 +10,40 @@ from lit_codegen.reward import VERDICTS, EvalResult, Evaluator
 STDIN_ECHO_DOUBLE = {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]}
 
 
-@pytest.mark.parametrize("program", [
-    "n = int(input())\nprint(2 * n)",
-    "import sys\n\ndef main():\n    print(2 * int(sys.stdin.readline()))\n\nif __name__ == '__main__':\n    main()\n",
-    "import sys\nprint(2 * int(sys.stdin.buffer.read().decode()))",
-    "total = 0\ndef add(x):\n    global total\n    total += x\nadd(2 * int(input()))\nprint(total)\nexit()\nprint('unreachable')",
-    "n = int(open(0).read())\nprint(2 * n)\nraise SystemExit(0)",
-    "print(Counter('aa')['a'] * int(input()))",  # the APPS header's imports are available
-    "n = int(input())\nif n > 0:\n    print(2 * n)\n    return\nprint('negative')",  # top-level return
-])
+@pytest.mark.parametrize(
+    "program",
+    [
+        "n = int(input())\nprint(2 * n)",
+        "import sys\n\ndef main():\n    print(2 * int(sys.stdin.readline()))\n\n"
+        "if __name__ == '__main__':\n    main()\n",
+        "import sys\nprint(2 * int(sys.stdin.buffer.read().decode()))",
+        "total = 0\ndef add(x):\n    global total\n    total += x\n"
+        "add(2 * int(input()))\nprint(total)\nexit()\nprint('unreachable')",
+        "n = int(open(0).read())\nprint(2 * n)\nraise SystemExit(0)",
+        "print(Counter('aa')['a'] * int(input()))",  # the APPS header's imports are available
+        "n = int(input())\nif n > 0:\n    print(2 * n)\n    return\nprint('negative')",  # top-level return
+    ],
+)
 def test_stdin_program_semantics(evaluator, program):
     (result,) = evaluator.evaluate([program], [STDIN_ECHO_DOUBLE])
     assert result.outcomes == ["passed", "passed"] and result.pass_rate == 1.0
 
 
 def test_call_based_semantics(evaluator):
-    leetcode = ("class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n"
-                "        return [k * x for x in nums]\n")
+    leetcode = (
+        "class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n"
+        "        return [k * x for x in nums]\n"
+    )
     codewars = "def is_even(n):\n    return n % 2 == 0\n"
     tuple_result = "def pair(a):\n    return (a, a + 1)\n"
     results = evaluator.evaluate(
         [leetcode, codewars, tuple_result],
-        [{"fn_name": "twice", "inputs": [[[1, 2], 3]], "outputs": [[3, 6]]},
-         {"fn_name": "is_even", "inputs": [[2], [3]], "outputs": [[True], [False]]},
-         '{"fn_name": "pair", "inputs": [[1]], "outputs": [[1, 2]]}'])
+        [
+            {"fn_name": "twice", "inputs": [[[1, 2], 3]], "outputs": [[3, 6]]},
+            {"fn_name": "is_even", "inputs": [[2], [3]], "outputs": [[True], [False]]},
+            '{"fn_name": "pair", "inputs": [[1]], "outputs": [[1, 2]]}',
+        ],
+    )
     assert [r.pass_rate for r in results] == [1.0, 1.0, 1.0]
 
 
@@ -50,8 +60,10 @@ def test_every_verdict_kind(evaluator):
     results = evaluator.evaluate(list(cases.values()), [{"inputs": ["3\n"], "outputs": ["6\n"]}] * len(cases))
     assert {k: r.outcomes[0] for k, r in zip(cases, results)} == {k: k for k in cases}
     assert set(cases) == set(VERDICTS)
-    call = evaluator.evaluate(["def f():\n    return {1, 2}\n", "def f():\n    raise ValueError\n"],
-                              [{"fn_name": "f", "inputs": [[]], "outputs": [[1, 2]]}] * 2)
+    call = evaluator.evaluate(
+        ["def f():\n    return {1, 2}\n", "def f():\n    raise ValueError\n"],
+        [{"fn_name": "f", "inputs": [[]], "outputs": [[1, 2]]}] * 2,
+    )
     assert [r.outcomes for r in call] == [["wrong_answer"], ["runtime_error"]]  # a set is not JSON
 
 

@@ -50,12 +50,19 @@ def test_mbpp_strict_reproduces_every_expected_pass_rate():
     solutions = [s for s in solutions if s["problem_id"] not in TIMING_DEPENDENT]
     programs = [s["solution"] for s in solutions]
     # parsed dicts for call-based, JSON strings for stdin renderings: both input formats
-    tests = [json.loads(problems[s["problem_id"]]["input_output"]) if s["problem_id"] < 700000
-             else problems[s["problem_id"]]["input_output"] for s in solutions]
+    tests = [
+        json.loads(problems[s["problem_id"]]["input_output"])
+        if s["problem_id"] < 700000
+        else problems[s["problem_id"]]["input_output"]
+        for s in solutions
+    ]
     with Evaluator(workers=2, timeout=5.0, mode="strict") as ev:  # ~40 mutants loop forever: they set the run time
         results = ev.evaluate(programs, tests)
-    mismatches = [(s["problem_id"], s["kind"], s["expected_pass_rate"], r.pass_rate, r.outcomes)
-                  for s, r in zip(solutions, results) if r.pass_rate != pytest.approx(s["expected_pass_rate"], abs=1e-12)]
+    mismatches = [
+        (s["problem_id"], s["kind"], s["expected_pass_rate"], r.pass_rate, r.outcomes)
+        for s, r in zip(solutions, results)
+        if r.pass_rate != pytest.approx(s["expected_pass_rate"], abs=1e-12)
+    ]
     assert not mismatches, mismatches[:10]
     assert len(results) == 826
     partial = [r for r in results if 0.0 < r.pass_rate < 1.0]
@@ -66,8 +73,9 @@ def test_mbpp_timing_dependent_problem_fails_only_by_timeout():
     problems, solutions = _mbpp()
     family = [s for s in solutions if s["problem_id"] in TIMING_DEPENDENT]
     with Evaluator(workers=2, timeout=4.0, mode="strict") as ev:
-        results = ev.evaluate([s["solution"] for s in family],
-                              [problems[s["problem_id"]]["input_output"] for s in family])
+        results = ev.evaluate(
+            [s["solution"] for s in family], [problems[s["problem_id"]]["input_output"] for s in family]
+        )
     for s, r in zip(family, results):
         if s["expected_pass_rate"] == 0.0:  # the real mutant (num % fact == 1) is wrong on every test
             assert r.outcomes[0] == "wrong_answer" and r.pass_rate == 0.0
