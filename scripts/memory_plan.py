@@ -5,7 +5,8 @@
         --set model.init_args.algorithm.micro_batch_size=8 --set model.init_args.rollout.n=4
 
 Reads the recipe (YAML; fields it leaves out take `lit_codegen.args` / `PPOModule` defaults) and the architecture of
-its model (built-in Qwen2.5 0.5B / 3B numbers, or `--model_config path/config.json`), and adds up what each GPU holds
+its model (built-in Qwen2.5 0.5B / 3B numbers, the `config.json` of a local model directory, or
+`--model_config path/config.json`), and adds up what each GPU holds
 in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs them:
 
 - generation: resident training state + the actor gathered in bf16 (`PPOModule.generate`) + the rollout engine
@@ -299,7 +300,8 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
         "| --- | ---: | --- |",
         f"| Generation (rollout engine awake) | {totals['generation']:.1f} | {fits(totals['generation'])} |",
         f"| Experience (forward passes, no grad) | {totals['experience']:.1f} | {fits(totals['experience'])} |",
-        f"| Training (vLLM asleep) | {totals['training']:.1f} | {fits(totals['training'])} |",
+        f"| Training{' (vLLM asleep)' if recipe.rollout_backend == 'vllm' else ''} | {totals['training']:.1f} | "
+        f"{fits(totals['training'])} |",
     ]
     if recipe.rollout_backend == "vllm":
         awake = totals["training_vllm_awake"]
@@ -347,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in args.set:
             _apply_override(config, assignment)
         recipe = Recipe.from_config(config)
+        local_config = Path(recipe.model).expanduser() / "config.json"
         if args.model_config:
             arch = Arch.from_hf_config(args.model_config)
+        elif local_config.is_file():  # a local HF model directory
+            arch = Arch.from_hf_config(local_config)
         elif recipe.model in KNOWN_ARCHS:
             arch = KNOWN_ARCHS[recipe.model]
         else:
