@@ -97,13 +97,19 @@ def test_recipe_runs_one_ppo_iteration_with_the_tiny_model(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ other scripts
 @pytest.mark.skipif(not (SHARED_DATA / "apps").is_dir(), reason=f"shared test data not found at {SHARED_DATA}")
-def test_preprocess_script_writes_chat_parquet(tmp_path):
+def test_preprocess_then_evaluate_scripts_with_their_defaults(tmp_path):
+    # preprocess_apps.sh writes data/apps (relative to the working directory), where evaluate.sh reads by default
     run_script("preprocess_apps.sh", "--source", str(SHARED_DATA / "apps" / "apps_coderl5.jsonl"),
-               "--local_dir", str(tmp_path / "apps"), "--test_size", "0.4", tmp_path=tmp_path)
-    rows = pq.read_table(tmp_path / "apps" / "train.parquet").to_pylist()
-    rows += pq.read_table(tmp_path / "apps" / "test.parquet").to_pylist()
-    assert sorted(r["problem_id"] for r in rows) == [1, 111, 2287, 2404, 4184]
-    assert {r["template_type"] for r in rows} == {"chat"} and all(r["prompt"][-1]["role"] == "user" for r in rows)
+               "--test_size", "0.4", tmp_path=tmp_path)
+    train = pq.read_table(tmp_path / "data" / "apps" / "train.parquet").to_pylist()
+    test = pq.read_table(tmp_path / "data" / "apps" / "test.parquet").to_pylist()
+    assert sorted(r["problem_id"] for r in train + test) == [1, 111, 2287, 2404, 4184]
+    assert {r["template_type"] for r in train + test} == {"chat"}
+    assert all(r["prompt"][-1]["role"] == "user" for r in train + test)
+    run_script("evaluate.sh", "--workers", "2", tmp_path=tmp_path)  # the test split's own reference solutions
+    report = json.loads((tmp_path / "outputs" / "eval" / "report.json").read_text())
+    assert sorted(r["problem_id"] for r in report["results"]) == sorted(r["problem_id"] for r in test)
+    assert all(r["pass_rate"] == 1.0 and r["n_tests"] > 0 for r in report["results"])  # reference solutions pass
 
 
 def test_shell_scripts_are_strict():
