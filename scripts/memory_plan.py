@@ -9,8 +9,9 @@ its model (built-in Qwen2.5 0.5B / 3B numbers, the `config.json` of a local mode
 `--model_config path/config.json`), and adds up what each GPU holds
 in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs them:
 
-- generation: resident training state + the actor gathered in bf16 (`PPOModule.generate`) + the rollout engine
-  (vLLM's whole `vllm_gpu_memory_utilization` budget: bf16 weights + KV cache; or HF generate's KV cache);
+- generation: resident training state + the rollout engine: vLLM's whole `vllm_gpu_memory_utilization` budget
+  (bf16 weights + KV cache) and one full parameter in flight while the new weights are pushed into it; or, with HF
+  generate, the actor gathered in bf16 (`PPOModule.generate`) and its KV cache;
 - experience (old/ref log-probs, values; no grad): resident state + one micro-batch's forward;
 - training (critic, then actor update): resident state + activations and logits of one micro-batch. vLLM sleeps
   (level 2: weights and KV cache released) during training; the total with vLLM awake is printed too.
@@ -227,8 +228,12 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
         add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "et")
 
     # Generation.
-    add("Actor gathered for generation", f"{p_actor / 1e9:.2f} B x {compute_b} B (PPOModule.generate)",
-        p_actor * compute_b, "g")
+    if recipe.rollout_backend == "vllm":  # weights are pushed one full (all-gathered) parameter at a time
+        add("Weight sync to vLLM (largest parameter)", f"embeddings {arch.vocab} x {arch.hidden} x {b} B",
+            arch.vocab * arch.hidden * b, "g")
+    else:
+        add("Actor gathered for generation", f"{p_actor / 1e9:.2f} B x {compute_b} B (PPOModule.generate)",
+            p_actor * compute_b, "g")
     seq, kv_token = recipe.sequence_length, arch.kv_bytes_per_token()
     kv_needed = recipe.rollout_sequences * seq * kv_token
     kv_detail = f"{recipe.rollout_sequences} seqs x {seq} tokens x {kv_token // 1024} KiB"
