@@ -68,7 +68,7 @@ def tiny_recipe_args(root: Path) -> list[str]:
     """The recipe with the tiny model, on one CPU, HF rollouts, the bundled toy problems and tiny batches."""
     return [
         "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.max_steps", "1",
+        "--trainer.strategy", "auto", "--trainer.precision", "32-true",
         "--model.init_args.model", "tiny", "--model.init_args.rollout.backend", "hf",
         "--model.init_args.rollout.max_new_tokens", "8", "--model.init_args.algorithm.mini_batch_size", "2",
         "--model.init_args.algorithm.micro_batch_size", "2", "--model.init_args.reward.workers", "1",
@@ -77,22 +77,28 @@ def tiny_recipe_args(root: Path) -> list[str]:
     ]
 
 
-def test_recipe_runs_one_ppo_iteration_with_the_tiny_model(tmp_path):
+def test_recipe_runs_and_resumes_with_the_tiny_model(tmp_path):
     root = tmp_path / "run"
-    out = run_script("train/code_generation.sh", *tiny_recipe_args(root), tmp_path=tmp_path)
+    out = run_script("train/code_generation.sh", *tiny_recipe_args(root), "--trainer.max_steps", "1",
+                     tmp_path=tmp_path)
     # PassRateValidation ran before training (iteration 0) and after the only iteration (1)
     assert "[validation @ iteration 0]" in out.stdout and "[validation @ iteration 1]" in out.stdout
     # the recipe's WandbLogger (offline) got the run and the validation sample tables
     runs = list((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].rglob("samples_*.table.json"))
-    # ModelCheckpoint(save_last) wrote the state after one PPO iteration: actor, critic, both optimizers, no reference
-    (last,) = root.rglob("last.ckpt")
+    assert (root / "config.yaml").exists()
+    # ModelCheckpoint(save_last) wrote the state after one PPO iteration: actor, critic, both optimizers, no reference,
+    # in the recipe's fixed checkpoint folder (relative to the working directory)
+    last = tmp_path / "outputs" / "ppo_qwen2.5_3b_apps" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1 and ckpt["ppo_state"]["ppo_iteration"] == 1
     assert len(ckpt["optimizer_states"]) == 2
-    prefixes = {k.split(".", 1)[0] for k in ckpt["state_dict"]}
-    assert prefixes == {"actor", "critic"}
-    assert (root / "config.yaml").exists()
+    assert {k.split(".", 1)[0] for k in ckpt["state_dict"]} == {"actor", "critic"}
+    # `--ckpt_path last` finds it although the new wandb run has a new id, and training continues at iteration 2
+    out = run_script("train/code_generation.sh", *tiny_recipe_args(root), "--trainer.max_steps", "2",
+                     "--ckpt_path", "last", tmp_path=tmp_path)
+    assert "[validation @ iteration 0]" not in out.stdout and "[validation @ iteration 2]" in out.stdout
+    assert torch.load(last, map_location="cpu", weights_only=False)["ppo_state"]["ppo_iteration"] == 2
 
 
 # ------------------------------------------------------------------------------------------------ other scripts
