@@ -24,7 +24,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from lit_codegen.reward import Evaluator
+from lit_codegen.reward import Evaluator, sandbox_worker
 from lit_codegen.reward.compare import judge, parse_tests
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "derived"
@@ -157,15 +157,18 @@ def _rss_kb(pid: int) -> int:
 
 
 def _leftovers(ev: Evaluator) -> int:
+    """Processes started by this evaluator's workers that still exist (children or sandbox-uid processes)."""
     workers = {w.proc.pid for w in ev._pool}
+    sandbox_uids = {str(sandbox_worker.SANDBOX_UID_BASE + pid) for pid in workers}
     count = 0
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"sandbox_worker.py" in f.read() and int(entry) not in workers:
-                    count += 1
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
-            pass
+            continue
+        if int(fields["PPid"]) in workers or fields["Uid"].split()[0] in sandbox_uids:
+            count += 1
     return count
 
 
