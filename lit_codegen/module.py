@@ -247,13 +247,9 @@ class PPOModule(LightningModule):
         out = []
         with torch.no_grad():
             for idx in _chunks(seq.shape[0], self.algo.micro_batch_size):
-                logits = model(input_ids=seq[idx], attention_mask=attn[idx], position_ids=pos[idx]).logits
-                out.append(self._token_logprobs(logits, seq[idx], p_len))
+                logits = _response_logits(model, seq[idx], attn[idx], pos[idx], p_len)
+                out.append(ppo.logprobs_from_logits(logits, seq[idx, p_len:], self.rollout_args.temperature))
         return torch.cat(out)
-
-    def _token_logprobs(self, logits: torch.Tensor, seq: torch.Tensor, p_len: int) -> torch.Tensor:
-        """(n, P+R, V) logits -> (n, R) log-probs of the sampled response tokens at the rollout temperature."""
-        return ppo.logprobs_from_logits(logits[:, p_len - 1 : -1], seq[:, p_len:], self.rollout_args.temperature)
 
     def _values(self, seq, attn, pos, p_len: int, grad: bool = False) -> torch.Tensor:
         """Critic values (n, R) of the states before each response token."""
@@ -297,7 +293,7 @@ class PPOModule(LightningModule):
                 loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["mask"][idx],
                                                 a.value_clip, a.loss_agg, norm)
                 self.manual_backward(loss)
-                logs.add(**{"critic/vf_loss": loss.item(), "critic/vf_clipfrac": clipfrac.item() * len(idx) / len(mb)})
+                logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * len(idx) / len(mb)})
             stats.add(**logs.sums, **{"critic/grad_norm": self._step(opt, self.critic)})
         return stats.result()
 
@@ -310,23 +306,22 @@ class PPOModule(LightningModule):
             norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
             for idx in mb.split(a.micro_batch_size):
                 m, share = exp["mask"][idx], len(idx) / len(mb)
-                logits = self.actor(input_ids=exp["seq"][idx], attention_mask=exp["attn"][idx],
-                                    position_ids=exp["pos"][idx]).logits
-                logprobs = self._token_logprobs(logits, exp["seq"][idx], p_len)
+                logits = _response_logits(self.actor, exp["seq"][idx], exp["attn"][idx], exp["pos"][idx], p_len)
+                logprobs = ppo.logprobs_from_logits(logits, exp["seq"][idx, p_len:], self.rollout_args.temperature)
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
                                            a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm)
-                logs.add(**{"actor/pg_loss": loss.item(), "actor/pg_clipfrac": pg["clipfrac"].item() * share,
-                            "actor/ppo_kl": pg["approx_kl"].item() * share})
+                logs.add(**{"actor/pg_loss": loss, "actor/pg_clipfrac": pg["clipfrac"] * share,
+                            "actor/ppo_kl": pg["approx_kl"] * share})
                 with torch.set_grad_enabled(a.entropy_coef > 0):  # always logged, only differentiated if used
-                    entropy_tokens = ppo.entropy_from_logits(logits[:, p_len - 1 : -1], self.rollout_args.temperature)
+                    entropy_tokens = ppo.entropy_from_logits(logits, self.rollout_args.temperature)
                     entropy = ppo.aggregate_loss(entropy_tokens, m, a.loss_agg, norm)
                 loss = loss - a.entropy_coef * entropy
-                logs.add(**{"actor/entropy": entropy.item()})
+                logs.add(**{"actor/entropy": entropy})
                 if a.kl_loss_coef > 0:
                     kl_tokens = ppo.kl_penalty(logprobs, exp["ref_logprobs"][idx], "k3")
                     kl_loss = ppo.aggregate_loss(kl_tokens, m, a.loss_agg, norm)
                     loss = loss + a.kl_loss_coef * kl_loss
-                    logs.add(**{"actor/kl_loss": kl_loss.item()})
+                    logs.add(**{"actor/kl_loss": kl_loss})
                 self.manual_backward(loss)
             stats.add(**logs.sums, **{"actor/grad_norm": self._step(opt, self.actor)})
         return stats.result()
@@ -350,6 +345,7 @@ class PPOModule(LightningModule):
         """Clip gradients and step through the strategy without counting a trainer step; returns the grad norm."""
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.optim_args.max_grad_norm)
         self.trainer.strategy.optimizer_step(optimizer, closure=_no_op)
+        optimizer.zero_grad(set_to_none=True)  # gradients must not hold memory during the next rollout
         return float(grad_norm)
 
     def _count_iteration(self) -> None:
@@ -482,6 +478,12 @@ def _lr_lambda(o: OptimArgs):
     return factor
 
 
+def _response_logits(model, seq, attn, pos, p_len: int) -> torch.Tensor:
+    """Logits (n, R, V) that predict the R response tokens of `seq` (n, P+R); prompt positions are never projected."""
+    n_keep = seq.shape[1] - p_len + 1  # the last prompt position predicts the first response token
+    return model(input_ids=seq, attention_mask=attn, position_ids=pos, logits_to_keep=n_keep).logits[:, :-1]
+
+
 def _sequences(roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt + response ids, attention mask and position ids (N, P+R) that match generation's positions."""
     seq = torch.cat([roll.prompt_ids, roll.response_ids], dim=1)
@@ -510,14 +512,18 @@ def _timer(timing: dict[str, float], key: str):
 
 
 class _Sum:
-    """Sums of scalar metrics over the micro-batches of one mini-batch."""
+    """Sums of scalar metrics over the micro-batches of one mini-batch, kept on the device (no sync per micro-batch)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}
 
-    def add(self, **values: float) -> None:
+    def add(self, **values: torch.Tensor) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+            self._sums[k] = self._sums.get(k, 0.0) + v.detach()
+
+    @property
+    def sums(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._sums.items()}
 
 
 class _Mean:

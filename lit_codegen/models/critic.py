@@ -56,7 +56,7 @@ class CriticModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
-        return self.value_head(hidden.float()).squeeze(-1)
+        return self.value_head(hidden.float()).squeeze(-1).clone()  # not a view: FSDP2 hooks its outputs
 
     @classmethod
     def from_pretrained(
