@@ -1,0 +1,64 @@
+"""Worker for tests/test_distributed.py, launched by `torchrun --nproc_per_node 2` (CPU, gloo).
+
+Trains the tiny PPO model for one epoch of the toy problems with the strategy named on the command line and writes,
+from every rank, the prompts it trained on and the rewards it logged, so the test can check the sharding and the
+cross-rank aggregation.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.module import PPOModule
+
+
+class Record(L.Callback):
+    """Keep the problem ids of every training batch and the logged reward of every iteration."""
+
+    def __init__(self):
+        self.problem_ids, self.rewards, self.local_scores = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.problem_ids += list(batch["problem_id"])
+        self.rewards.append(float(trainer.callback_metrics["critic/score/mean"]))
+        self.local_scores.append(pl_module.last_scores.tolist())
+
+
+def main(strategy_name: str, out: Path) -> None:
+    L.seed_everything(0)
+    module = PPOModule(
+        model="tiny",
+        algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=2, kl_coef=0.05),
+        rollout=RolloutArgs(n=1, max_new_tokens=8),
+        reward=RewardArgs(workers=1, max_tests=2),
+        optim=OptimArgs(actor_lr=1e-3, critic_lr=1e-3),
+    )
+    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
+    data.connect(module.tokenizer)
+    if strategy_name == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    else:
+        strategy = "ddp_find_unused_parameters_true"
+    record = Record()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[record])
+    trainer.fit(module, datamodule=data)
+    actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
+                    for p in module.actor.parameters())
+    result = {"rank": trainer.global_rank, "problem_ids": record.problem_ids, "rewards": record.rewards,
+              "local_scores": record.local_scores, "iterations": module.ppo_iteration,
+              "global_step": trainer.global_step, "actor_sum": actor_sum}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], Path(sys.argv[2]))
