@@ -316,8 +316,8 @@ def time_real_evaluator(calls: list[tuple[list[str], list]], batches: int) -> di
 
 
 # ----------------------------------------------------------------------------------------------------------- report
-def print_table(ppo_epochs: int, ours: dict, trl: dict | None) -> None:
-    """One side-by-side table for one `ppo_epochs` setting."""
+def print_table(title: str, ours: dict, trl: dict | None) -> None:
+    """One side-by-side table for one run of one `ppo_epochs` setting."""
     rows = [
         ("generation s", "median_generation_s"),
         ("scoring s (ref/value/old-logp fwd)", "median_scoring_s"),
@@ -333,7 +333,7 @@ def print_table(ppo_epochs: int, ours: dict, trl: dict | None) -> None:
     def cell(d: dict | None, key: str) -> str:
         return f"{d[key]:.3f}" if d and key in d else "-"
 
-    print(f"\n=== ppo_epochs = {ppo_epochs} ===")
+    print(f"\n=== {title} ===")
     print(f"{'':36s}{'TRL 1.12 PPOTrainer':>22s}{'lit_codegen PPOModule':>24s}")
     for label, key in rows:
         print(f"{label:36s}{cell(trl, key):>22s}{cell(ours, key):>24s}")
@@ -344,18 +344,36 @@ def print_table(ppo_epochs: int, ours: dict, trl: dict | None) -> None:
               f"{trl['median_iter_s_no_gc'] / ours['median_iter_s']:.2f}x vs TRL without gc.collect (target >= 1.5x)")
 
 
+def wait_for_load(limit: float | None, max_wait_s: float = 1200.0) -> None:
+    """Wait until the 1-minute load average is below `limit` (other processes share the cores), at most `max_wait_s`.
+
+    With 2 OpenMP threads on 2 shared cores, a busy machine slows torch by 10x or more (the threads spin-wait on each
+    other while the OS runs someone else); measure on a quiet machine, or set `OMP_WAIT_POLICY=PASSIVE` for both sides.
+    """
+    if limit is None:
+        return
+    deadline = time.monotonic() + max_wait_s
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(15)
+    if os.getloadavg()[0] >= limit:
+        print(f"warning: load average still {_load(os.getloadavg())} after {max_wait_s:.0f} s; measuring anyway")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run TRL and ours for each PPO-epochs setting, print the tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ppo-epochs", type=int, nargs="+", default=[1, 4], help="PPO epochs settings to run.")
     parser.add_argument("--iters", type=int, default=10, help="Measured iterations (after one warm-up).")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of each (TRL, ours) pair, one after the other.")
     parser.add_argument("--json", type=Path, default=None, help="Write all figures to this file.")
     parser.add_argument("--trl-venv", type=Path, default=Path("/work/venv-trl"), help="Venv of the TRL side.")
     parser.add_argument("--skip-trl", action="store_true", help="Run our side only.")
     parser.add_argument("--reward-batches", type=int, default=3, help="Batches to score with the real evaluator.")
+    parser.add_argument("--wait-for-load", type=float, default=None, metavar="L",
+                        help="Before each run, wait (up to 20 min) until the 1-minute load average is below L.")
     args = parser.parse_args(argv)
-    if args.iters < 1:
-        parser.error("--iters must be at least 1")
+    if args.iters < 1 or args.repeats < 1:
+        parser.error("--iters and --repeats must be at least 1")
 
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -363,29 +381,40 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"workload": {"batch": BATCH, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS, **MODEL_DIMS,
                                  "tie_word_embeddings": True, "torch_threads": THREADS, "dtype": "float32",
                                  "iters_measured": args.iters},
-                    "versions": {"torch": torch.__version__}, "runs": {}}
+                    "environment": {"torch": torch.__version__, "cpus": os.cpu_count(),
+                                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")},
+                    "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_bench_model(Path(tmp) / "tiny-bench")
         evaluator_calls = []
         for epochs in args.ppo_epochs:
-            run: dict = {"load_before": os.getloadavg()}
-            if trl_python is not None:
-                print(f"TRL, ppo_epochs={epochs} ...", flush=True)
-                run["trl"] = run_trl(trl_python, epochs, args.iters)
-            print(f"ours, ppo_epochs={epochs} ...", flush=True)
-            run["ours"], stub = run_ours(model_dir, epochs, args.iters)
-            evaluator_calls = stub.calls
-            run["load_after"] = os.getloadavg()
-            if "trl" in run:
-                run["ratio_vs_trl"] = run["trl"]["median_iter_s"] / run["ours"]["median_iter_s"]
-                run["ratio_vs_trl_no_gc"] = run["trl"]["median_iter_s_no_gc"] / run["ours"]["median_iter_s"]
-            report["runs"][str(epochs)] = run
+            for repeat in range(1, args.repeats + 1):
+                run: dict = {"ppo_epochs": epochs, "repeat": repeat}
+                if trl_python is not None:
+                    wait_for_load(args.wait_for_load)
+                    run["load_before_trl"] = os.getloadavg()
+                    print(f"TRL, ppo_epochs={epochs}, run {repeat} ...", flush=True)
+                    run["trl"] = run_trl(trl_python, epochs, args.iters)
+                wait_for_load(args.wait_for_load)
+                run["load_before_ours"] = os.getloadavg()
+                print(f"ours, ppo_epochs={epochs}, run {repeat} ...", flush=True)
+                run["ours"], stub = run_ours(model_dir, epochs, args.iters)
+                evaluator_calls = stub.calls
+                run["load_after"] = os.getloadavg()
+                if "trl" in run:
+                    run["ratio_vs_trl"] = run["trl"]["median_iter_s"] / run["ours"]["median_iter_s"]
+                    run["ratio_vs_trl_no_gc"] = run["trl"]["median_iter_s_no_gc"] / run["ours"]["median_iter_s"]
+                report["runs"][f"epochs{epochs}_run{repeat}"] = run
         print("real evaluator on the generated programs ...", flush=True)
         report["reward"] = time_real_evaluator(evaluator_calls, args.reward_batches)
 
-    for epochs, run in report["runs"].items():
-        print_table(int(epochs), run["ours"], run.get("trl"))
-        print(f"load average (1/5/15 min) before {_load(run['load_before'])}, after {_load(run['load_after'])}")
+    for run in report["runs"].values():
+        print_table(f"ppo_epochs = {run['ppo_epochs']}, run {run['repeat']}", run["ours"], run.get("trl"))
+        loads = [f"{k.removeprefix('load_').replace('_', ' ')} {_load(v)}" for k, v in run.items()
+                 if k.startswith("load_")]
+        print("load average (1/5/15 min): " + "; ".join(loads))
+        if max(v[0] for k, v in run.items() if k.startswith("load_")) > 1.5:
+            print("warning: the machine was busy (load > 1.5 on 2 cores); figures are unreliable, rerun when quiet")
     r = report["reward"]
     print(f"\nreward (excluded above): real Evaluator, {r['workers']} workers, start-up {r['start_s']:.2f} s, "
           f"median {r['median_batch_s']:.3f} s per batch of {r['programs_per_batch']} programs "
