@@ -212,8 +212,8 @@ class AppsDataModule(_TokenizedDataModule):
             problems.
         template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`).
         max_prompt_length: Prompts with more tokens are dropped (the count is logged).
-        train_batch_size: Prompts per training batch (before `rollout.n` samples each).
-        val_batch_size: Prompts per validation batch.
+        train_batch_size: Prompts per training batch and rank (before `rollout.n` samples each).
+        val_batch_size: Prompts per validation batch and rank.
         num_workers: DataLoader worker processes.
         shuffle: Shuffle the training prompts (deterministically, from `seed`).
         seed: Seed of the training shuffle.
