@@ -1,7 +1,8 @@
 """`PassRateValidation`: score the validation problems every N PPO iterations, before training and at the end.
 
 Generation is greedy by default (`model.rollout.val_greedy`); with `val_n > 1` samples per prompt it reports pass@k.
-Prompts are sharded over ranks batch by batch (batch i goes to rank i mod world size: no duplicates, no drops) and
+Prompts are sharded over ranks batch by batch (batch i goes to rank i mod world size: no duplicates, no drops; a rank
+with no batch left still generates once per round, because sharded models need every rank in each forward pass) and
 the torchmetrics states are summed across ranks, so every rank computes the same numbers; rank zero logs them.
 A table of sample generations goes to the logger (a wandb table, or `val_samples.jsonl` next to the CSV metrics).
 """
@@ -15,6 +16,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+
+def _rank_batch_indices(n_batches: int, world_size: int, rank: int) -> list[int]:
+    """Batch i goes to rank i mod world size; every rank gets the same number of rounds (-1 = nothing left)."""
+    rounds = -(-n_batches // world_size)
+    return [r * world_size + rank if r * world_size + rank < n_batches else -1 for r in range(rounds)]
 
 
 class PassRateValidation(Callback):
@@ -59,11 +66,12 @@ class PassRateValidation(Callback):
         self._last_validated = it
         metrics, samples = pl_module.val_metrics, []
         metrics.reset()
-        loader = trainer.datamodule.val_dataloader()
-        for i, batch in enumerate(loader):
-            if i % trainer.world_size != trainer.global_rank:
+        batches = list(trainer.datamodule.val_dataloader())
+        for i in _rank_batch_indices(len(batches), trainer.world_size, trainer.global_rank):
+            batch = pl_module.transfer_batch_to_device(batches[i if i >= 0 else 0], pl_module.device, 0)
+            if i < 0:  # no batch left for this rank: generate anyway, sharded models need every rank's forward passes
+                pl_module.generate(batch, pl_module.val_sampling())
                 continue
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
             roll, results = pl_module.score_batch(batch)
             problem_index = roll.prompt_index.tolist()
             metrics.update(results, [batch["difficulty"][j] for j in problem_index],

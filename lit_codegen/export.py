@@ -28,9 +28,13 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     if path.is_dir():
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # tensors (state_dict, optimizers) in DCP shards
             dcp_to_torch_save(path, Path(tmp) / "full.pt")
-            return torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+            ckpt = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+        meta = path / "meta.pt"  # Lightning keeps the non-tensor entries (ppo_state, hyper_parameters) here
+        if meta.is_file():
+            ckpt.update(torch.load(meta, map_location="cpu", weights_only=False))
+        return ckpt
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -56,8 +60,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     model_path, hp = state["model_path"], ckpt.get("hyper_parameters", {})
     if not Path(model_path).exists() and "/" not in model_path:
         raise FileNotFoundError(f"the checkpoint's base model {model_path!r} is not available to rebuild the actor")
-    # The checkpoint may hold state in "state_dict" (single file) or directly as flattened keys (sharded).
-    weights = ckpt.get("state_dict", ckpt)
+    weights = ckpt["state_dict"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     actor = load_causal_lm(model_path, dtype=hp.get("dtype", "float32"))

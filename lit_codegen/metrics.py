@@ -5,7 +5,8 @@
 - `val/pass_rate`: mean fraction of tests passed (the reward), and per difficulty `val/pass_rate/<difficulty>`;
 - `val/strict_accuracy`: fraction of programs that pass every test, and per difficulty;
 - `val/score_band/<band>`: share of programs in each of the five score bands of the evaluator report;
-- `val/pass@k`: with k > 1 samples per prompt, the unbiased pass@k estimator of Chen et al. 2021.
+- `val/pass@k`: with k > 1 samples per prompt, the unbiased pass@k estimator of Chen et al. 2021;
+- `val/num_programs`: how many programs were scored, over all ranks.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class PassRateMetrics(Metric):
             if float(rate.weight) > 0:  # after sync, the same on every rank
                 out[f"{p}/pass_rate/{level}"] = float(rate.compute())
                 out[f"{p}/strict_accuracy/{level}"] = float(strict.compute())
+        out[f"{p}/num_programs"] = float(self.bands.sum())  # all ranks' programs: checks sharding (no drops/dups)
         total = float(self.bands.sum()) or 1.0
         for name, count in zip(SCORE_BANDS, self.bands.tolist()):
             out[f"{p}/score_band/{name.lower().replace(' ', '_')}"] = count / total

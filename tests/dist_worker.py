@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.callbacks import PassRateValidation
 from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.module import PPOModule
 
@@ -21,9 +22,11 @@ class Record(L.Callback):
     """Keep the problem ids of every training batch and the logged reward of every iteration."""
 
     def __init__(self):
-        self.problem_ids, self.rewards, self.local_scores = [], [], []
+        self.problem_ids, self.rewards, self.local_scores, self.val = [], [], [], {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.val:  # PassRateValidation ran before training: its values are in callback_metrics
+            self.val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self.problem_ids += list(batch["problem_id"])
         self.rewards.append(float(trainer.callback_metrics["critic/score/mean"]))
         self.local_scores.append(pl_module.last_scores.tolist())
@@ -47,15 +50,16 @@ def main(strategy_name: str, out: Path) -> None:
     else:
         strategy = "ddp_find_unused_parameters_true"
     record = Record()
+    validation = PassRateValidation(every_n_iterations=0, before_training=True, at_end=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[record])
+                        limit_val_batches=0, callbacks=[validation, record])
     trainer.fit(module, datamodule=data)
     actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
                     for p in module.actor.parameters())
     result = {"rank": trainer.global_rank, "problem_ids": record.problem_ids, "rewards": record.rewards,
               "local_scores": record.local_scores, "iterations": module.ppo_iteration,
-              "global_step": trainer.global_step, "actor_sum": actor_sum}
+              "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 

@@ -1,4 +1,4 @@
-"""2-process CPU runs (gloo) of PPO with DDP and with FSDP2 (ModelParallelStrategy): sharding and aggregation."""
+"""2-process CPU runs (gloo) of PPO with DDP and FSDP2 (ModelParallelStrategy): sharding, aggregation, validation."""
 
 import json
 import math
@@ -32,5 +32,8 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     for it, (reward0, reward1) in enumerate(zip(ranks[0]["rewards"], ranks[1]["rewards"])):
         both = ranks[0]["local_scores"][it] + ranks[1]["local_scores"][it]
         assert reward0 == pytest.approx(reward1) == pytest.approx(sum(both) / len(both))
+    # validation before training: prompts sharded over ranks (no drops, no duplicates), metrics summed across ranks
+    assert ranks[0]["val"]["val/num_programs"] == len(all_ids)
+    assert ranks[0]["val"] == ranks[1]["val"] and "val/pass_rate" in ranks[0]["val"]
     # gradients were synchronised: the replicas (or the gathered shards) end identical
     assert ranks[0]["actor_sum"] == pytest.approx(ranks[1]["actor_sum"], rel=1e-6)

@@ -1,0 +1,35 @@
+"""Export of a sharded (FSDP2 / ModelParallelStrategy) checkpoint directory to an HF model directory."""
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from transformers import AutoModelForCausalLM
+
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.export import export_checkpoint
+from lit_codegen.models.critic import CriticModel
+from lit_codegen.module import PPOModule
+
+
+def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path):
+    L.seed_everything(0)
+    module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4),
+                       rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
+                       optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
+    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
+    data.connect(module.tokenizer)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt").is_dir()  # sharded: a torch.distributed.checkpoint directory
+    full = lambda sd: {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sd.items()}  # noqa: E731
+    actor, critic = full(module.actor.state_dict()), full(module.critic.state_dict())
+
+    out = export_checkpoint(tmp_path / "ckpt", tmp_path / "hf", critic=True)
+    for name, value in AutoModelForCausalLM.from_pretrained(out).state_dict().items():
+        assert torch.equal(value, actor[name]), name
+    for name, value in CriticModel.from_pretrained(str(out / "critic")).state_dict().items():
+        assert torch.equal(value, critic[name]), name
