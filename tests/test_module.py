@@ -76,3 +76,9 @@ def _counting(fn, calls):
         return fn(*args, **kwargs)
 
     return wrapped
+
+
+def test_checkpoint_of_another_model_class_is_rejected_by_name():
+    module = PPOModule(model="tiny")
+    with pytest.raises(ValueError, match="not written by PPOModule"):
+        module.on_load_checkpoint({"state_dict": {"model.lm_head.weight": torch.zeros(1)}})  # e.g. an SFTModule's
