@@ -133,29 +133,36 @@ class SFTCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """Training order that is a pure function of (seed, epoch) and can start in the middle of an epoch.
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """Training order that is a pure function of (seed, epoch), sharded over ranks, able to start mid-epoch.
 
-    Epoch e visits `torch.randperm(n, generator=seed + e)` (or 0..n-1 without shuffling). `start_batch` counts the
-    batches already consumed over the whole run (the PPO iteration of a resumed run): iteration starts at that epoch
-    and offset, so a resumed run sees exactly the prompts a straight run would. One `iter()` = one epoch. Under DDP,
-    Lightning wraps this sampler in a `DistributedSamplerWrapper` that hands rank r every world-size-th index, so a
-    global batch spans `batch_size * world_size` indices.
+    Epoch e visits `torch.randperm(n, generator=seed + e)` (or 0..n-1 without shuffling), padded by wrapping around to
+    a multiple of the world size so every rank gets as many batches (sharded models need every rank in each step);
+    rank r takes every world-size-th index from position r. `start_batch` counts the batches already trained over the
+    whole run (the PPO iteration of a resumed run): iteration starts at that epoch and offset, so a resumed run sees
+    exactly the prompts a straight run would. One `iter()` = one epoch. It subclasses `DistributedSampler` only so
+    that Lightning uses it as it is instead of wrapping it; the epoch is its own, so `set_epoch` is ignored.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, start_batch: int = 0,
-                 world_size: int = 1) -> None:
-        self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.global_batch = batch_size * world_size
-        batches_per_epoch = max(1, -(-n // self.global_batch))
+                 world_size: int = 1, rank: int = 0) -> None:
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.n = n
+        per_epoch = -(-n // world_size)  # indices per rank and epoch
+        batches_per_epoch = max(1, -(-per_epoch // batch_size))
         self.epoch, first = divmod(start_batch, batches_per_epoch)
-        self.skip = first * self.global_batch
+        self.skip = first * batch_size  # per rank
 
     def order(self, epoch: int) -> list[int]:
-        """The full order of one epoch."""
-        if not self.shuffle:
-            return list(range(self.n))
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        """This rank's order in one epoch (before skipping)."""
+        order = list(range(self.n))
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        padded = order + order[: (-len(order)) % self.num_replicas]
+        return padded[self.rank :: self.num_replicas]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the sampler counts its own epochs (see the class docstring)."""
 
     def __iter__(self):
         indices = self.order(self.epoch)[self.skip :]
@@ -163,7 +170,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         return iter(indices)
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return -(-self.n // self.num_replicas) - self.skip
 
 
 class _TokenizedDataModule(LightningDataModule):
@@ -290,9 +297,9 @@ class AppsDataModule(_TokenizedDataModule):
         """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming at the model's PPO iteration."""
         trainer = getattr(self, "trainer", None)
         start = getattr(trainer.lightning_module, "ppo_iteration", 0) if trainer is not None else 0
-        world_size = trainer.world_size if trainer is not None else 1
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(len(self.datasets.get("train", ())), self.train_batch_size, self.shuffle,
-                                   self.seed, start_batch=start, world_size=world_size)
+                                   self.seed, start_batch=start, world_size=world_size, rank=rank)
         return self._loader("train", self.train_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -5,11 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-from lightning.pytorch.utilities.data import _update_dataloader
 from transformers import AutoTokenizer
 
-from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, SFTDataModule, toy_data_dir
+from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, ResumableSampler, SFTDataModule, toy_data_dir
 from lit_codegen.data.preprocess import preprocess
 from lit_codegen.data.prompts import format_answer
 from lit_codegen.data.toy import read_toy_records
@@ -73,15 +71,28 @@ def test_train_shuffle_is_seeded_and_covers_every_prompt_once(tokenizer):
     assert epoch_order(apps_dm(tokenizer, val_batch_size=4).val_dataloader()) == list(range(N_TOY))
 
 
-def test_train_loader_under_lightning_distributed_sampler(tokenizer):
-    # What Trainer(strategy="ddp") does to our loader: swap in a DistributedSampler and rebuild the DataLoader.
-    loader = apps_dm(tokenizer, train_batch_size=4).train_dataloader()
-    shards = []
-    for rank in range(2):
-        sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=rank)
-        shards.append(epoch_order(_update_dataloader(loader, sampler)))
+def test_resumable_sampler_shards_every_prompt_once_and_keeps_lightning_from_wrapping_it():
+    shards = [list(ResumableSampler(N_TOY, 4, True, seed=0, world_size=2, rank=r)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == N_TOY // 2
     assert sorted(shards[0] + shards[1]) == list(range(N_TOY))
+    odd = [list(ResumableSampler(N_TOY - 1, 4, True, seed=0, world_size=2, rank=r)) for r in range(2)]
+    assert len(odd[0]) == len(odd[1])  # padded: both ranks run the same number of batches
+    assert set(odd[0] + odd[1]) == set(range(N_TOY - 1))
+    assert isinstance(ResumableSampler(N_TOY, 4, True, seed=0), torch.utils.data.DistributedSampler)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_resumable_sampler_continues_a_straight_run_mid_epoch(world_size):
+    straight = ResumableSampler(N_TOY, 4, True, seed=3, world_size=world_size, rank=world_size - 1)
+    epochs = [list(straight), list(straight)]
+    batches = len(epochs[0]) // 4 + bool(len(epochs[0]) % 4)
+    resumed = ResumableSampler(N_TOY, 4, True, seed=3, start_batch=2, world_size=world_size, rank=world_size - 1)
+    assert list(resumed) == epochs[0][8:]  # the rest of epoch 0 ...
+    assert list(resumed) == epochs[1]  # ... then epoch 1 as in the straight run
+    after_epoch = ResumableSampler(N_TOY, 4, True, seed=3, start_batch=batches, world_size=world_size,
+                                   rank=world_size - 1)
+    assert list(after_epoch) == epochs[1]
+    assert epochs[0] != epochs[1]  # a new order every epoch
 
 
 def test_long_prompts_are_dropped_with_a_logged_count(tokenizer, caplog):
