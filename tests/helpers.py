@@ -16,7 +16,7 @@ def tiny_demo_config(path: Path, validate_every: int = 10, checkpoint_every: int
     model = cfg["model"]["init_args"]
     model["warm_start_steps"] = 20
     model["rollout"]["max_new_tokens"] = 16
-    model["algorithm"].update(mini_batch_size=16, micro_batch_size=8)
+    model["algorithm"].update(mini_batch_size=16, micro_batch_size=8, critic_warmup=1)
     cfg["data"]["init_args"]["train_batch_size"] = 4
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("PassRateValidation"):

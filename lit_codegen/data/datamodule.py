@@ -288,6 +288,9 @@ class AppsDataModule(_TokenizedDataModule):
             self.datasets[split],
             batch_size=batch_size,
             sampler=sampler,
+            # Its own generator: otherwise every iter() draws a seed from the global RNG, which would shift the
+            # sampling RNG of a resumed run (and of a run that validates) away from a straight run's.
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=False,
             num_workers=self.num_workers,
             collate_fn=PromptCollator(pad_token_id(self.tokenizer)),
