@@ -1,5 +1,7 @@
 """Export of a sharded (FSDP2 / ModelParallelStrategy) checkpoint directory to an HF model directory."""
 
+import socket
+
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -12,7 +14,10 @@ from lit_codegen.models.critic import CriticModel
 from lit_codegen.module import PPOModule
 
 
-def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path):
+def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path, monkeypatch):
+    # Lightning exports MASTER_ADDR/PORT for its 1-process group; keep them out of later tests' subprocesses.
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     L.seed_everything(0)
     module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4),
                        rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
@@ -22,8 +27,12 @@ def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))
-    trainer.fit(module, datamodule=data)
-    trainer.save_checkpoint(tmp_path / "ckpt")
+    try:
+        trainer.fit(module, datamodule=data)
+        trainer.save_checkpoint(tmp_path / "ckpt")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert (tmp_path / "ckpt").is_dir()  # sharded: a torch.distributed.checkpoint directory
     full = lambda sd: {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sd.items()}  # noqa: E731
     actor, critic = full(module.actor.state_dict()), full(module.critic.state_dict())
@@ -33,3 +42,9 @@ def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path):
         assert torch.equal(value, actor[name]), name
     for name, value in CriticModel.from_pretrained(str(out / "critic")).state_dict().items():
         assert torch.equal(value, critic[name]), name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

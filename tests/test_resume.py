@@ -54,7 +54,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
     last = root / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 400
     try:
-        while time.monotonic() < deadline and not _iteration_of(last, at_least=2):
+        while time.monotonic() < deadline and _iteration_of(last, live=True) < 2:
             time.sleep(0.5)
         time.sleep(0.7)  # land somewhere inside the next iteration (possibly inside a checkpoint write)
     finally:
@@ -68,13 +68,13 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert set(range(killed_at + 1, target + 1)) <= set(metrics_by_step(root))
 
 
-def _iteration_of(path: Path, at_least: int = 0) -> int:
-    """PPO iteration stored in a checkpoint (0 if missing/unreadable while being written)."""
+def _iteration_of(path: Path, live: bool = False) -> int:
+    """PPO iteration stored in a checkpoint (0 if missing; with `live`, also 0 while the running job replaces it)."""
     if not path.exists():
         return 0
     try:
         return torch.load(path, map_location="cpu", weights_only=False)["ppo_state"]["ppo_iteration"]
     except Exception:
-        if at_least:  # still being written by the live run
+        if live:
             return 0
         raise
