@@ -202,6 +202,16 @@ class _TokenizedDataModule(LightningDataModule):
             )
         return self.tokenizer
 
+    def setup(self, stage: str | None = None) -> None:
+        """Read and tokenize the splits the stage needs (train for `fit`; test for every stage)."""
+        tokenizer = self._require_tokenizer()
+        for split in ["train", "test"] if stage in (None, "fit") else ["test"]:
+            if split not in self.datasets:
+                self.datasets[split] = self._tokenize(split, tokenizer)
+
+    def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
     def _read(self, split: str, columns: list[str]) -> list[dict[str, Any]]:
         if self.data_dir is None and not self._toy_written:
             # Rewritten on every setup so the cache never lags behind the installed package; the writes are atomic
@@ -246,14 +256,6 @@ class AppsDataModule(_TokenizedDataModule):
         self.shuffle = shuffle
         self.seed = seed
         self.datasets: dict[str, list[dict[str, Any]]] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read and tokenize the splits the stage needs (train for `fit`; test for every stage)."""
-        tokenizer = self._require_tokenizer()
-        splits = ["train", "test"] if stage in (None, "fit") else ["test"]
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = self._tokenize(split, tokenizer)
 
     def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
         rows = self._read(split, ["prompt", "raw_prompt", "problem_id", "input_output", "difficulty"])
@@ -351,15 +353,11 @@ class SFTDataModule(_TokenizedDataModule):
         self.seed = seed
         self.datasets: dict[str, list[dict[str, Any]]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read and tokenize the pairs the stage needs (train for `fit`; test for every stage)."""
-        tokenizer = self._require_tokenizer()
+    def _require_tokenizer(self) -> Any:
+        tokenizer = super()._require_tokenizer()
         if tokenizer.eos_token_id is None:
             raise ValueError("SFT needs a tokenizer with an EOS token (the answer must teach the model to stop)")
-        splits = ["train", "test"] if stage in (None, "fit") else ["test"]
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = self._tokenize(split, tokenizer)
+        return tokenizer
 
     def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
         rows = self._read(split, ["prompt", "raw_prompt", "solutions"])
