@@ -13,7 +13,7 @@ in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs th
   (bf16 weights + KV cache) and one full parameter in flight while the new weights are pushed into it; or, with HF
   generate, the actor gathered in bf16 (`PPOModule.generate`) and its KV cache;
 - experience (old/ref log-probs, values; no grad): resident state + one micro-batch's forward;
-- training (critic, then actor update): resident state + activations and logits of one micro-batch. vLLM sleeps
+- training (critic, then actor update): resident state + activations of one micro-batch + one block of logits. vLLM sleeps
   (level 2: weights and KV cache released) during training; the total with vLLM awake is printed too.
 
 The output is a Markdown table (README-ready).
@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from lit_codegen.args import PPOArgs, RolloutArgs
+from lit_codegen.models.logprob_head import BLOCK_ELEMENTS
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -256,19 +257,23 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
     ckpt = (arch.layers * arch.hidden * compute_b + per_layer) * tokens
     acts = ckpt if recipe.gradient_checkpointing else full
     how = "checkpointed: layer inputs + 1 layer" if recipe.gradient_checkpointing else "all layers"
-    logits = tokens * arch.vocab * compute_b * 2 + response_tokens * arch.vocab * 4
+    # The LM head is fused with the log-softmax (lit_codegen.models.logprob_head): one block of logits at a time, in
+    # the compute dtype plus its float32 temporaries (eager; compiled they fuse away), and in the backward pass the
+    # block's gradient and a float32 accumulator of the head's weight gradient.
+    block = min(BLOCK_ELEMENTS, response_tokens * arch.vocab)
+    head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * (4 + compute_b)
     add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "t")
-    add("Actor logits (1 micro-batch)", f"bf16 all positions + their grad, fp32 response: {tokens} tok x {arch.vocab}",
-        logits, "t")
+    add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad, "
+        f"fp32 weight-grad accumulator", head, "t")
     add("  (activations without checkpointing)", f"{arch.layers} layers x {per_layer / 1024:.0f} KiB/token",
         full, "")
-    add("Forward-only pass (1 micro-batch)", "old/ref log-probs, values: 1 layer + logits",
-        per_layer * tokens + tokens * arch.vocab * compute_b + 1024 * arch.vocab * 4, "e")
+    add("Forward-only pass (1 micro-batch)", "old/ref log-probs, values: 1 layer + 1 block of logits",
+        per_layer * tokens + block * (compute_b + 4 * 3), "e")
 
     def phase(p: str) -> float:
         return sum(r.gib for r in rows if p in r.phases)
 
-    # The critic's update holds the same layer activations but no logits, so the actor's update is the peak.
+    # The critic's update holds the same layer activations but no LM head, so the actor's update is the peak.
     vllm_budget = sum(r.gib for r in rows if r.name.startswith("vLLM engine"))
     host_models = p_actor + (p_critic if recipe.uses_critic else 0) + (p_actor if recipe.uses_ref else 0)
     totals = {

@@ -14,14 +14,16 @@ here is ~0 and says nothing about the evaluator).
 The bench changes two things in the module and says so in its output: phase timers synchronise the GPU (otherwise a
 phase's queued kernels are billed to the next phase), and the rollout engine and evaluator are the two swaps above.
 
-Formulas (N sequences of T = prompt + response tokens, R response tokens, L layers, H hidden size):
+Formulas (N sequences of T = prompt + response tokens, R response tokens, L layers, H hidden size, V vocabulary):
 
-- matmul parameters: actor M_a = L x layer + V x H (the LM head, tied or not), critic M_c = L x layer (+ H).
-- training FLOPs (update_critic + update_actor) = ppo_epochs x N x T x sum over actor, critic of
-  (6 x M + 6 x L x H x T)   [fwd + bwd = 3 x fwd; causal attention: 2 x 2 x L x H x T / 2 per token forward]
-  MFU = training FLOPs / training time / peak. HFU adds the recomputed forward when gradient checkpointing is on
-  (8 instead of 6).
-- forward-only FLOPs (old log-probs, reference, values) = N x T x (2 x M + 2 x L x H x T).
+- multiply-adds per sequence of one pass: T x (decoder-layer matmul parameters + L x H x T) [causal attention: QK^T
+  and AV over T / 2 keys on average] + the head: R x V x H for the actor (PPO projects only the response positions;
+  the LM head is fused with the log-softmax, `lit_codegen.models.logprob_head`), T x H for the critic's value head.
+- training FLOPs (update_critic + update_actor) = ppo_epochs x N x 6 x (actor + critic multiply-adds)
+  [fwd + bwd = 3 x fwd, 2 FLOPs per multiply-add]. MFU = training FLOPs / training time / peak. HFU counts what the
+  hardware also does: 8 instead of 6 with gradient checkpointing, and the actor head's recomputed projection in its
+  backward pass (+2 x R x V x H).
+- forward-only FLOPs (old log-probs, reference, values) = N x 2 x multiply-adds.
 - training tokens/s = ppo_epochs x N x T / training time (each token goes through the critic's and the actor's update).
 - generation tokens/s = N x R / generation time (HF generate, KV cache, batch N).
 - peak: 989 TFLOP/s bf16 dense for H100 SXM and H200 (same compute), 312 for A100; `--peak_tflops` overrides.
@@ -78,6 +80,8 @@ class BenchArgs:
     ppo_epochs: int = 1
     kl_coef: float = 0.001
     gradient_checkpointing: bool = False
+    compile: bool = False
+    profile: bool = False  # one extra iteration (not in the means) whose update phases run under torch.profiler
     precision: str = "bf16-mixed"
     reference_steps: int = 5
 
@@ -110,7 +114,36 @@ class StubEvaluator:
 
 
 class BenchPPOModule(PPOModule):
-    """`PPOModule` with the full-length HF rollout and the stub evaluator; everything else is the real module."""
+    """`PPOModule` with the full-length HF rollout and the stub evaluator; everything else is the real module.
+
+    With `profile_at` set, the update phases of that iteration run under `torch.profiler`; the kernel table is kept
+    in `profile_table`.
+    """
+
+    profile_at: int | None = None
+    profile_table: str | None = None
+
+    def _update_critic(self, exp: dict, p_len: int) -> dict[str, float]:
+        with self._profiled("update_critic"):
+            return super()._update_critic(exp, p_len)
+
+    def _update_actor(self, exp: dict, p_len: int) -> dict[str, float]:
+        with self._profiled("update_actor"):
+            return super()._update_actor(exp, p_len)
+
+    @contextmanager
+    def _profiled(self, name: str):
+        if self.ppo_iteration != self.profile_at:
+            yield
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            yield
+        sort_by = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=100)
+        self.profile_table = (self.profile_table or "") + f"=== {name} ===\n{table}\n"
 
     @property
     def engine(self) -> FullLengthRollout:
@@ -206,7 +239,7 @@ def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0, device: s
 def prompt_loader(args: BenchArgs, vocab: int, first_id: int, seed: int = 0) -> DataLoader:
     """`iterations` batches of `prompts` random prompts of exactly `prompt_len` ids in [first_id, vocab)."""
     generator = torch.Generator().manual_seed(seed)
-    total = args.prompts * args.iterations
+    total = args.prompts * (args.iterations + args.profile)
     ids = torch.randint(first_id, vocab, (total, args.prompt_len), generator=generator)
     rows = [{"input_ids": ids[i], "problem_id": i} for i in range(total)]
 
@@ -221,34 +254,42 @@ def prompt_loader(args: BenchArgs, vocab: int, first_id: int, seed: int = 0) -> 
 
 
 def matmul_params(config: Qwen2Config) -> dict[str, int]:
-    """Parameters that take part in matrix products per token: decoder layers (+ LM head for the actor)."""
+    """Parameters of the matrix products: one decoder layer, all of them, the LM head (V x H)."""
     h, kv = config.hidden_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
     layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
-    layers = config.num_hidden_layers * layer
-    return {"actor": layers + config.vocab_size * h, "critic": layers + h, "layer": layer}
+    return {"layer": layer, "layers": config.num_hidden_layers * layer, "lm_head": config.vocab_size * h}
 
 
-def flops_per_token(m: int, config: Qwen2Config, seq_len: int, passes: int) -> float:
-    """`passes` x (M + causal attention) with passes = 2 (forward), 6 (fwd + bwd) or 8 (fwd + recompute + bwd)."""
-    return passes * (m + config.num_hidden_layers * config.hidden_size * seq_len / 2)
+def sequence_macs(config: Qwen2Config, prompt_len: int, new_tokens: int, head: str) -> float:
+    """Multiply-adds of one forward pass over one sequence (see the module docstring).
+
+    Args:
+        head: `response` (the actor: LM head on the R response positions), `value` (the critic) or `all` (an LM head
+            on every position, as in a plain forward that returns all logits).
+    """
+    seq_len = prompt_len + new_tokens
+    m = matmul_params(config)
+    macs = seq_len * (m["layers"] + config.num_hidden_layers * config.hidden_size * seq_len)
+    head_tokens = {"response": new_tokens, "all": seq_len, "value": 0}[head]
+    return macs + head_tokens * m["lm_head"] + (seq_len * config.hidden_size if head == "value" else 0)
 
 
 def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tflops: float | None) -> dict:
     """Means over the measured iterations (after `warmup`) and the derived throughput and MFU figures."""
-    measured = records[args.warmup :] or records
+    measured = records[args.warmup : args.iterations] or records  # a profiled extra iteration is not measured
     mean = {k: statistics.fmean(r[k] for r in measured if k in r) for k in measured[0]}
     n_seq, seq_len = args.prompts * args.n, args.prompt_len + args.new_tokens
     tokens = n_seq * seq_len
-    m = matmul_params(config)
+    actor, critic = (sequence_macs(config, args.prompt_len, args.new_tokens, head) for head in ("response", "value"))
     train_time = mean.get("timing_s/update_critic", 0.0) + mean.get("timing_s/update_actor", 0.0)
     trained_tokens = args.ppo_epochs * tokens
-    model_flops = trained_tokens * sum(flops_per_token(m[k], config, seq_len, 6) for k in ("actor", "critic"))
-    recompute = 8 if args.gradient_checkpointing else 6
-    hardware_flops = trained_tokens * sum(flops_per_token(m[k], config, seq_len, recompute)
-                                          for k in ("actor", "critic"))
+    model_flops = args.ppo_epochs * n_seq * 6 * (actor + critic)
+    passes = 8 if args.gradient_checkpointing else 6
+    head_recompute = 2 * args.new_tokens * matmul_params(config)["lm_head"]
+    hardware_flops = args.ppo_epochs * n_seq * (passes * (actor + critic) + head_recompute)
     forward_time = sum(mean.get(f"timing_s/{k}", 0.0) for k in ("old_log_prob", "ref", "values"))
-    forward_models = ["actor"] + (["actor"] if "timing_s/ref" in mean else []) + ["critic"]
-    forward_flops = tokens * sum(flops_per_token(m[k], config, seq_len, 2) for k in forward_models)
+    forward_macs = actor * (2 if "timing_s/ref" in mean else 1) + critic
+    forward_flops = n_seq * 2 * forward_macs
     peak = peak_tflops * 1e12 if peak_tflops else None
     summary = {
         "iterations_measured": len(measured),
@@ -283,11 +324,12 @@ def reference_fwd_bwd(module: PPOModule, args: BenchArgs) -> dict | None:
     vocab = len(module.tokenizer)
     ids = torch.randint(max(module.tokenizer.all_special_ids) + 1, vocab, (args.micro_batch_size, seq_len),
                         device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in args.precision)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in args.precision,
+                              cache_enabled=False)  # as Lightning's precision plugin: no recompilation
 
     def step() -> None:
         with autocast:
-            logits = module.actor(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits = module.actor(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
             loss = logits[:, args.prompt_len - 1 : -1].float().logsumexp(-1).mean()
         loss.backward()
 
@@ -317,17 +359,18 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
     model_dir = build_model_dir(workdir / "model", config_values, device="cuda" if accelerator == "gpu" else "cpu")
     config = Qwen2Config.from_pretrained(model_dir)
     module = BenchPPOModule(
-        model=str(model_dir), dtype="float32", gradient_checkpointing=args.gradient_checkpointing,
+        model=str(model_dir), dtype="float32", gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
         algorithm=PPOArgs(adv_estimator="gae", ppo_epochs=args.ppo_epochs, mini_batch_size=args.mini_batch_size,
                           micro_batch_size=args.micro_batch_size, kl_coef=args.kl_coef),
         rollout=RolloutArgs(backend="hf", n=args.n, temperature=1.0, max_new_tokens=args.new_tokens),
         reward=RewardArgs(workers=1, max_tests=4), optim=OptimArgs(actor_lr=1e-6, critic_lr=1e-5),
     )
+    module.profile_at = args.iterations if args.profile else None  # ppo_iteration counts from 0
     recorder = IterationRecorder(args)
     trainer = Trainer(
         accelerator=accelerator, devices=1,
         strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
-        precision=args.precision, max_steps=args.iterations, logger=False, enable_checkpointing=False,
+        precision=args.precision, max_steps=args.iterations + args.profile, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[recorder], default_root_dir=str(workdir),
     )
@@ -338,8 +381,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
     peak = peak_tflops or detected
     reference = recorder.reference
     if reference is not None and "error" not in reference:
-        flops = reference["tokens"] * flops_per_token(matmul_params(config)["actor"], config,
-                                                      args.prompt_len + args.new_tokens, 6)
+        flops = args.micro_batch_size * 6 * sequence_macs(config, args.prompt_len, args.new_tokens, "all")
         reference["tflops"] = flops / reference["seconds_per_micro_batch"] / 1e12
         reference["mfu"] = reference["tflops"] / peak if peak else None
     report = {
@@ -358,6 +400,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
         "iterations": recorder.iterations,
         "summary": summarize(recorder.iterations, args, config, peak),
         "reference_fwd_bwd": reference,
+        "profile": module.profile_table,
     }
     return report
 
@@ -409,7 +452,7 @@ def format_summary(report: dict) -> str:
         f"params: {report['parameters'] / 1e6:.1f} M",
         f"workload: {w['prompts']} prompts x n={w['n']}, {w['prompt_len']} prompt + {w['new_tokens']} new tokens, "
         f"micro-batch {w['micro_batch_size']}, mini-batch {w['mini_batch_size']}, "
-        f"checkpointing {w['gradient_checkpointing']}, {w['precision']}",
+        f"checkpointing {w['gradient_checkpointing']}, compile {w['compile']}, {w['precision']}",
         "timing per iteration (s): " + "  ".join(f"{k}={v:.3f}" for k, v in s["timing_s"].items()),
         f"generation: {s['generation_tokens_per_s']:.0f} tokens/s",
         f"training: {s['training_tokens_per_s']:.0f} tokens/s (critic + actor update), "
@@ -457,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
         ns.json.write_text(json.dumps(report, indent=2, default=_json_default))
+        if report["profile"]:
+            ns.json.with_suffix(".profile.txt").write_text(report["profile"])
     return 0
 
 
