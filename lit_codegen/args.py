@@ -105,10 +105,10 @@ class OptimArgs:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear warmup in optimizer steps."""
+    """Linear warmup, in updates of that model (PPO iterations in which it trains, as in verl)."""
     schedule: Literal["constant", "cosine"] = "constant"
     """Learning-rate schedule after warmup; cosine decays to 10% over `total_steps`."""
     total_steps: int = 1000
-    """Optimizer steps the cosine schedule spans."""
+    """Updates of that model (PPO iterations in which it trains) the cosine schedule spans."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""

@@ -235,15 +235,16 @@ class PPOModule(LightningModule):
         exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                    values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
         metrics: dict[str, float] = {}
+        actor_schedule, *critic_schedule = _as_list(self.lr_schedulers())  # each advances when its model trains
         if self.uses_critic:
             with _timer(timing, "update_critic"):
                 metrics |= self._update_critic(exp, p_len)
+            critic_schedule[0].step()
         if self.ppo_iteration >= a.critic_warmup:
             with _timer(timing, "update_actor"):
                 metrics |= self._update_actor(exp, p_len)
+            actor_schedule.step()
             self._vllm_stale = True
-        for scheduler in _as_list(self.lr_schedulers()):
-            scheduler.step()
         if kl is not None:  # Ziegler et al. track the KL of whole sequences
             self.kl_ctl.update(kl.sum(-1).mean().item(), len(scores))
         self._count_iteration()
@@ -267,7 +268,8 @@ class PPOModule(LightningModule):
         out = []
         with torch.no_grad():
             for idx in _chunks(seq.shape[0], self.algo.micro_batch_size):
-                logprobs, _ = response_logprobs(model, seq[idx], attn[idx], pos[idx], p_len, self.rollout_args.temperature)
+                logprobs, _ = response_logprobs(model, seq[idx], attn[idx], pos[idx], p_len,
+                                                self.rollout_args.temperature)
                 out.append(logprobs)
         return torch.cat(out)
 

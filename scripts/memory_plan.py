@@ -13,8 +13,8 @@ in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs th
   (bf16 weights + KV cache) and one full parameter in flight while the new weights are pushed into it; or, with HF
   generate, the actor gathered in bf16 (`PPOModule.generate`) and its KV cache;
 - experience (old/ref log-probs, values; no grad): resident state + one micro-batch's forward;
-- training (critic, then actor update): resident state + activations of one micro-batch + one block of logits. vLLM sleeps
-  (level 2: weights and KV cache released) during training; the total with vLLM awake is printed too.
+- training (critic, then actor update): resident state + activations of one micro-batch + one block of logits.
+  vLLM sleeps (level 2: weights and KV cache released) during training; the total with vLLM awake is printed too.
 
 The output is a Markdown table (README-ready).
 

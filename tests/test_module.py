@@ -11,7 +11,7 @@ from lit_codegen.module import PPOModule
 
 
 def make(adv_estimator="gae", n=2, kl_coef=0.05, lr=1e-2, ppo_epochs=1, mini=8, micro=4, batch=4, model_kw=None,
-         **algo):
+         optim_kw=None, **algo):
     module = PPOModule(
         model="tiny",
         **(model_kw or {}),
@@ -19,7 +19,7 @@ def make(adv_estimator="gae", n=2, kl_coef=0.05, lr=1e-2, ppo_epochs=1, mini=8, 
                           micro_batch_size=micro, kl_coef=kl_coef, **algo),
         rollout=RolloutArgs(n=n, max_new_tokens=12),
         reward=RewardArgs(workers=1, max_tests=2),
-        optim=OptimArgs(actor_lr=lr, critic_lr=lr, max_grad_norm=1e9),
+        optim=OptimArgs(actor_lr=lr, critic_lr=lr, max_grad_norm=1e9, **(optim_kw or {})),
     )
     data = AppsDataModule(template_type="base", train_batch_size=batch, val_batch_size=8)
     data.connect(module.tokenizer)
@@ -83,6 +83,15 @@ def test_compiled_layers_and_head_train_like_eager():
     assert metrics[True]["critic/score/mean"] == metrics[False]["critic/score/mean"]  # generation stays eager
     for key, eager in metrics[False].items():
         assert metrics[True][key] == pytest.approx(eager, rel=1e-3, abs=1e-5), key
+
+
+def test_learning_rate_schedules_advance_only_when_their_model_trains():
+    L.seed_everything(0)
+    module, data = make(critic_warmup=1, optim_kw={"warmup_steps": 4})
+    trainer(2).fit(module, datamodule=data)
+    actor_schedule, critic_schedule = module.lr_schedulers()
+    assert critic_schedule.last_epoch == 2 and actor_schedule.last_epoch == 1  # the actor sat out iteration 1
+    assert module._raw_optimizers()[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 2 / 4)  # 2nd warmup step next
 
 
 def test_bad_settings_name_the_flag():

@@ -229,20 +229,21 @@ class IterationRecorder(Callback):
                              if k.startswith("timing_s/")})
 
 
-def run_ours(model_dir: Path, ppo_epochs: int, iters: int) -> tuple[dict, InstantEvaluator]:
+def run_ours(model_dir: Path, ppo_epochs: int, iters: int, compile: bool = False) -> tuple[dict, InstantEvaluator]:
     """Run `iters + 1` PPO iterations through a Lightning Trainer; medians over all but the first.
 
     Args:
         model_dir: The bench model (`build_bench_model`).
         ppo_epochs: PPO epochs per iteration.
         iters: Measured iterations.
+        compile: `PPOModule(compile=True)` (the compilation lands in the warm-up iteration).
 
     Returns:
         `(figures, evaluator stand-in)`: per-phase medians, s/iter, tokens/s; the stand-in holds the generated programs.
     """
     seed_everything(0, verbose=False)
     module = BenchPPOModule(
-        model=str(model_dir),
+        model=str(model_dir), compile=compile,
         algorithm=PPOArgs(adv_estimator="gae", ppo_epochs=ppo_epochs, mini_batch_size=BATCH, micro_batch_size=BATCH,
                           kl_coef=0.05, kl_estimator="k1", gamma=1.0, lam=0.95),  # TRL's gamma/lambda defaults
         rollout=RolloutArgs(backend="hf", n=1, temperature=1.0, top_p=1.0, max_new_tokens=NEW_TOKENS),
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write all figures to this file.")
     parser.add_argument("--trl-venv", type=Path, default=Path("/work/venv-trl"), help="Venv of the TRL side.")
     parser.add_argument("--skip-trl", action="store_true", help="Run our side only.")
+    parser.add_argument("--compile", action="store_true", help="Our side with PPOModule(compile=True).")
     parser.add_argument("--reward-batches", type=int, default=3, help="Batches to score with the real evaluator.")
     parser.add_argument("--wait-for-load", type=float, default=None, metavar="L",
                         help="Before each run, wait (up to 20 min) until the 1-minute load average is below L.")
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
                 wait_for_load(args.wait_for_load)
                 run["load_before_ours"] = os.getloadavg()
                 print(f"ours, ppo_epochs={epochs}, run {repeat} ...", flush=True)
-                run["ours"], stub = run_ours(model_dir, epochs, args.iters)
+                run["ours"], stub = run_ours(model_dir, epochs, args.iters, args.compile)
                 evaluator_calls = stub.calls
                 run["load_after"] = os.getloadavg()
                 if "trl" in run:
