@@ -139,13 +139,14 @@ class PPOModule(LightningModule):
     def configure_optimizers(self):
         """AdamW for the actor and (with GAE) the critic, each with linear warmup and an optional cosine decay.
 
-        On GPU the fused AdamW kernel (one launch for all parameters; measured 3.0 vs 8.2 ms per step for 494 M
-        parameters on an H200) replaces the default multi-tensor one.
+        AdamW runs its fused kernel (one call for all parameters) on CPU and GPU: measured 3.0 vs 8.2 ms per step
+        for 494 M parameters on an H200 (vs the multi-tensor default), 0.6 vs 3.2 ms for the 0.3 M-parameter CPU
+        benchmark model (vs the per-parameter loop, PyTorch's CPU default).
         """
         o = self.optim_args
 
         def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-            fused = all(p.device.type == "cuda" for p in model.parameters())
+            fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
             return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=o.weight_decay, fused=fused or None)
 
         optimizers = [adamw(self.actor, o.actor_lr)]
