@@ -23,6 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from lit_codegen import ppo
+
 # Elements (tokens x vocabulary) of one projected block: 2**28 = 1766 tokens of Qwen2.5's 152k vocabulary, 512 MB
 # as bf16 logits. Big enough for an efficient matmul, small enough to leave memory for larger micro-batches.
 BLOCK_ELEMENTS = 2**28
@@ -104,7 +106,6 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             logprobs[rows], entropy[rows], lse[rows] = stats(logits, labels[rows], temperature)
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.temperature, ctx.block_tokens, ctx.dtype, ctx.compiled = temperature, block_tokens, dtype, compiled
-        ctx.mark_non_differentiable(lse)
         return logprobs, entropy
 
     @staticmethod
@@ -169,7 +170,8 @@ class LogprobHead(nn.Linear):
 
     Unarmed it is exactly the `nn.Linear` it replaced (generation, `save_pretrained`, weight syncs). Armed by
     `response_logprobs`, its input is the hidden states of the R + 1 positions from the last prompt token on
-    (`logits_to_keep = R + 1`); it drops the last one and returns (B, R, 2).
+    (`logits_to_keep = R + 1`); it drops the last one and returns (B, R, 2). A head with a bias (rare in causal LMs)
+    computes its logits and then the blockwise `ppo` functions instead of the fused path.
     """
 
     compiled = False
@@ -182,10 +184,12 @@ class LogprobHead(nn.Linear):
         """Logits (B, T, V) unarmed; (B, R, 2) log-probs and entropies of the armed labels (B, R) when armed."""
         if self._target is None:
             return super().forward(hidden)
-        if self.bias is not None:
-            raise ValueError("LogprobHead does not support a biased LM head")
         labels, temperature = self._target
         hidden = hidden[:, :-1]
+        if self.bias is not None:  # no fused path for a biased head: its logits, then the blockwise functions
+            logits = super().forward(hidden)
+            return torch.stack([ppo.logprobs_from_logits(logits, labels, temperature),
+                                ppo.entropy_from_logits(logits, temperature)], dim=-1)
         batch, length = labels.shape
         logprobs, entropy = linear_logprobs_entropy(hidden.reshape(batch * length, -1), self.weight,
                                                     labels.reshape(-1), temperature, compiled=self.compiled)

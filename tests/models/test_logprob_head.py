@@ -75,6 +75,19 @@ def test_bad_input_is_rejected():
         linear_logprobs_entropy(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.long))
 
 
+def test_a_biased_head_scores_through_its_logits():
+    torch.manual_seed(4)
+    head = LogprobHead(4, 7, bias=True)
+    torch.nn.init.normal_(head.bias)
+    hidden, labels = torch.randn(2, 4, 4), torch.randint(0, 7, (2, 3))  # R + 1 = 4 positions, R = 3 labels
+    with head.armed(labels, 0.9):
+        out = head(hidden)
+    logits = torch.nn.functional.linear(hidden[:, :-1], head.weight, head.bias)
+    torch.testing.assert_close(out[..., 0], ppo.logprobs_from_logits(logits, labels, 0.9))
+    torch.testing.assert_close(out[..., 1], ppo.entropy_from_logits(logits, 0.9))
+    assert head(hidden).shape == (2, 4, 7)  # unarmed again
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), num_hidden_layers=2)
