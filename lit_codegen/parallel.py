@@ -39,6 +39,11 @@ def compile_decoder_layers(model: nn.Module) -> nn.Module:
     same code on parameters of the same shapes. Call before `shard_model`; FSDP's hooks stay outside the graphs.
     Shapes turn dynamic after the first change of sequence length, so varying lengths do not recompile each time.
     """
+    # Graphs per layer code: up to 3 modes (training, no-grad, frozen reference) x padding mask or not x static then
+    # dynamic shapes = 12; at dynamo's default limit of 8 the rest would silently run eager.
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 32))
     for layer in decoder_layers(model):
         layer.compile()
     return model
