@@ -49,8 +49,8 @@ def block_stats(logits: Tensor, labels: Tensor, temperature: float) -> tuple[Ten
     return logprobs, entropy, lse
 
 
-def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, grad_logprobs: Tensor,
-               grad_entropy: Tensor, temperature: float) -> Tensor:
+def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, grad_logprobs: Tensor | None,
+               grad_entropy: Tensor | None, temperature: float) -> Tensor:
     """Gradient of a loss with respect to one block of logits, given its gradients wrt log-probs and entropies.
 
     With z = logits / T and p = softmax(z): d logp[y] / dz = onehot(y) - p and d H / dz = -p (z - E_p[z]), where
@@ -60,7 +60,8 @@ def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, gra
         logits: (n, V) the block's raw logits (recomputed).
         labels: (n,) token ids.
         lse, entropy: (n,) from `block_stats` in the forward pass.
-        grad_logprobs, grad_entropy: (n,) upstream gradients, same dtype as `lse`.
+        grad_logprobs, grad_entropy: (n,) upstream gradients, same dtype as `lse`; None where that output is not
+            used (its term is skipped: with no entropy bonus the entropy costs nothing in the backward pass).
         temperature: As in `block_stats`.
 
     Returns:
@@ -68,9 +69,12 @@ def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, gra
     """
     z = logits.to(_float(logits.dtype)) / temperature
     probs = torch.exp(z - lse.unsqueeze(-1))
-    mean_z = (lse - entropy).unsqueeze(-1)
-    grad_z = -probs * (grad_logprobs.unsqueeze(-1) + grad_entropy.unsqueeze(-1) * (z - mean_z))
-    grad_z = grad_z.scatter_add(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
+    grad_z = torch.zeros_like(z)
+    if grad_entropy is not None:
+        grad_z = grad_z - probs * grad_entropy.unsqueeze(-1) * (z - (lse - entropy).unsqueeze(-1))
+    if grad_logprobs is not None:
+        grad_z = grad_z - probs * grad_logprobs.unsqueeze(-1)
+        grad_z = grad_z.scatter_add(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
     return (grad_z / temperature).to(logits.dtype)
 
 
@@ -106,13 +110,16 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             logprobs[rows], entropy[rows], lse[rows] = stats(logits, labels[rows], temperature)
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.temperature, ctx.block_tokens, ctx.dtype, ctx.compiled = temperature, block_tokens, dtype, compiled
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros to multiply
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
-        grad_logprobs = torch.zeros_like(lse) if grad_logprobs is None else grad_logprobs.to(lse.dtype)
-        grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.to(lse.dtype)
+        if grad_logprobs is None and grad_entropy is None:
+            return None, None, None, None, None, None
+        grad_logprobs = None if grad_logprobs is None else grad_logprobs.to(lse.dtype)
+        grad_entropy = None if grad_entropy is None else grad_entropy.to(lse.dtype)
         w = weight.to(ctx.dtype)
         _, grad_fn = _kernels(ctx.compiled)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -121,14 +128,18 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.block_tokens):
             rows = slice(start, start + ctx.block_tokens)
             h = hidden[rows].to(ctx.dtype)
-            grad_logits = grad_fn(h @ w.T, labels[rows], lse[rows], entropy[rows], grad_logprobs[rows],
-                                  grad_entropy[rows], ctx.temperature)
+            grad_logits = grad_fn(h @ w.T, labels[rows], lse[rows], entropy[rows], _rows(grad_logprobs, rows),
+                                  _rows(grad_entropy, rows), ctx.temperature)
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight += grad_logits.T @ h
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _rows(tensor: Tensor | None, rows: slice) -> Tensor | None:
+    return None if tensor is None else tensor[rows]
 
 
 def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:

@@ -68,6 +68,19 @@ def test_only_logprobs_used_gives_logprob_gradients():
     torch.testing.assert_close(grad, ref_grad)
 
 
+def test_only_entropy_used_gives_entropy_gradients():
+    torch.manual_seed(5)
+    hidden = torch.randn(5, 4, requires_grad=True)
+    weight = torch.randn(9, 4, requires_grad=True)
+    labels = torch.randint(0, 9, (5,))
+    _, ent = linear_logprobs_entropy(hidden, weight, labels, 0.8)
+    grads = torch.autograd.grad(ent.sum(), (hidden, weight))
+    _, ref_ent = _reference(hidden, weight, labels, 0.8)
+    ref_grads = torch.autograd.grad(ref_ent.sum(), (hidden, weight))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="temperature"):
         linear_logprobs_entropy(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.long), 0.0)
