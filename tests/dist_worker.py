@@ -57,10 +57,17 @@ def main(strategy_name: str, out: Path) -> None:
     trainer.fit(module, datamodule=data)
     actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
                     for p in module.actor.parameters())
-    result = {"rank": trainer.global_rank, "problem_ids": record.problem_ids, "rewards": record.rewards,
+    fsdp_units = sum(_is_fsdp_unit(m) for m in module.actor.modules())
+    result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids, "rewards": record.rewards,
               "local_scores": record.local_scores, "iterations": module.ppo_iteration,
               "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+def _is_fsdp_unit(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 if __name__ == "__main__":

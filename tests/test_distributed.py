@@ -35,5 +35,7 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     # validation before training: prompts sharded over ranks (no drops, no duplicates), metrics summed across ranks
     assert ranks[0]["val"]["val/num_programs"] == len(all_ids)
     assert ranks[0]["val"] == ranks[1]["val"] and "val/pass_rate" in ranks[0]["val"]
+    # FSDP2 over 2 ranks: every decoder layer (the tiny model has 4) is its own unit, plus the root
+    assert ranks[0]["fsdp_units"] == (5 if strategy == "fsdp" else 0)
     # gradients were synchronised: the replicas (or the gathered shards) end identical
     assert ranks[0]["actor_sum"] == pytest.approx(ranks[1]["actor_sum"], rel=1e-6)

@@ -5,6 +5,7 @@ import socket
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForCausalLM
 
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
@@ -33,6 +34,8 @@ def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path, monke
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    # one rank: the whole model is one FSDP unit (nothing to shard layer by layer)
+    assert [type(m).__name__ for m in module.actor.modules() if isinstance(m, FSDPModule)] == ["FSDPQwen2ForCausalLM"]
     assert (tmp_path / "ckpt").is_dir()  # sharded: a torch.distributed.checkpoint directory
     full = lambda sd: {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sd.items()}  # noqa: E731
     actor, critic = full(module.actor.state_dict()), full(module.critic.state_dict())
