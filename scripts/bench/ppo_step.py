@@ -1,7 +1,7 @@
 """Benchmark one PPO iteration of `PPOModule` on CPU against TRL's PPOTrainer on the same workload, in one run.
 
-    python scripts/bench/ppo_step.py --json bench.json              # TRL (subprocess, own venv) and ours, E = 1 and 4
-    python scripts/bench/ppo_step.py --skip-trl --ppo-epochs 1      # ours only
+    python scripts/bench/ppo_step.py --json bench.json              # TRL (own venv) and ours eager + compiled, E = 1, 4
+    python scripts/bench/ppo_step.py --skip-trl --ppo-epochs 1 --modes eager   # ours only, eager only
 
 The workload is the TRL anchor's (`shared/bench/trl_ppo_cpu.md`): a tiny random Qwen2 (vocab 300, hidden 128,
 intermediate 256, 2 layers, 4 heads / 2 KV heads, tied embeddings, 334,464 parameters), 16 prompts of exactly 32
@@ -12,7 +12,9 @@ is warm-up; figures are medians over the other 10.
 
 TRL runs as a subprocess of `shared/bench/trl_ppo_cpu.py` in its own venv (`--trl-venv`, created on first use with
 torch 2.13.0, trl 1.12.0 and transformers 5.24.0: the last trl with PPO). Ours runs in this process through a real
-`lightning.Trainer`. Two things are swapped in by subclassing `PPOModule` here (nothing in `lit_codegen/` changes):
+`lightning.Trainer`, eager and with `PPOModule(compile=True)` (each in a fresh Trainer, right after the TRL run it is
+compared with; dynamo's compiled graphs are reused across runs of one process, so only the first compiled run's
+warm-up iteration pays the compilation). Two things are swapped in by subclassing `PPOModule` here (nothing in `lit_codegen/` changes):
 
 - the reward: an instant stand-in evaluator replaces the sandbox, so reward time is excluded like TRL's (whose
   reward model forward is inside its "scoring" phase). The real `lit_codegen.reward.Evaluator` is then timed apart on
@@ -58,6 +60,7 @@ THREADS = 2
 BATCH, PROMPT_LEN, NEW_TOKENS = 16, 32, 64
 MODEL_DIMS = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2)
+MODES = ("eager", "compiled")
 PHASES = ("gen", "old_log_prob", "ref", "values", "reward", "update_critic", "update_actor", "step")
 
 
@@ -317,8 +320,8 @@ def time_real_evaluator(calls: list[tuple[list[str], list]], batches: int) -> di
 
 
 # ----------------------------------------------------------------------------------------------------------- report
-def print_table(title: str, ours: dict, trl: dict | None) -> None:
-    """One side-by-side table for one run of one `ppo_epochs` setting."""
+def print_table(title: str, ours: dict[str, dict], trl: dict | None) -> None:
+    """One side-by-side table for one run of one `ppo_epochs` setting: TRL, then each of our modes."""
     rows = [
         ("generation s", "median_generation_s"),
         ("scoring s (ref/value/old-logp fwd)", "median_scoring_s"),
@@ -335,14 +338,15 @@ def print_table(title: str, ours: dict, trl: dict | None) -> None:
         return f"{d[key]:.3f}" if d and key in d else "-"
 
     print(f"\n=== {title} ===")
-    print(f"{'':36s}{'TRL 1.12 PPOTrainer':>22s}{'lit_codegen PPOModule':>24s}")
+    print(f"{'':36s}{'TRL 1.12 PPOTrainer':>22s}" + "".join(f"{'ours, ' + mode:>18s}" for mode in ours))
     for label, key in rows:
-        print(f"{label:36s}{cell(trl, key):>22s}{cell(ours, key):>24s}")
-    print("ours, by phase (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in ours["median_phase_s"].items())
-          + f", outside training_step {ours['median_outside_step_s']:.3f}")
-    if trl:
-        print(f"throughput ratio ours / TRL: {trl['median_iter_s'] / ours['median_iter_s']:.2f}x raw, "
-              f"{trl['median_iter_s_no_gc'] / ours['median_iter_s']:.2f}x vs TRL without gc.collect (target >= 1.5x)")
+        print(f"{label:36s}{cell(trl, key):>22s}" + "".join(f"{cell(o, key):>18s}" for o in ours.values()))
+    for mode, o in ours.items():
+        print(f"ours ({mode}), by phase (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in o["median_phase_s"].items())
+              + f", outside training_step {o['median_outside_step_s']:.3f}")
+        if trl:
+            print(f"  throughput ratio ours ({mode}) / TRL: {o['ratio_vs_trl']:.2f}x raw, "
+                  f"{o['ratio_vs_trl_no_gc']:.2f}x vs TRL without gc.collect (target >= 1.5x)")
 
 
 def wait_for_load(limit: float | None, max_wait_s: float = 1200.0) -> None:
@@ -369,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write all figures to this file.")
     parser.add_argument("--trl-venv", type=Path, default=Path("/work/venv-trl"), help="Venv of the TRL side.")
     parser.add_argument("--skip-trl", action="store_true", help="Run our side only.")
-    parser.add_argument("--compile", action="store_true", help="Our side with PPOModule(compile=True).")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="Our side eager and/or with PPOModule(compile=True).")
     parser.add_argument("--reward-batches", type=int, default=3, help="Batches to score with the real evaluator.")
     parser.add_argument("--wait-for-load", type=float, default=None, metavar="L",
                         help="Before each run, wait (up to 20 min) until the 1-minute load average is below L.")
@@ -397,21 +402,24 @@ def main(argv: list[str] | None = None) -> None:
                     run["load_before_trl"] = os.getloadavg()
                     print(f"TRL, ppo_epochs={epochs}, run {repeat} ...", flush=True)
                     run["trl"] = run_trl(trl_python, epochs, args.iters)
-                wait_for_load(args.wait_for_load)
-                run["load_before_ours"] = os.getloadavg()
-                print(f"ours, ppo_epochs={epochs}, run {repeat} ...", flush=True)
-                run["ours"], stub = run_ours(model_dir, epochs, args.iters, args.compile)
-                evaluator_calls = stub.calls
+                for mode in args.modes:
+                    wait_for_load(args.wait_for_load)
+                    run[f"load_before_ours_{mode}"] = os.getloadavg()
+                    print(f"ours ({mode}), ppo_epochs={epochs}, run {repeat} ...", flush=True)
+                    ours, stub = run_ours(model_dir, epochs, args.iters, compile=mode == "compiled")
+                    run[f"ours_{mode}"] = ours
+                    evaluator_calls = stub.calls
+                    if "trl" in run:
+                        ours["ratio_vs_trl"] = run["trl"]["median_iter_s"] / ours["median_iter_s"]
+                        ours["ratio_vs_trl_no_gc"] = run["trl"]["median_iter_s_no_gc"] / ours["median_iter_s"]
                 run["load_after"] = os.getloadavg()
-                if "trl" in run:
-                    run["ratio_vs_trl"] = run["trl"]["median_iter_s"] / run["ours"]["median_iter_s"]
-                    run["ratio_vs_trl_no_gc"] = run["trl"]["median_iter_s_no_gc"] / run["ours"]["median_iter_s"]
                 report["runs"][f"epochs{epochs}_run{repeat}"] = run
         print("real evaluator on the generated programs ...", flush=True)
         report["reward"] = time_real_evaluator(evaluator_calls, args.reward_batches)
 
     for run in report["runs"].values():
-        print_table(f"ppo_epochs = {run['ppo_epochs']}, run {run['repeat']}", run["ours"], run.get("trl"))
+        ours = {mode: run[f"ours_{mode}"] for mode in args.modes}
+        print_table(f"ppo_epochs = {run['ppo_epochs']}, run {run['repeat']}", ours, run.get("trl"))
         loads = [f"{k.removeprefix('load_').replace('_', ' ')} {_load(v)}" for k, v in run.items()
                  if k.startswith("load_")]
         print("load average (1/5/15 min): " + "; ".join(loads))
