@@ -1,5 +1,4 @@
-"""Fully sharded data parallel (FSDP2, `torch.distributed.fsdp.fully_shard`) for actor, critic and reference, and
-per-layer `torch.compile` (`compile_decoder_layers`).
+"""FSDP2 (`fully_shard`) for actor, critic and reference, and per-layer `torch.compile` (`compile_decoder_layers`).
 
 Used by `PPOModule.configure_model` under Lightning's `ModelParallelStrategy`, which hands the module a device mesh:
 
@@ -8,9 +7,9 @@ Used by `PPOModule.configure_model` under Lightning's `ModelParallelStrategy`, w
         class_path: lightning.pytorch.strategies.ModelParallelStrategy
         init_args: {data_parallel_size: 4, tensor_parallel_size: 1}
 
-Each decoder layer is its own FSDP unit (parameters all-gathered layer by layer), then the root module (on one rank
-the root alone: nothing to shard). With
-`precision: bf16-mixed` the layers compute in bfloat16 while fp32 master weights and fp32 gradient reduction stay.
+Each decoder layer is its own FSDP unit (parameters all-gathered layer by layer), then the root module; on one rank
+the root alone (nothing to shard). With `precision: bf16-mixed` the layers compute in bfloat16 while fp32 master
+weights and fp32 gradient reduction stay.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "learning_curve")
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo_cpu.yaml"))
-    parser.add_argument("--png", type=Path, default=None, help="where to write the plot (default OUT/learning_curve.png)")
+    parser.add_argument("--png", type=Path, default=None,
+                        help="where to write the plot (default OUT/learning_curve.png)")
     args, extra = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(seed, args.out, args.config, extra) for seed in args.seeds]

@@ -58,8 +58,8 @@ def main(strategy_name: str, out: Path) -> None:
     actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
                     for p in module.actor.parameters())
     fsdp_units = sum(_is_fsdp_unit(m) for m in module.actor.modules())
-    result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids, "rewards": record.rewards,
-              "local_scores": record.local_scores, "iterations": module.ppo_iteration,
+    result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids,
+              "rewards": record.rewards, "local_scores": record.local_scores, "iterations": module.ppo_iteration,
               "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 

@@ -59,9 +59,11 @@ def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, gra
     Args:
         logits: (n, V) the block's raw logits (recomputed).
         labels: (n,) token ids.
-        lse, entropy: (n,) from `block_stats` in the forward pass.
-        grad_logprobs, grad_entropy: (n,) upstream gradients, same dtype as `lse`; None where that output is not
-            used (its term is skipped: with no entropy bonus the entropy costs nothing in the backward pass).
+        lse: (n,) log-sum-exp from `block_stats` in the forward pass.
+        entropy: (n,) entropy from `block_stats` in the forward pass.
+        grad_logprobs: (n,) upstream gradient of the log-probs, same dtype as `lse`; None when they are unused.
+        grad_entropy: (n,) upstream gradient of the entropies; None when unused (its term is skipped: with no entropy
+            bonus the entropy costs nothing in the backward pass).
         temperature: As in `block_stats`.
 
     Returns:

@@ -14,7 +14,8 @@ TRL runs as a subprocess of `shared/bench/trl_ppo_cpu.py` in its own venv (`--tr
 torch 2.13.0, trl 1.12.0 and transformers 5.24.0: the last trl with PPO). Ours runs in this process through a real
 `lightning.Trainer`, eager and with `PPOModule(compile=True)` (each in a fresh Trainer, right after the TRL run it is
 compared with; dynamo's compiled graphs are reused across runs of one process, so only the first compiled run's
-warm-up iteration pays the compilation). Two things are swapped in by subclassing `PPOModule` here (nothing in `lit_codegen/` changes):
+warm-up iteration pays the compilation). Two things are swapped in by subclassing `PPOModule` here (nothing in
+`lit_codegen/` changes):
 
 - the reward: an instant stand-in evaluator replaces the sandbox, so reward time is excluded like TRL's (whose
   reward model forward is inside its "scoring" phase). The real `lit_codegen.reward.Evaluator` is then timed apart on
@@ -342,8 +343,8 @@ def print_table(title: str, ours: dict[str, dict], trl: dict | None) -> None:
     for label, key in rows:
         print(f"{label:36s}{cell(trl, key):>22s}" + "".join(f"{cell(o, key):>18s}" for o in ours.values()))
     for mode, o in ours.items():
-        print(f"ours ({mode}), by phase (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in o["median_phase_s"].items())
-              + f", outside training_step {o['median_outside_step_s']:.3f}")
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in o["median_phase_s"].items())
+        print(f"ours ({mode}), by phase (median s): {phases}, outside training_step {o['median_outside_step_s']:.3f}")
         if trl:
             print(f"  throughput ratio ours ({mode}) / TRL: {o['ratio_vs_trl']:.2f}x raw, "
                   f"{o['ratio_vs_trl_no_gc']:.2f}x vs TRL without gc.collect (target >= 1.5x)")
