@@ -50,7 +50,7 @@ def compile_decoder_layers(model: nn.Module) -> nn.Module:
 
 
 def shard_model(model: nn.Module, mesh, mixed_precision: bool = False, cpu_offload: bool = False) -> nn.Module:
-    """Apply `fully_shard` to every decoder layer and then to the whole model (in place).
+    """Apply `fully_shard` to every decoder layer and then to the whole model (in place; on one rank, the model only).
 
     On one rank without CPU offload there is nothing to split or free, so the whole model is a single unit that
     stays gathered between the forward and backward passes: one bf16 cast of all parameters per pass and no hooks
