@@ -181,7 +181,7 @@ class PPOModule(LightningModule):
         With vLLM the engine wakes up with the actor's current weights (pushed layer by layer when they changed since
         the last rollout), generates, and sleeps again so training gets the memory back.
         """
-        if self.rollout_args.backend != "vllm":  # decoding runs eager: compiled layers would recompile per length
+        if self.rollout_args.backend != "vllm":  # decoding runs eager: the KV cache makes dynamo recompile per layer
             with gathered(self.actor), torch.compiler.set_stance("force_eager"):
                 return self.engine.generate(batch["input_ids"], batch["attention_mask"], params)
         from lit_codegen.rollout_vllm import iter_actor_params

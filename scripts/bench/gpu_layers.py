@@ -28,16 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu_ppo import QWEN25_05B, SMOKE  # the same architecture as the PPO benchmark (scripts/bench is on sys.path)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from lit_codegen.parallel import compile_decoder_layers
-
-QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                  intermediate_size=4864, vocab_size=151936)
-SMOKE = dict(QWEN25_05B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-             vocab_size=512)
 
 
 def timed(fn: Callable[[], object], device: torch.device, n: int = 5, warmup: int = 2) -> float:
