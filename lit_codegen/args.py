@@ -27,9 +27,10 @@ class PPOArgs:
     clip_ratio_high: float = 0.2
     """Upper clip of the probability ratio (1 + clip_ratio_high)."""
     dual_clip: float | None = None
-    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); None disables it."""
-    value_clip: float = 0.2
-    """Clip range of the value update around the old values."""
+    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020; verl's `clip_ratio_c`, always 3.0 there);
+    None disables it."""
+    value_clip: float | None = 0.2
+    """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0
     """Discount factor of GAE."""
     lam: float = 1.0
@@ -41,7 +42,9 @@ class PPOArgs:
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """KL estimator for the reward penalty; the KL loss always uses the low-variance k3."""
     kl_target: float | None = None
-    """Target KL of the adaptive controller (Ziegler et al. 2019); None keeps `kl_coef` fixed."""
+    """Target KL of the adaptive controller (Ziegler et al. 2019); None keeps `kl_coef` fixed. Measured as the KL of
+    whole responses (summed over tokens, averaged over the batch of all ranks), as Ziegler et al. and TRL do; verl's
+    controller compares the per-token mean instead, so a verl `target_kl` is about this value / response length."""
     kl_horizon: int = 10000
     """Horizon of the adaptive KL controller."""
     entropy_coef: float = 0.0
@@ -51,7 +54,8 @@ class PPOArgs:
     whiten_advantages: bool = True
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0
-    """PPO iterations that update only the critic before the actor starts learning."""
+    """PPO iterations that update only the critic before the actor starts learning (N = exactly N such iterations;
+    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1)."""
 
 
 @dataclass

@@ -246,8 +246,9 @@ class PPOModule(LightningModule):
                 metrics |= self._update_actor(exp, p_len)
             actor_schedule.step()
             self._vllm_stale = True
-        if kl is not None:  # Ziegler et al. track the KL of whole sequences
-            self.kl_ctl.update(kl.sum(-1).mean().item(), len(scores))
+        if kl is not None:  # Ziegler et al. track the KL of whole sequences, here over the whole (all-rank) batch
+            kl_sum, n_seqs = self._all_ranks_sum(torch.tensor([kl.sum().item(), len(scores)], dtype=torch.float64))
+            self.kl_ctl.update(float(kl_sum / n_seqs), int(n_seqs))
         self._count_iteration()
         # 6. log
         timing["step"] = time.perf_counter() - t_start
@@ -295,14 +296,21 @@ class PPOModule(LightningModule):
         if a.adv_estimator == "gae":
             rewards = ppo.terminal_token_rewards(scores, mask, kl, self.kl_ctl.value)
             advantages, returns = ppo.compute_gae(rewards, values, mask, a.gamma, a.lam)
-            if a.whiten_advantages:
-                advantages = ppo.masked_whiten(advantages, mask)
+            if a.whiten_advantages:  # over the whole batch of all ranks, as on one device
+                moments = ppo.moments_from_sums(self._all_ranks_sum(ppo.masked_sums(advantages, mask)))
+                advantages = ppo.masked_whiten(advantages, mask, moments=moments)
             return advantages * mask, returns
+        if kl is not None:  # the group baselines compare whole-sequence rewards: score minus the summed KL penalty
+            scores = scores - self.kl_ctl.value * ppo.masked_sum(kl, mask, dim=-1)
         if a.adv_estimator == "grpo":
             advantages = ppo.grpo_advantages(scores, self.rollout_args.n, mask)
         else:
             advantages = ppo.rloo_advantages(scores, self.rollout_args.n, mask)
         return advantages, advantages
+
+    def _all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the data-parallel ranks (unchanged on one device); every rank must call it."""
+        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").cpu()
 
     def _update_critic(self, exp: dict, p_len: int) -> dict[str, float]:
         """`ppo_epochs` x mini-batches of clipped value-loss steps; returns metrics averaged over mini-batches."""
@@ -316,7 +324,8 @@ class PPOModule(LightningModule):
                 loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["mask"][idx],
                                                 a.value_clip, a.loss_agg, norm)
                 self.manual_backward(loss)
-                logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * len(idx) / len(mb)})
+                share = self._share(exp["mask"][idx], norm)
+                logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * share})
             stats.add(**logs.sums, **{"critic/grad_norm": self._step(opt, self.critic)})
         return stats.result()
 
@@ -328,7 +337,8 @@ class PPOModule(LightningModule):
             opt.zero_grad(set_to_none=True)
             norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
             for idx in mb.split(a.micro_batch_size):
-                m, share = exp["mask"][idx], len(idx) / len(mb)
+                m = exp["mask"][idx]
+                share = self._share(m, norm)
                 logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
                                                              exp["pos"][idx], p_len, self.rollout_args.temperature)
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
@@ -353,6 +363,14 @@ class PPOModule(LightningModule):
         if self.algo.loss_agg == "token-mean":
             return float(mb_mask.sum())
         return float(mb_mask.bool().any(-1).sum())
+
+    def _share(self, micro_mask: torch.Tensor, normalizer: float) -> torch.Tensor:
+        """Weight of a micro-batch's token-mean metrics (clip fractions, ppo_kl) in the mini-batch's mean.
+
+        Its share of the mini-batch's tokens (or sequences with `seq-mean`), as a device scalar: no host sync.
+        """
+        count = micro_mask.sum() if self.algo.loss_agg == "token-mean" else micro_mask.bool().any(-1).sum()
+        return count / max(normalizer, 1.0)
 
     def _minibatches(self, n: int) -> Iterator[torch.Tensor]:
         """Shuffled mini-batch indices for `ppo_epochs` passes over `n` sequences."""
@@ -391,7 +409,7 @@ class PPOModule(LightningModule):
             "step": float(self.ppo_iteration),  # the x-axis of every logger: PPO iterations
         }
         if kl is not None:
-            metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask).item()
+            metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
             metrics["actor/kl_coef"] = self.kl_ctl.value
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()

@@ -93,26 +93,56 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return sum_sq / denominator.clamp(min=1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, moments: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """Normalise the selected entries of ``x`` to zero mean and unit (unbiased) variance.
 
-    Used for advantages; statistics are taken over all valid tokens of the batch.
+    Used for advantages; statistics are taken over all valid tokens of the batch, or given as ``moments`` (e.g. those
+    of the whole batch across data-parallel ranks, see `moments_from_sums`).
 
     Args:
         x: Values, e.g. advantages ``(B, T)``.
         mask: Same shape as ``x``; 1 = include, 0 = ignore.
         shift_mean: If False, the mean is added back (only the scale changes).
         eps: Added to the variance before the square root.
+        moments: ``(mean, var)`` scalars to use instead of those of the selected entries of ``x``.
 
     Returns:
         Same shape as ``x``; padding positions are 0. With fewer than two selected entries the variance is 0, so
         the result is ``(x - mean) / sqrt(eps)``, i.e. 0 for a single entry (plus the mean if ``shift_mean=False``).
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if moments is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = (torch.as_tensor(m, dtype=x.dtype, device=x.device) for m in moments)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.bool(), whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device))
+
+
+def masked_sums(x: Tensor, mask: Tensor) -> Tensor:
+    """``(3,)`` float64 tensor ``[sum, sum of squares, count]`` of the selected entries: summable across ranks.
+
+    Args:
+        x: Values, e.g. advantages ``(B, T)``.
+        mask: Same shape as ``x``; 1 = include, 0 = ignore.
+    """
+    x = x.double()
+    return torch.stack([masked_sum(x, mask), masked_sum(x * x, mask), mask.bool().sum().double()])
+
+
+def moments_from_sums(sums: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, unbiased var)`` from the ``[sum, sum of squares, count]`` of `masked_sums` (0 when undefined).
+
+    Args:
+        sums: ``(3,)`` tensor, possibly summed over several batches.
+    """
+    total, total_sq, n = sums.unbind()
+    mean = total / n.clamp(min=1)
+    var = ((total_sq - n * mean * mean) / (n - 1).clamp(min=1)).clamp(min=0)
+    return mean, var
 
 
 def aggregate_loss(
@@ -240,6 +270,11 @@ def _check_prefix_mask(response_mask: Tensor) -> None:
     valid = response_mask.bool()
     if bool((valid[:, 1:] & ~valid[:, :-1]).any()):
         raise ValueError("response_mask must be a prefix mask per row (ones, then zeros); found a 1 after a 0.")
+
+
+def _zero_padding(x: Tensor, response_mask: Tensor) -> Tensor:
+    """``x`` with every padding position set to 0 (whatever it held, inf and nan included)."""
+    return torch.where(response_mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _check_same_shape(**tensors: Tensor) -> None:
@@ -424,6 +459,8 @@ def policy_loss(
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}.")
+    # zeroed at padding: a non-finite value there would make the gradient NaN through the masked branches (0 * inf)
+    old_logprobs, advantages = _zero_padding(old_logprobs, response_mask), _zero_padding(advantages, response_mask)
     logratio = logprobs - old_logprobs
     # Clamping before exp keeps a stale token from overflowing; the clip makes such tokens gradient-free anyway.
     ratio = torch.exp(logratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
@@ -472,6 +509,7 @@ def value_loss(
         ``(loss, clipfrac)``: scalar loss and the detached fraction of valid tokens where the clipped term is larger.
     """
     _check_same_shape(values=values, old_values=old_values, returns=returns, response_mask=response_mask)
+    old_values, returns = _zero_padding(old_values, response_mask), _zero_padding(returns, response_mask)
     unclipped = (values - returns) ** 2
     if clip_range is None:
         return 0.5 * aggregate_loss(unclipped, response_mask, loss_agg, normalizer), values.new_zeros(())

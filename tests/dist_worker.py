@@ -1,8 +1,8 @@
 """Worker for tests/test_distributed.py, launched by `torchrun --nproc_per_node 2` (CPU, gloo).
 
 Trains the tiny PPO model for one epoch of the toy problems with the strategy named on the command line and writes,
-from every rank, the prompts it trained on and the rewards it logged, so the test can check the sharding and the
-cross-rank aggregation.
+from every rank, the prompts it trained on, the rewards it logged, its adaptive KL coefficient and the moments of its
+whitened advantages, so the test can check the sharding and the cross-rank aggregation.
 """
 
 import json
@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_codegen import ppo
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.callbacks import PassRateValidation
 from lit_codegen.data.datamodule import AppsDataModule
@@ -36,7 +37,7 @@ def main(strategy_name: str, out: Path) -> None:
     L.seed_everything(0)
     module = PPOModule(
         model="tiny",
-        algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=2, kl_coef=0.05),
+        algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=2, kl_coef=0.05, kl_target=0.01, kl_horizon=100),
         rollout=RolloutArgs(n=1, max_new_tokens=8),
         reward=RewardArgs(workers=1, max_tests=2),
         optim=OptimArgs(actor_lr=1e-3, critic_lr=1e-3),
@@ -50,6 +51,15 @@ def main(strategy_name: str, out: Path) -> None:
     else:
         strategy = "ddp_find_unused_parameters_true"
     record = Record()
+    advantage_sums = []  # per iteration: [sum, sum of squares, count] of this rank's whitened advantages
+    compute_advantages = module._advantages
+
+    def capture_advantages(*args):
+        advantages, returns = compute_advantages(*args)
+        advantage_sums.append(ppo.masked_sums(advantages, args[3]).tolist())
+        return advantages, returns
+
+    module._advantages = capture_advantages
     validation = PassRateValidation(every_n_iterations=0, before_training=True, at_end=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -60,7 +70,8 @@ def main(strategy_name: str, out: Path) -> None:
     fsdp_units = sum(_is_fsdp_unit(m) for m in module.actor.modules())
     result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids,
               "rewards": record.rewards, "local_scores": record.local_scores, "iterations": module.ppo_iteration,
-              "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val}
+              "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val,
+              "kl_coef": module.kl_ctl.value, "advantage_sums": advantage_sums}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 

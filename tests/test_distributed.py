@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from lit_codegen import ppo
 from lit_codegen.data.toy import read_toy_records
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -35,6 +37,14 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     # validation before training: prompts sharded over ranks (no drops, no duplicates), metrics summed across ranks
     assert ranks[0]["val"]["val/num_programs"] == len(all_ids)
     assert ranks[0]["val"] == ranks[1]["val"] and "val/pass_rate" in ranks[0]["val"]
+    # the adaptive KL coefficient follows the KL of the whole batch: it moved, and identically on both ranks
+    assert ranks[0]["kl_coef"] == pytest.approx(ranks[1]["kl_coef"], rel=1e-12) and ranks[0]["kl_coef"] != 0.05
+    # advantages are whitened over both ranks' tokens together (as on one device), not per rank
+    for sums0, sums1 in zip(ranks[0]["advantage_sums"], ranks[1]["advantage_sums"]):
+        mean, var = ppo.moments_from_sums(torch.tensor(sums0, dtype=torch.float64) + torch.tensor(sums1))
+        assert float(mean) == pytest.approx(0.0, abs=1e-6) and float(var) == pytest.approx(1.0, rel=1e-4)
+    local_means = [s[0] / s[2] for r in ranks for s in r["advantage_sums"]]
+    assert max(abs(m) for m in local_means) > 1e-3  # per-rank whitening would make each of these 0
     # FSDP2 over 2 ranks: every decoder layer (the tiny model has 4) is its own unit, plus the root
     assert ranks[0]["fsdp_units"] == (5 if strategy == "fsdp" else 0)
     # gradients were synchronised: the replicas (or the gathered shards) end identical

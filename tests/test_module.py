@@ -111,3 +111,15 @@ def test_checkpoint_of_another_model_class_is_rejected_by_name():
     module = PPOModule(model="tiny")
     with pytest.raises(ValueError, match="not written by PPOModule"):
         module.on_load_checkpoint({"state_dict": {"model.lm_head.weight": torch.zeros(1)}})  # e.g. an SFTModule's
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_group_estimators_subtract_the_kl_penalty_from_the_score(estimator):
+    module, _ = make(adv_estimator=estimator, n=2, kl_coef=0.5)
+    scores, mask = torch.tensor([1.0, 0.0, 0.5, 0.5]), torch.ones(4, 2)
+    kl = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # the third response drifted: -0.5 * 2
+    without_kl, _ = module._advantages(scores, None, None, mask, None)
+    with_kl, _ = module._advantages(scores, None, kl, mask, None)
+    assert torch.equal(with_kl[:2], without_kl[:2])  # first group: no KL, same advantages
+    assert torch.equal(without_kl[2:], torch.zeros(2, 2))  # second group: equal scores
+    assert with_kl[2, 0] < 0 < with_kl[3, 0]  # ... until the penalty makes the drifted sample the worse one

@@ -72,6 +72,19 @@ def test_masked_whiten():
     close(ppo.masked_var(whitened, MASK), 1.0, atol=1e-7)
 
 
+def test_masked_sums_give_the_moments_of_the_whole_batch_from_its_parts():
+    close(ppo.masked_sums(X, MASK), [7.0, 21.0, 3.0])  # valid values 1, 2, 4
+    mean, var = ppo.moments_from_sums(ppo.masked_sums(X, MASK))
+    close(mean, 7.0 / 3.0)
+    close(var, 7.0 / 3.0)
+    # two "ranks" holding rows 0 and 1-2: their summed sums give the moments of the whole batch
+    parts = ppo.masked_sums(X[:1], MASK[:1]) + ppo.masked_sums(X[1:], MASK[1:])
+    close(torch.stack(ppo.moments_from_sums(parts)), [7.0 / 3.0, 7.0 / 3.0])
+    close(ppo.masked_whiten(X[1:], MASK[1:], eps=0.0, moments=ppo.moments_from_sums(parts)),
+          [[(4.0 - 7.0 / 3.0) / math.sqrt(7.0 / 3.0), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    close(torch.stack(ppo.moments_from_sums(ppo.masked_sums(X, torch.zeros_like(MASK)))), [0.0, 0.0])
+
+
 def test_masked_whiten_degenerate_masks():
     close(ppo.masked_whiten(X, torch.zeros_like(MASK)), torch.zeros(3, 3))
     single = t([[0, 0, 0], [0, 1, 0], [0, 0, 0]])
@@ -354,6 +367,22 @@ def test_policy_loss_all_masked_is_zero_without_nan():
     close(loss, 0.0)
     assert all(torch.isfinite(v) for v in metrics.values())
     close(logprobs.grad, torch.zeros(2, 3))
+
+
+def test_loss_gradients_stay_finite_with_inf_and_nan_in_padding():
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    pad = ~mask.bool()
+    garbage = torch.where(pad, t([[0, 0, float("inf")], [0, float("nan"), -float("inf")]]), 0.0)
+    logprobs = t([[-1.0, -2.0, -3.0], [-0.5, -1.0, -1.0]]).requires_grad_()
+    ppo.policy_loss(logprobs, logprobs.detach() + 0.1 + garbage, t([[1.0, -1.0, 0], [2.0, 0, 0]]) + garbage, mask,
+                    dual_clip=3.0)[0].backward()
+    assert torch.isfinite(logprobs.grad).all() and (logprobs.grad[pad] == 0).all()
+    values = t([[0.5, 0.2, 0.1], [0.3, 0.0, 0.0]]).requires_grad_()
+    for clip in (None, 0.2):
+        values.grad = None
+        ppo.value_loss(values, values.detach() + garbage, t([[1.0, 1.0, 0], [0.0, 0, 0]]) + garbage, mask,
+                       clip)[0].backward()
+        assert torch.isfinite(values.grad).all() and (values.grad[pad] == 0).all()
 
 
 def test_value_loss_known_answer():
