@@ -11,11 +11,15 @@ Examples::
 Writes ``{"summary": {...}, "results": [...]}``: one result per scored solution, in the order of the
 solutions file, with ``problem_id``, ``difficulty``, ``pass_rate``, ``n_tests``, ``outcomes`` and the extra
 keys of the solution line. Exit status 0 when the run completed (whatever the scores), 2 with a one-line
-reason on bad input.
+reason on bad input. Bad input is found before scoring starts: bad options, an unwritable ``--output`` or
+``--plot``, unreadable files, a solutions line carrying a computed key (``pass_rate``, ...) or naming a
+problem_id the data holds twice, and problems without usable tests.
 """
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,24 +33,49 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+# Fields of a result that code_eval computes; a solutions line may not carry them (they would be ambiguous).
+COMPUTED_KEYS = ("difficulty", "pass_rate", "n_tests", "outcomes")
+_DATA_SUFFIXES = {".jsonl", ".json", ".parquet", ".gz", ".bz2", ".xz", ".zst"}
+
+
+def _looks_like_path(data: str) -> bool:
+    """Whether ``--data`` names a local file rather than a hub dataset (``owner/name``)."""
+    return (
+        data.startswith((".", "/", "~"))
+        or data.count("/") > 1
+        or bool(_DATA_SUFFIXES.intersection(Path(data).suffixes))
+    )
+
+
+def _check_input_file(path: str, flag: str) -> None:
+    if not Path(path).expanduser().exists():
+        raise UsageError(f"{flag} {path}: no such file")
+    if not Path(path).expanduser().is_file():
+        raise UsageError(f"{flag} {path}: not a file")
+
+
 def load_problems(data: str, split: str = "test") -> list[dict]:
     """Load APPS-format problems from a JSONL file, a preprocessed parquet file or a hub dataset name.
 
     Args:
         data: a ``.jsonl``/``.json`` or ``.parquet`` path, or a hub dataset name such as ``codeparrot/apps``.
+            An argument that looks like a path (a known suffix, or starting with ``.``, ``/`` or ``~``) must exist.
         split: the split of a hub dataset (its ``{split}.jsonl`` data file is read directly).
 
     Returns:
         Rows with at least ``problem_id`` and ``input_output``.
     """
-    path = Path(data)
-    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        if not path.is_file():
-            raise UsageError(f"data file not found: {data}")
+    path = Path(data).expanduser()
+    if path.exists() or _looks_like_path(data):
+        _check_input_file(data, "--data")
         if path.suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(path).to_pylist()
+            try:
+                rows = pq.read_table(path).to_pylist()
+            except (pa.ArrowException, OSError) as exc:
+                raise UsageError(f"--data {data}: cannot read parquet ({exc})".splitlines()[0]) from None
         else:
             rows = _read_jsonl(path, "data")
     else:
@@ -64,60 +93,144 @@ def load_problems(data: str, split: str = "test") -> list[dict]:
 
 def _read_jsonl(path: Path, what: str) -> list[dict]:
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: malformed JSON in {what} file ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UsageError(f"{path}:{number}: {what} file is not UTF-8 text ({exc.reason})") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{path}:{number}: malformed JSON in {what} file ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{path}:{number}: expected a JSON object")
+                rows.append(row)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} file ({exc.strerror})") from None
     return rows
 
 
-def load_solutions(path: str, problems: dict[int, dict]) -> list[dict]:
-    """Read a solutions file and check every line names a known problem.
+def load_solutions(path: str, problems: list[dict]) -> list[tuple[dict, dict]]:
+    """Read a solutions file and pair every line with the one data row of its problem.
 
     Args:
-        path: JSONL with ``{"problem_id": int, "solution": str, ...}`` per line.
-        problems: the dataset's problems by id.
+        path: JSONL with ``{"problem_id": int, "solution": str, ...}`` per line; the other keys are copied into
+            the report, except :data:`COMPUTED_KEYS`, which are rejected.
+        problems: the dataset's problems.
 
     Returns:
-        The solution lines, in file order.
+        ``(solution line, problem row)`` pairs, in file order.
     """
-    if not Path(path).is_file():
-        raise UsageError(f"solutions file not found: {path}")
-    lines = _read_jsonl(Path(path), "solutions")
-    for number, row in enumerate(lines, 1):
-        if not isinstance(row.get("problem_id"), int) or not isinstance(row.get("solution"), str):
+    _check_input_file(path, "--solutions")
+    by_id: dict[int, dict] = {}
+    duplicates = set()
+    for row in problems:
+        if row["problem_id"] in by_id:
+            duplicates.add(row["problem_id"])
+        by_id[row["problem_id"]] = row
+    pairs = []
+    for number, line in enumerate(_read_jsonl(Path(path), "solutions"), 1):
+        if not isinstance(line.get("problem_id"), int) or not isinstance(line.get("solution"), str):
             raise UsageError(f"{path}: line {number} needs an int 'problem_id' and a str 'solution'")
-        if row["problem_id"] not in problems:
-            raise UsageError(f"{path}: line {number}: unknown problem_id {row['problem_id']}")
-    return lines
+        computed = [key for key in COMPUTED_KEYS if key in line]
+        if computed:
+            keys = ", ".join(repr(key) for key in computed)
+            raise UsageError(f"{path}: line {number}: {keys} would clash with the computed result; rename or drop")
+        if line["problem_id"] not in by_id:
+            raise UsageError(f"{path}: line {number}: unknown problem_id {line['problem_id']}")
+        if line["problem_id"] in duplicates:
+            raise UsageError(
+                f"{path}: line {number}: problem_id {line['problem_id']} appears more than once in the data, "
+                "so its tests are ambiguous"
+            )
+        pairs.append((line, by_id[line["problem_id"]]))
+    return pairs
 
 
-def dataset_solutions(problems: list[dict], all_solutions: bool) -> list[dict]:
-    """The dataset's own reference solutions: the first of each problem, or all of them."""
-    lines = []
+def dataset_solutions(problems: list[dict], all_solutions: bool) -> list[tuple[dict, dict]]:
+    """The dataset's own reference solutions, the first of each row or all of them, each paired with its row."""
+    pairs = []
     for row in problems:
         try:
             solutions = json.loads(row.get("solutions") or "[]")
         except json.JSONDecodeError:
             solutions = []
         for k, solution in enumerate(solutions[: None if all_solutions else 1]):
-            lines.append({"problem_id": row["problem_id"], "solution": solution, "solution_index": k})
-    return lines
+            pairs.append(({"problem_id": row["problem_id"], "solution": solution, "solution_index": k}, row))
+    return pairs
 
 
-def _tests_of(row: dict) -> dict:
+def unusable_tests(tests, mode: str = "strict") -> str | None:
+    """Why an APPS ``input_output`` field cannot be scored, or None when it can.
+
+    Args:
+        tests: the JSON string or the parsed dict.
+        mode: the comparison mode, as given to :func:`parse_tests`.
+
+    Returns:
+        A short reason ("malformed input_output JSON", "no tests", the error of :func:`parse_tests`) or None.
+    """
     try:
-        parse_tests(row["input_output"])
-        return row["input_output"]
-    except (ValueError, TypeError):
-        return {"inputs": [], "outputs": []}  # APPS has a few problems without usable tests: 0 tests, rate 0
+        count = len(parse_tests(tests, mode=mode).inputs)
+    except json.JSONDecodeError:
+        return "malformed input_output JSON"
+    except (ValueError, TypeError) as exc:  # parse_tests says what is wrong (lists of unequal length, ...)
+        return str(exc)
+    return None if count else "no tests"
+
+
+def _check_tests(pairs: list[tuple[dict, dict]], mode: str) -> None:
+    """One error naming every problem to be scored whose tests cannot be run (APPS has a few)."""
+    bad, seen = [], set()
+    for _, row in pairs:
+        if id(row) not in seen:
+            seen.add(id(row))
+            reason = unusable_tests(row["input_output"], mode)
+            if reason:
+                bad.append(f"{row['problem_id']} ({reason})")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise UsageError(f"problems without usable tests: {shown}; fix or drop them "
+                         "(lit_codegen.data.preprocess drops them)")
+
+
+def _check_output_path(path: str | None, flag: str) -> None:
+    """Refuse a directory and create missing parent folders, so that the report is not lost after scoring."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{flag} {path}: part of its folder path is a file") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad options before any data is loaded or scored (one-line error, exit status 2)."""
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    counts = {"--memory_mb": args.memory_mb, "--workers": args.workers, "--max_problems": args.max_problems}
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.plot:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        suffix = Path(args.plot).suffix.lstrip(".").lower()
+        if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
+            raise UsageError(f"--plot {args.plot}: unsupported image format {suffix!r}; use .png")
+    _check_output_path(args.output, "--output")
+    _check_output_path(args.plot, "--plot")
 
 
 def plot_bands(summary: dict, path: str) -> None:
@@ -169,41 +282,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Load, score and summarise; returns the report dict (also written to ``--output``)."""
+    """Check, load, score and summarise; returns the report dict (also written to ``--output``)."""
+    check_args(args)
     problems = load_problems(args.data, args.split)
-    by_id = {row["problem_id"]: row for row in problems}
     selected = [row for row in problems if not args.difficulty or row.get("difficulty") in args.difficulty]
     if args.max_problems is not None:
         selected = selected[: args.max_problems]
-    selected_ids = {row["problem_id"] for row in selected}
     if args.solutions:
-        lines = [line for line in load_solutions(args.solutions, by_id) if line["problem_id"] in selected_ids]
+        selected_ids = {row["problem_id"] for row in selected}
+        pairs = load_solutions(args.solutions, problems)
+        pairs = [(line, row) for line, row in pairs if line["problem_id"] in selected_ids]
     else:
-        lines = dataset_solutions(selected, args.all_solutions)
-    if not lines:
+        pairs = dataset_solutions(selected, args.all_solutions)  # row by row: duplicate ids keep their own tests
+    if not pairs:
         raise UsageError("nothing to score: no solutions for the selected problems")
-    tests_cache = {pid: _tests_of(by_id[pid]) for pid in {line["problem_id"] for line in lines}}
-    results: list[dict | None] = [None] * len(lines)
+    _check_tests(pairs, args.mode)
+    results: list[dict | None] = [None] * len(pairs)
     from tqdm import tqdm
 
     with Evaluator(workers=args.workers, timeout=args.timeout, mode=args.mode, memory_mb=args.memory_mb) as ev:
         protections = ev.protections
         start = time.monotonic()
-        stream = ev.imap([line["solution"] for line in lines], [tests_cache[line["problem_id"]] for line in lines])
-        for index, result in tqdm(stream, total=len(lines), desc="scoring", unit="solution"):
-            line = lines[index]
+        stream = ev.imap([line["solution"] for line, _ in pairs], [row["input_output"] for _, row in pairs])
+        for index, result in tqdm(stream, total=len(pairs), desc="scoring", unit="solution"):
+            line, row = pairs[index]
             extra = {k: v for k, v in line.items() if k not in ("problem_id", "solution")}
             results[index] = {
+                **extra,  # first, so that a computed field always wins (load_solutions also rejects them)
                 "problem_id": line["problem_id"],
-                "difficulty": by_id[line["problem_id"]].get("difficulty", "unknown"),
+                "difficulty": row.get("difficulty", "unknown"),
                 "pass_rate": result.pass_rate,
                 "n_tests": result.n_tests,
                 "outcomes": result.outcomes,
-                **extra,
             }
         wall = time.monotonic() - start
     summary = summarize(results, wall_time_s=wall, protections=protections)
-    summary.update(data=args.data, mode=args.mode, timeout_s=args.timeout, n_problems=len(tests_cache))
+    n_problems = len({id(row) for _, row in pairs})
+    summary.update(data=args.data, mode=args.mode, timeout_s=args.timeout, n_problems=n_problems)
     return {"summary": summary, "results": results}
 
 
@@ -216,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"code_eval: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report["summary"]))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    if args.output:  # run() checked the path and created its folder
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
         print(f"report written to {args.output}")

@@ -16,6 +16,7 @@ Usage::
 import concurrent.futures
 import logging
 import os
+import pickle
 import queue
 import select
 import subprocess
@@ -118,7 +119,11 @@ class _Worker:
         if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
             self.stop()
             raise WorkerError("sandbox worker did not answer in time")
-        message = sandbox_worker.receive_message(fd)
+        try:
+            message = sandbox_worker.receive_message(fd)
+        except pickle.UnpicklingError as exc:  # only a test writing into the pipe could send this
+            self.stop()
+            raise WorkerError(f"sandbox worker sent a malformed message ({exc})") from exc
         if message is None:
             self.stop()
             raise WorkerError("sandbox worker exited unexpectedly")
@@ -339,7 +344,12 @@ class Evaluator:
         if len(programs) != len(tests):
             raise ValueError(f"got {len(programs)} programs but {len(tests)} test specifications")
         cap = self.max_tests if max_tests == "default" else max_tests
-        parsed = [parse_tests(t, cap, self.mode) for t in tests]
+        parsed = []
+        for index, spec in enumerate(tests):
+            try:
+                parsed.append(parse_tests(spec, cap, self.mode))
+            except ValueError as exc:
+                raise ValueError(f"tests[{index}] is not a valid APPS test specification: {exc}") from exc
         self.start()
         batch = _Batch(parsed, self.mode)
         jobs = []

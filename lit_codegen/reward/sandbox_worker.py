@@ -22,10 +22,12 @@ subreaper, so double-forked daemons come back to it).
 This module uses the standard library only and has no side effects at import time.
 """
 
+import atexit
 import builtins
 import ctypes
 import errno
 import fcntl
+import gc
 import io
 import json
 import math
@@ -72,20 +74,30 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (containers, strings, bytes, numbers): a forged message cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: messages carry plain data only")
+
+
 def receive_message(fd: int):
-    """Read one length-prefixed pickle; returns None at end of file.
+    """Read one length-prefixed pickle of plain data; returns None at end of file.
 
     Args:
         fd: an open, readable file descriptor (a pipe).
 
     Returns:
         The unpickled object, or None when the other side closed the pipe.
+
+    Raises:
+        pickle.UnpicklingError: the message names a class or function (never sent by this protocol).
     """
     header = _read_exact(fd, _HEADER.size)
     if header is None:
         return None
     data = _read_exact(fd, _HEADER.unpack(header)[0])
-    return None if data is None else pickle.loads(data)
+    return None if data is None else _PlainUnpickler(io.BytesIO(data)).load()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -125,6 +137,7 @@ PREIMPORTS = (
 
 # Linux constants (x86-64 and arm64 share these).
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNS = 0x00020000
@@ -232,6 +245,9 @@ class Sandbox:
         root = os.geteuid() == 0
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.protections.append("child subreaper: leftover processes are killed and reaped after every test")
+        # not dumpable: /proc/<worker>/ belongs to root, so a test running under the same uid cannot open the
+        # worker's pipes through /proc/<pid>/fd (or read its memory); the children inherit it
+        _prctl(PR_SET_DUMPABLE, 0)
         if full and root and self._try_unshare(CLONE_NEWNET):
             self.protections.append("network: empty network namespace (no interfaces but a down loopback)")
         self.mount_namespace = full and root and self._setup_mounts()
@@ -252,13 +268,18 @@ class Sandbox:
         elif root:
             self.protections.append(f"RUNNING AS ROOT without uid drop: RLIMIT_NPROC={max_processes} does not bind")
         else:
-            self.protections.append(f"RLIMIT_NPROC={max_processes} (non-root: binds per uid)")
+            self.protections.append(
+                f"RLIMIT_NPROC = the uid's running tasks + {max_processes} (non-root: the limit counts the whole uid)"
+            )
+        self.tasks_before = 0  # tasks the uid already runs, added to RLIMIT_NPROC when tests share the uid
         self.landlock_fd = self._landlock_ruleset() if full else None
         self._preimport()
         self.header_globals = {}
         exec(compile(APPS_HEADER, "<apps-header>", "exec"), self.header_globals)
         if "numpy" in sys.modules:
             self.header_globals["np"] = sys.modules["numpy"]
+        gc.collect()
+        gc.freeze()  # the pre-imported objects are permanent: a test's garbage collection never walks (or copies) them
         self.baseline_vm = self._vm_size()
         self.log_fd = _high_fd(os.dup(2))
         self.devnull = _high_fd(os.open(os.devnull, os.O_RDWR))
@@ -298,7 +319,17 @@ class Sandbox:
                 os.close(fd)
 
     def _make_workdir(self) -> str:
-        return tempfile.mkdtemp(prefix="litcg-sandbox-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        """The tests' scratch folder, inside a folder of the worker's that the tests can enter but not change.
+
+        So a test cannot replace its scratch folder (say, by a symlink for the next cleanup to follow); the scratch
+        folder itself is emptied and given back its mode before every test, never re-created (Landlock's rule is
+        bound to it).
+        """
+        self.scratch_parent = tempfile.mkdtemp(prefix="litcg-sandbox-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        os.chmod(self.scratch_parent, 0o711)
+        workdir = os.path.join(self.scratch_parent, "work")
+        os.mkdir(workdir, 0o700)
+        return workdir
 
     def _landlock_ruleset(self) -> int | None:
         abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -369,6 +400,8 @@ class Sandbox:
             memory_limit / output_limit; payload is the printed bytes (stdin problems) or the JSON of the
             returned value (call-based; None when it was not JSON-serialisable).
         """
+        if self.uid is None and os.geteuid() != 0:  # RLIMIT_NPROC counts every task of the trainer's uid
+            self.tasks_before = _tasks_of_uid(os.getuid())
         results = []
         for test_input in inputs:
             if results and results[-1][0] == "compile_error":
@@ -471,7 +504,7 @@ class Sandbox:
             resource.RLIMIT_CPU: (cpu_limit, cpu_limit + 1),
             resource.RLIMIT_AS: (address_space,) * 2,
             resource.RLIMIT_FSIZE: (self.output_limit + 1,) * 2,
-            resource.RLIMIT_NPROC: (self.max_processes,) * 2,
+            resource.RLIMIT_NPROC: (self.tasks_before + self.max_processes,) * 2,
             resource.RLIMIT_CORE: (0, 0),
             resource.RLIMIT_NOFILE: (256, 256),
         }
@@ -522,10 +555,12 @@ class Sandbox:
             os.setresuid(0, 0, 0)
 
     def _clean_workdir(self) -> None:
+        """Empty the scratch folder and restore its mode (a test may have made it, or folders in it, read-only)."""
+        os.chmod(self.workdir, 0o700)
         with os.scandir(self.workdir) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    _remove_tree(entry.path)
                 else:
                     try:
                         os.unlink(entry.path)
@@ -533,8 +568,45 @@ class Sandbox:
                         pass
 
     def close(self) -> None:
-        """Remove the scratch directory."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Remove the scratch folder and its parent."""
+        _remove_tree(self.scratch_parent)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a folder a test left behind, also when the test took the permissions away from folders in it.
+
+    Runs only when every process of the test is gone, so nothing can swap a folder for a symlink meanwhile; symlinks
+    are never followed.
+    """
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    for folder, subfolders, _ in os.walk(path):  # top-down: each folder is opened up before os.walk lists it
+        for name in subfolders:
+            sub = os.path.join(folder, name)
+            try:
+                if not os.path.islink(sub):
+                    os.chmod(sub, 0o700)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """Processes and threads whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "Threads:")))
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            pass  # the process ended meanwhile
+    return count
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -548,6 +620,7 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     sys.stdout = sys.__stdout__ = stdout
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8")
     sys.argv = ["solution.py"]
+    atexit._clear()  # only the program's own exit handlers run at its end, not the worker's
     module = types.ModuleType("__main__" if fn_name is None else "solution")
     module.__dict__.update(header_globals)
     module.__builtins__ = builtins
@@ -570,11 +643,7 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
                 payload = json.dumps(result).encode()
             except (TypeError, ValueError, RecursionError):
                 return EXIT_NOT_JSON
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
-        for stream in {id(s): s for s in (sys.stdout, stdout)}.values():
-            stream.flush()
+        _finish_like_python(module, stdout)
         if payload is not None:
             view = memoryview(payload)
             while view:
@@ -588,6 +657,33 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     except BaseException:  # noqa: BLE001 - any exception of the candidate is a runtime error
         return EXIT_RUNTIME_ERROR
     return EXIT_OK
+
+
+def _finish_like_python(module: types.ModuleType, stdout: io.TextIOWrapper) -> None:
+    """What the interpreter does when a program ends: join threads, run atexit handlers, flush, free the globals.
+
+    So programs that print from an atexit handler (a common fast-output idiom), leave a file on fd 1 unclosed, print
+    in ``__del__`` or close or detach ``sys.stdout`` behave as under ``python solution.py``.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    _flush(sys.stdout, stdout)
+    for name in reversed(list(module.__dict__)):  # newest first, so a finaliser still finds the older globals
+        if name != "__builtins__":
+            del module.__dict__[name]  # finalisers run, unclosed files flush
+    gc.collect()
+    _flush(sys.stdout, stdout)
+
+
+def _flush(*streams) -> None:
+    """Flush each distinct stream that is still open (a program may have closed or detached it)."""
+    for stream in {id(s): s for s in streams}.values():
+        try:
+            stream.flush()
+        except ValueError:  # closed or detached: what it held was written when it was closed
+            pass
 
 
 def _compile(source: str, allow_top_level_return: bool):

@@ -240,3 +240,69 @@ for path in ({str(DATA / "README.md")!r}, {os.path.expanduser("~/.bashrc")!r}, {
 def test_environment_secrets_are_not_inherited(evaluator, monkeypatch):
     program = "import os\nprint(sorted(k for k in os.environ if 'TOKEN' in k or 'KEY' in k))"
     assert run(evaluator, program, {"inputs": [""], "outputs": ["[]\n"]}).outcomes == ["passed"]
+
+
+def test_a_test_cannot_break_the_scratch_folder_of_later_tests(evaluator):
+    # take write access away from the scratch folder and from a folder in it, plant an input file
+    vandal = "import os\nos.makedirs('d/e')\nopen('input.txt', 'w').write('6')\nos.chmod('d', 0)\nos.chmod('.', 0o555)"
+    writer = "open('out.txt', 'w').write(input())\nimport os\nprint(open('out.txt').read() if not " \
+             "os.path.exists('input.txt') else 'planted')"
+    tests = {"inputs": ["7\n"], "outputs": ["7"]}
+    for _ in range(2):  # every worker gets a vandal
+        assert [r.outcomes for r in evaluator.evaluate([vandal, vandal], [SECRET, SECRET])] == [["wrong_answer"]] * 2
+    assert [r.outcomes for r in evaluator.evaluate([writer] * 4, [tests] * 4)] == [["passed"]] * 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="without root the test runs under the worker's uid")
+def test_a_test_cannot_replace_its_scratch_folder(evaluator):
+    program = """
+import os
+here = os.getcwd()
+for attempt in (lambda: os.rename(here, here + ".moved"), lambda: os.rmdir(here),
+                lambda: os.symlink("/etc", os.path.join(os.path.dirname(here), "x"))):
+    try:
+        attempt()
+        print("changed")
+    except OSError:
+        print("denied")
+"""
+    assert run(evaluator, program, {"inputs": [""], "outputs": ["denied\ndenied\ndenied"]}).outcomes == ["passed"]
+
+
+def test_forged_worker_messages_cannot_run_code():
+    import pickle
+
+    from lit_codegen.reward import sandbox_worker
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    read_fd, write_fd = os.pipe()
+    try:
+        sandbox_worker.send_message(write_fd, [("ok", b"1\n"), {"a": None, "b": 2.5}])
+        assert sandbox_worker.receive_message(read_fd) == [("ok", b"1\n"), {"a": None, "b": 2.5}]
+        sandbox_worker.send_message(write_fd, [("ok", Exploit())])
+        with pytest.raises(pickle.UnpicklingError, match="plain data only"):
+            sandbox_worker.receive_message(read_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_the_process_limit_without_root_counts_the_tasks_the_uid_already_runs():
+    import threading
+
+    from lit_codegen.reward.sandbox_worker import _tasks_of_uid
+
+    stop = threading.Event()
+    before = _tasks_of_uid(os.getuid())
+    threads = [threading.Thread(target=stop.wait) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _tasks_of_uid(os.getuid()) >= before + 5
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

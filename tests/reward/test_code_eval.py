@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import require_data
 
+from lit_codegen.reward import code_eval
 from lit_codegen.reward.code_eval import main
 
 
@@ -112,4 +113,163 @@ def test_bad_input_is_one_line(tmp_path, content, message):
     proc = _cli("--data", str(data), "--solutions", str(solutions))
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     missing = _cli("--data", str(tmp_path / "missing.jsonl"))
-    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+# Tiny self-made problems (no shared data): an echo problem and an increment problem.
+ECHO = {"inputs": ["1\n", "2\n"], "outputs": ["1\n", "2\n"]}
+PLUS_ONE = {"inputs": ["1\n", "5\n"], "outputs": ["2\n", "6\n"]}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _problem(problem_id, tests, solution="print(input())", difficulty="interview"):
+    io = tests if isinstance(tests, str) else json.dumps(tests)
+    return {"problem_id": problem_id, "input_output": io, "solutions": json.dumps([solution]), "difficulty": difficulty}
+
+
+def _refuse_scoring(*args, **kwargs):
+    raise AssertionError("scoring started before the input was checked")
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Fail the test if the evaluator is started: the error must come before the (slow) scoring."""
+    monkeypatch.setattr(code_eval, "Evaluator", _refuse_scoring)
+
+
+def _error(capsys, argv) -> str:
+    """Run the command, expect exit status 2 and exactly one error line on stderr; return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("code_eval: error: "), err
+    return err[0]
+
+
+def test_solution_line_cannot_override_computed_fields(tmp_path, capsys, no_scoring):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    line = {"problem_id": 1, "solution": "print(42)", "pass_rate": 1.0, "n_tests": 7, "difficulty": "competition"}
+    solutions = _write_jsonl(tmp_path / "s.jsonl", [line])
+    out = tmp_path / "r.json"
+    message = _error(capsys, ["--data", data, "--solutions", solutions, "--output", str(out)])
+    assert "line 1" in message and "'pass_rate'" in message and "'n_tests'" in message and "'difficulty'" in message
+    assert not out.exists()
+
+
+def test_extra_keys_are_kept_and_computed_fields_are_real(tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    solutions = _write_jsonl(tmp_path / "s.jsonl", [{"problem_id": 1, "solution": "print(42)", "score": 1.0}])
+    out = tmp_path / "r.json"
+    assert main(["--data", data, "--solutions", solutions, "--output", str(out), "--workers", "1"]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["score"] == 1.0 and result["pass_rate"] == 0.0 and result["n_tests"] == 2
+    assert result["outcomes"] == ["wrong_answer", "wrong_answer"] and result["difficulty"] == "interview"
+
+
+@pytest.mark.parametrize(
+    "tests, reason",
+    [
+        ("{not json", "malformed input_output JSON"),
+        ({"inputs": [], "outputs": []}, "no tests"),
+        ({"inputs": ["1\n", "2\n"], "outputs": ["1\n"]}, "equally long lists 'inputs' and 'outputs'"),
+        ({"inputs": "1\n", "outputs": "1\n"}, "equally long lists 'inputs' and 'outputs'"),
+    ],
+)
+def test_problems_without_usable_tests_are_one_error(tmp_path, capsys, no_scoring, tests, reason):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO), _problem(2, tests), _problem(3, tests)])
+    message = _error(capsys, ["--data", data])
+    assert message.startswith("code_eval: error: problems without usable tests: 2 (") and "1 (" not in message
+    assert message.count(reason) == 2 and ", 3 (" in message
+    # with --solutions only the problems actually scored are checked
+    solutions = _write_jsonl(tmp_path / "s.jsonl", [{"problem_id": 3, "solution": "print(1)"}])
+    message = _error(capsys, ["--data", data, "--solutions", solutions])
+    assert message.startswith("code_eval: error: problems without usable tests: 3 (") and reason in message
+
+
+def test_duplicate_problem_ids_score_row_by_row(tmp_path, capsys, monkeypatch):
+    # two rows share id 1: each row's own solution must be scored against that row's own tests
+    rows = [_problem(1, ECHO, "print(input())"), _problem(1, PLUS_ONE, "print(int(input()) + 1)"), _problem(2, ECHO)]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "r.json"
+    assert main(["--data", data, "--output", str(out), "--workers", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["problem_id"], r["pass_rate"]) for r in report["results"]] == [(1, 1.0), (1, 1.0), (2, 1.0)]
+    assert report["summary"]["n_problems"] == 3
+    capsys.readouterr()
+    # a solutions line cannot say which of the two rows it means; an unambiguous id is fine
+    lines = [{"problem_id": 2, "solution": "print(input())"}, {"problem_id": 1, "solution": "print(input())"}]
+    solutions = _write_jsonl(tmp_path / "s.jsonl", lines)
+    monkeypatch.setattr(code_eval, "Evaluator", _refuse_scoring)
+    message = _error(capsys, ["--data", data, "--solutions", solutions])
+    assert "line 2" in message and "problem_id 1 appears more than once" in message
+
+
+def test_output_and_plot_paths_are_checked_before_scoring(tmp_path, capsys, no_scoring):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    assert _error(capsys, ["--data", data, "--output", str(tmp_path)]).endswith(
+        f"--output {tmp_path}: is a directory; give a file name"
+    )
+    assert _error(capsys, ["--data", data, "--plot", str(tmp_path)]).endswith(
+        f"--plot {tmp_path}: is a directory; give a file name"
+    )
+    assert "unsupported image format 'txt'" in _error(capsys, ["--data", data, "--plot", str(tmp_path / "p.txt")])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "part of its folder path is a file" in _error(capsys, ["--data", data, "--output", str(blocker / "r.json")])
+
+
+def test_output_and_plot_folders_are_created(tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    out, plot = tmp_path / "a" / "b" / "r.json", tmp_path / "c" / "d" / "p.png"
+    assert main(["--data", data, "--output", str(out), "--plot", str(plot), "--workers", "1"]) == 0
+    assert json.loads(out.read_text())["results"][0]["pass_rate"] == 1.0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--timeout", "0"),
+        ("--timeout", "-1"),
+        ("--timeout", "nan"),
+        ("--memory_mb", "0"),
+        ("--workers", "-1"),
+        ("--workers", "0"),
+        ("--max_problems", "-1"),
+        ("--max_problems", "0"),
+    ],
+)
+def test_out_of_range_options_are_one_error(tmp_path, capsys, no_scoring, flag, value):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO), _problem(2, ECHO)])
+    message = _error(capsys, ["--data", data, flag, value])
+    assert flag in message and value in message
+
+
+def test_non_utf8_files_are_one_error(tmp_path, capsys, no_scoring):
+    good = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps(_problem(1, ECHO)).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    message = _error(capsys, ["--data", str(latin1)])
+    assert "latin1.jsonl:2" in message and "not UTF-8" in message
+    message = _error(capsys, ["--data", good, "--solutions", str(latin1)])
+    assert "latin1.jsonl:2" in message and "solutions file is not UTF-8" in message
+
+
+@pytest.mark.parametrize("name", ["data.jsonl.gz", "./x.parquet", "./apps", "data/apps/test", "~/nowhere.json"])
+def test_missing_local_data_is_no_such_file(tmp_path, monkeypatch, capsys, no_scoring, name):
+    monkeypatch.chdir(tmp_path)
+    message = _error(capsys, ["--data", name])
+    assert message == f"code_eval: error: --data {name}: no such file"
+
+
+def test_unreadable_parquet_and_missing_solutions(tmp_path, capsys, no_scoring):
+    fake = tmp_path / "apps.parquet"
+    fake.write_text("not parquet")
+    assert "cannot read parquet" in _error(capsys, ["--data", str(fake)])
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    message = _error(capsys, ["--data", data, "--solutions", str(tmp_path / "nope.jsonl")])
+    assert message.endswith("nope.jsonl: no such file")
+    assert _error(capsys, ["--data", data, "--solutions", str(tmp_path)]).endswith(": not a file")

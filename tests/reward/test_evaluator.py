@@ -22,6 +22,13 @@ STDIN_ECHO_DOUBLE = {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]}
         "n = int(open(0).read())\nprint(2 * n)\nraise SystemExit(0)",
         "print(Counter('aa')['a'] * int(input()))",  # the APPS header's imports are available
         "n = int(input())\nif n > 0:\n    print(2 * n)\n    return\nprint('negative')",  # top-level return
+        # what the interpreter does at exit: atexit handlers, finalisers, unclosed files, a closed/detached stdout
+        "import atexit, io, sys\n_buf = io.StringIO()\natexit.register(lambda: sys.stdout.write(_buf.getvalue()))\n"
+        "_buf.write(str(2 * int(input())) + '\\n')",
+        "f = open(1, 'w')\nf.write(str(2 * int(input())) + '\\n')",
+        "class Bye:\n    def __del__(self):\n        print(2 * n)\nn = int(input())\nbye = Bye()",
+        "import sys\nprint(2 * int(input()))\nsys.stdout.close()",
+        "import io, sys\nsys.stdout = io.TextIOWrapper(sys.stdout.detach())\nprint(2 * int(input()))",
     ],
 )
 def test_stdin_program_semantics(evaluator, program):
@@ -120,3 +127,21 @@ def test_lifecycle_pickle_and_empty_inputs():
         ev.evaluate(["print(1)"], [STDIN_ECHO_DOUBLE])
     with pytest.raises(ValueError):
         Evaluator(mode="lenient")
+
+
+def test_integers_longer_than_pythons_default_digit_limit(evaluator):
+    import math
+    import sys
+
+    default_limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # only to write the expected value: the evaluator (this process) keeps the default
+    expected = str(math.factorial(2000))  # 5736 digits
+    sys.set_int_max_str_digits(default_limit)
+    tests = '{"fn_name": "f", "inputs": [[2000], [5]], "outputs": [' + expected + ', 120]}'
+    (result,) = evaluator.evaluate(["import math\ndef f(n):\n    return math.factorial(n)\n"], [tests])
+    assert result.outcomes == ["passed", "passed"]
+
+
+def test_a_malformed_test_specification_is_named_by_its_index(evaluator):
+    with pytest.raises(ValueError, match=r"tests\[1\] is not a valid APPS test specification"):
+        evaluator.evaluate(["print(1)", "print(1)"], [STDIN_ECHO_DOUBLE, '{"inputs": ["1"'])
