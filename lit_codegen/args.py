@@ -1,7 +1,8 @@
 """Typed argument groups of the PPO module; LightningCLI exposes every field with its docstring as `--help`.
 
-Defaults follow the reference recipe (Qwen2.5-3B-Instruct on APPS, lr 1e-6 actor / 1e-5 critic). Where a default
-differs from verl's, the field's docstring says so.
+Defaults are general-purpose PPO settings; the reference recipe (configs/ppo_qwen2.5_3b_apps.yaml) sets its own
+(e.g. KL penalty 0.001, value clip 0.5, dual clip 3.0, 1024 new tokens). Where a default differs from verl's, the
+field's docstring says so. `check_ppo_args` rejects settings that cannot work together.
 """
 
 from __future__ import annotations
@@ -116,3 +117,27 @@ class OptimArgs:
     """Updates of that model (PPO iterations in which it trains) the cosine schedule spans."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
+
+
+def check_ppo_args(a: PPOArgs, r: RolloutArgs) -> None:
+    """Reject PPO and rollout settings that cannot work, naming the flag and the fix.
+
+    Args:
+        a: The algorithm settings (a `PPOArgs`, or the parsed config namespace with the same fields).
+        r: The rollout settings (a `RolloutArgs`, or its namespace).
+
+    Raises:
+        ValueError: the first problem found.
+    """
+    for group, args, names in (("algorithm", a, ("ppo_epochs", "mini_batch_size", "micro_batch_size")),
+                               ("rollout", r, ("n", "val_n", "max_new_tokens"))):
+        for name in names:
+            if getattr(args, name) < 1:
+                raise ValueError(f"--model.{group}.{name} must be at least 1, got {getattr(args, name)}")
+    if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
+        raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
+                         "(it compares samples of the same prompt)")
+    if a.micro_batch_size > a.mini_batch_size:
+        raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
+    if r.val_n > 1 and r.val_greedy:
+        raise ValueError("--model.rollout.val_n > 1 needs --model.rollout.val_greedy false (greedy samples coincide)")

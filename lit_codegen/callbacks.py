@@ -24,8 +24,16 @@ def _rank_batch_indices(n_batches: int, world_size: int, rank: int) -> list[int]
     return [r * world_size + rank if r * world_size + rank < n_batches else -1 for r in range(rounds)]
 
 
+def _scores(pl_module: LightningModule) -> bool:
+    """Whether the module generates and scores programs (PPOModule), i.e. has something to validate."""
+    return callable(getattr(pl_module, "score_batch", None))
+
+
 class PassRateValidation(Callback):
     """Validation pass rate on a PPO-iteration schedule.
+
+    The `lit-codegen` CLI adds one from the config's `validation:` group. It validates modules that generate and score
+    (`PPOModule`); for others, such as `SFTModule`, it does nothing.
 
     Args:
         every_n_iterations: Validate after every N PPO iterations (0 = never during training).
@@ -46,11 +54,13 @@ class PassRateValidation(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Validate the starting policy (skipped when resuming: that iteration was validated before)."""
-        if self.before_training and pl_module.ppo_iteration == 0:
+        if self.before_training and _scores(pl_module) and pl_module.ppo_iteration == 0:
             self.validate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         """Validate on schedule and after the last iteration."""
+        if not _scores(pl_module):
+            return
         it = pl_module.ppo_iteration
         scheduled = self.every_n_iterations > 0 and it % self.every_n_iterations == 0
         last = self.at_end and (it == trainer.max_steps or (trainer.is_last_batch and

@@ -21,6 +21,9 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from lit_codegen.args import check_ppo_args
+from lit_codegen.callbacks import PassRateValidation
+
 # Field docstrings (`"""..."""` under a dataclass field / Args: sections) become `--help` text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -31,7 +34,15 @@ and callbacks, e.g. `save_dir: ${trainer.default_root_dir}` or `dirpath: ${train
 
 
 class LitCodegenCLI(LightningCLI):
-    """LightningCLI that connects the data module to the model's tokenizer and saves the resolved config."""
+    """LightningCLI that connects the data module to the model's tokenizer and saves the resolved config.
+
+    The validation schedule is its own config group, `validation:` (`lit_codegen.callbacks.PassRateValidation`), so
+    its fields can be set from the command line like any other (`--validation.every_n_iterations 50`).
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """Add the `validation` group (a PassRateValidation callback) and check PPO settings at parse time."""
+        parser.add_lightning_class_args(PassRateValidation, "validation")
 
     def before_instantiate_classes(self) -> None:
         """Resolve `${trainer.default_root_dir}` in the init arguments of loggers and callbacks."""
@@ -43,6 +54,21 @@ class LitCodegenCLI(LightningCLI):
                 for key, value in (vars(init_args).items() if init_args is not None else ()):
                     if isinstance(value, str) and ROOT_DIR in value:
                         setattr(init_args, key, value.replace(ROOT_DIR, root))
+        model_cfg = (self.config[self.subcommand] if self.subcommand else self.config).model
+        if getattr(model_cfg, "class_path", None) == "lit_codegen.module.PPOModule":
+            try:  # conflicting settings: one parse error here, not a traceback from inside the model's __init__
+                check_ppo_args(model_cfg.init_args.algorithm, model_cfg.init_args.rollout)
+            except ValueError as exc:
+                self.parser.error(str(exc))
+
+    def before_validate(self) -> None:
+        """Let `validate` score the whole validation set.
+
+        `validate` is Lightning's validation loop, which the configs switch off (`limit_val_batches: 0`) because
+        during `fit` validation runs in PassRateValidation, on the PPO-iteration schedule.
+        """
+        if self.trainer.limit_val_batches == 0:
+            self.trainer.limit_val_batches = 1.0
 
     def instantiate_classes(self) -> None:
         """Build model, data module and trainer, then hand the tokenizer to the data module."""

@@ -26,9 +26,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
 from lit_codegen.data.prompts import extract_program
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
@@ -80,7 +81,7 @@ class PPOModule(LightningModule):
         self.automatic_optimization = False
         self.save_hyperparameters()
         self.algo, self.rollout_args, self.reward_args, self.optim_args = algorithm, rollout, reward, optim
-        _check_args(algorithm, rollout)
+        check_ppo_args(algorithm, rollout)
         self.model_path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(self.model_path)
         self.uses_critic = algorithm.adv_estimator == "gae"
@@ -98,7 +99,12 @@ class PPOModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        """Run the SFT warm start (rank zero builds it once, the others wait) before the models are built."""
+        """Check the batch sizes, then run the SFT warm start (rank zero builds it once, the others wait)."""
+        prompts = getattr(self.trainer.datamodule, "train_batch_size", None)
+        if stage == "fit" and prompts and prompts * self.rollout_args.n < self.algo.mini_batch_size:
+            rank_zero_warn(f"a PPO iteration has {prompts} x {self.rollout_args.n} = {prompts * self.rollout_args.n} "
+                           f"sequences per rank, fewer than mini_batch_size {self.algo.mini_batch_size}: each PPO "
+                           "epoch is one optimizer step on all of them")
         if self.hparams.warm_start_steps > 0 and self.actor is None:
             from lit_codegen.sft import sft_warm_start
 
@@ -452,7 +458,7 @@ class PPOModule(LightningModule):
         """Log the accumulated validation metrics and reset them."""
         values = self.val_metrics.compute()
         self.log("val/pass_rate", values.pop("val/pass_rate"), prog_bar=True)
-        self.log_dict(values)
+        self.log_dict(values | {"step": float(self.ppo_iteration)})  # x-axis: the checkpoint's PPO iteration
         self.val_metrics.reset()
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -491,17 +497,6 @@ def _set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-
-
-def _check_args(a: PPOArgs, r: RolloutArgs) -> None:
-    """Reject settings that cannot work, naming the flag and the fix."""
-    if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
-        raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
-                         "(it compares samples of the same prompt)")
-    if a.micro_batch_size > a.mini_batch_size:
-        raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
-    if r.val_n > 1 and r.val_greedy:
-        raise ValueError("--model.rollout.val_n > 1 needs --model.rollout.val_greedy false (greedy samples coincide)")
 
 
 def _lr_lambda(o: OptimArgs):

@@ -62,11 +62,27 @@ def test_demo_fit_logs_metrics_and_checkpoints(demo_run):
     assert list(demo_run.rglob("config.yaml"))  # the resolved config beside the metrics
 
 
-def test_validate_subcommand_on_the_demo_checkpoint(demo_run):
-    out = run_cli("validate", "--config", str(demo_run / "demo.yaml"), "--trainer.default_root_dir", str(demo_run),
-                  "--trainer.limit_val_batches", "1.0", "--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
-                  cwd=demo_run)
+def test_validate_subcommand_on_the_demo_checkpoint(demo_run, tmp_path):
+    # the config switches Lightning's validation loop off for fit (limit_val_batches: 0); validate turns it on
+    out = run_cli("validate", "--config", str(demo_run / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
+                  "--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"), cwd=demo_run)
     assert re.search(r"val/pass_rate/introductory", out.stdout), out.stdout[-3000:]
+    (row,) = [r for r in read_metrics(tmp_path) if r.get("val/pass_rate")]
+    assert int(float(row["step"])) == 2  # logged at the checkpoint's PPO iteration
+    fit_rows = [r for r in read_metrics(demo_run) if r.get("val/pass_rate") and int(r["step"]) == 2]
+    assert float(row["val/pass_rate"]) == pytest.approx(float(fit_rows[0]["val/pass_rate"]))
+
+
+def test_validation_schedule_and_conflicting_settings_from_the_command_line(capsys):
+    config = str(ROOT / "configs/demo_cpu.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--validation.every_n_iterations", "3", "--print_config"])
+    assert exit_info.value.code == 0 and "every_n_iterations: 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--model.init_args.algorithm.adv_estimator", "grpo",
+              "--model.init_args.rollout.n", "1"])
+    assert exit_info.value.code == 2
+    assert "error: --model.algorithm.adv_estimator grpo needs --model.rollout.n >= 2" in capsys.readouterr().err
 
 
 def test_export_reloads_and_generates_like_the_checkpoint(demo_run, tmp_path):
