@@ -1,4 +1,8 @@
-"""Exact resume and crash safety: N iterations + resume for N more == 2N straight; a SIGKILLed run resumes."""
+"""Exact resume and crash safety: N iterations + resume for N more == 2N straight; a SIGKILLed run resumes.
+
+The data order is checked on its own with a trivial module under a real Trainer (seconds, and across several epoch
+boundaries); the PPO runs check that metrics match.
+"""
 
 import csv
 import os
@@ -10,8 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers import run_cli, tiny_demo_config
+from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.models.loading import load_tokenizer
 
 KEYS = ["critic/score/mean", "actor/pg_loss", "critic/vf_loss", "actor/entropy"]
 
@@ -26,6 +34,58 @@ def metrics_by_step(root: Path) -> dict[int, dict[str, float]]:
                 if values:
                     out.setdefault(int(row["step"]), {}).update(values)
     return out
+
+
+class _PromptOrderModule(LightningModule):
+    """Records the prompt rows of every training batch; keeps `ppo_iteration` in the checkpoint as the PPO module
+    does (the data module resumes its sampler from it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.ppo_iteration = 0
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["index"].tolist())
+        self.ppo_iteration += 1
+        return (self.weight**2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.ppo_iteration = checkpoint["ppo_state"]["ppo_iteration"]
+
+
+def _prompt_order(root: Path, max_steps: int, ckpt_path: Path | None = None) -> list[list[int]]:
+    """Prompt rows of each batch of a fit on the toy problems (28 prompts, batches of 8: 8, 8, 8, 4 per epoch)."""
+    data = AppsDataModule(train_batch_size=8, template_type="base")
+    data.connect(load_tokenizer("tiny"))
+    trainer = Trainer(max_steps=max_steps, max_epochs=-1, accelerator="cpu", logger=False, default_root_dir=root,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0,
+                      callbacks=[ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1)])
+    module = _PromptOrderModule()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module.seen
+
+
+@pytest.fixture(scope="module")
+def straight_prompt_order(tmp_path_factory):
+    return _prompt_order(tmp_path_factory.mktemp("straight"), max_steps=12)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 5], ids=["before-the-short-batch", "at-an-epoch-end", "mid-epoch"])
+def test_resumed_run_sees_the_prompts_of_a_straight_run_across_epochs(tmp_path, straight_prompt_order, stop_at):
+    assert [len(b) for b in straight_prompt_order] == [8, 8, 8, 4] * 3  # 3 epochs, each with every prompt once
+    first = _prompt_order(tmp_path, max_steps=stop_at)
+    second = _prompt_order(tmp_path, max_steps=12, ckpt_path=tmp_path / "last.ckpt")
+    assert first == straight_prompt_order[:stop_at]
+    assert second == straight_prompt_order[stop_at:]  # the later epochs keep their last, shorter batch
 
 
 def test_resume_reproduces_a_straight_run(tmp_path):

@@ -11,7 +11,9 @@ Three sources, one record format (the fields of the HF dataset `codeparrot/apps`
   `solutions.json`, `metadata.json` (`difficulty`, `url`) and `starter_code.py`.
 
 Every record is validated; bad ones are skipped and counted per reason, and the counts are logged once per load.
-A missing file or folder raises `DataError` with one clear message.
+Text is read as UTF-8 (a leading BOM is dropped); a line or file that is not UTF-8 is skipped as `not_utf8`. A
+`problem_id` seen again in the same source split is skipped as `duplicate_problem_id` (the first one is kept).
+A missing file or folder, or a binary file given as JSONL, raises `DataError` with one clear message.
 
     result = load_apps("/path/to/mbpp_apps.jsonl")
     result.problems[0].fn_name, result.skipped  # -> 'is_not_prime', Counter()
@@ -20,6 +22,7 @@ A missing file or folder raises `DataError` with one clear message.
 from __future__ import annotations
 
 import json
+import keyword
 import logging
 import re
 from collections import Counter
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DIFFICULTIES = ("introductory", "interview", "competition")
 HUB_SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # problem_id is an int64 parquet column
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -120,8 +124,18 @@ def _parse_json_field(value: Any, reason: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # malformed JSON, or an integer past Python's 4300-digit str -> int limit
         raise InvalidRecord(reason, str(err)) from None
+
+
+def _text_field(record: dict[str, Any], key: str) -> str:
+    """An optional text field: missing or null gives "", anything but a string is `bad_{key}`."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"bad_{key}", repr(value))
+    return value
 
 
 def parse_problem(record: dict[str, Any], source_split: str | None = None) -> AppsProblem:
@@ -136,14 +150,15 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
         The validated problem.
 
     Raises:
-        InvalidRecord: With `reason` one of `bad_problem_id`, `missing_question`, `input_output_unparsable`,
-            `no_tests`, `inputs_outputs_length_mismatch`, `bad_fn_name`, `call_based_inputs_not_lists`,
-            `solutions_unparsable`.
+        InvalidRecord: With `reason` one of `bad_problem_id` (not a JSON integer in the int64 range),
+            `missing_question`, `input_output_unparsable`, `no_tests`, `inputs_outputs_length_mismatch`,
+            `bad_fn_name` (not an identifier, or a keyword), `call_based_inputs_not_lists`, `solutions_unparsable`,
+            `bad_difficulty` / `bad_url` / `bad_starter_code` (present but not a string).
     """
-    try:
-        problem_id = int(record["problem_id"])
-    except (KeyError, TypeError, ValueError):
-        raise InvalidRecord("bad_problem_id", repr(record.get("problem_id"))) from None
+    problem_id = record.get("problem_id")
+    # Only real integers: a string "0042", a float or a bool would be coerced into some other id.
+    if type(problem_id) is not int or not INT64_MIN <= problem_id <= INT64_MAX:
+        raise InvalidRecord("bad_problem_id", repr(problem_id))
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         raise InvalidRecord("missing_question")
@@ -160,7 +175,9 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     if len(inputs) != len(outputs):
         raise InvalidRecord("inputs_outputs_length_mismatch", f"{len(inputs)} inputs, {len(outputs)} outputs")
     fn_name = tests.get("fn_name")
-    if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
+    if fn_name is not None and (
+        not isinstance(fn_name, str) or not fn_name.isidentifier() or keyword.iskeyword(fn_name)
+    ):
         raise InvalidRecord("bad_fn_name", repr(fn_name))
     # Call-based tests call fn_name(*args): every input must be an argument list.
     if fn_name and not all(isinstance(args, list) for args in inputs):
@@ -178,16 +195,21 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
         question=question,
         solutions=solutions,
         input_output=io,
-        difficulty=str(record.get("difficulty") or ""),
-        url=str(record.get("url") or ""),
-        starter_code=str(record.get("starter_code") or ""),
+        difficulty=_text_field(record, "difficulty"),
+        url=_text_field(record, "url"),
+        starter_code=_text_field(record, "starter_code"),
         source_split=source_split,
     )
 
 
 def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]], max_tests: int | None) -> LoadResult:
-    """Validate `(where, record, source_split, pre_reason)` tuples; `pre_reason` marks records that failed to read."""
+    """Validate `(where, record, source_split, pre_reason)` tuples; `pre_reason` marks records that failed to read.
+
+    A `problem_id` already kept in the same source split is skipped as `duplicate_problem_id`: copies would otherwise
+    land in both train and test. Only within a split, because APPS numbers its train and its test problems 0-4999.
+    """
     result = LoadResult(problems=[])
+    seen: set[tuple[str | None, int]] = set()
     for where, record, split, pre_reason in records:
         if pre_reason is not None:
             result.skip(pre_reason, where)
@@ -197,6 +219,10 @@ def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]],
         except InvalidRecord as err:
             result.skip(err.reason, where)
             continue
+        if (split, problem.problem_id) in seen:
+            result.skip("duplicate_problem_id", where)
+            continue
+        seen.add((split, problem.problem_id))
         if max_tests is not None:  # cap while loading: some APPS problems carry megabytes of tests
             io = problem.input_output
             io["inputs"], io["outputs"] = io["inputs"][:max_tests], io["outputs"][:max_tests]
@@ -204,13 +230,34 @@ def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]],
     return result
 
 
+def _check_text_file(path: Path) -> None:
+    """Raise `DataError` if `path` looks binary (a NUL byte near the start), e.g. a parquet file given as JSONL."""
+    with path.open("rb") as f:
+        head = f.read(8192)
+    if b"\0" in head:
+        what = "a parquet file" if head.startswith(b"PAR1") else "it has NUL bytes"
+        raise DataError(
+            f"{path} is not UTF-8 JSONL text ({what}): give a .jsonl file, an APPS folder or a hub id "
+            "(a folder of preprocessed parquet files is what the data modules' data_dir takes)"
+        )
+
+
 def _jsonl_records(path: Path, split: str | None = None) -> Iterator[tuple[str, dict | None, str | None, str | None]]:
-    """Yield the records of a JSONL file; a line that is not a JSON object is reported as `malformed_json_line`."""
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    """Yield the records of a JSONL file.
+
+    A line that is not UTF-8 is reported as `not_utf8`, one that is not a JSON object as `malformed_json_line`.
+    """
+    _check_text_file(path)
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path.name} line {line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # utf-8-sig: drop a leading BOM
+            except UnicodeDecodeError:
+                yield where, None, split, "not_utf8"
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name} line {line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -222,53 +269,70 @@ def _jsonl_records(path: Path, split: str | None = None) -> Iterator[tuple[str, 
             yield where, record, split, None
 
 
-def _read_json_file(path: Path) -> tuple[Any, str | None]:
-    """Read a JSON file of the folder layout: `(value, None)` or `(None, reason)`."""
+def _read_text(path: Path) -> str:
+    """A text file of the folder layout as UTF-8 (a leading BOM dropped); `InvalidRecord("not_utf8")` if it is not."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")), None
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRecord("not_utf8", path.name) from None
+
+
+def _read_json(path: Path, reason: str) -> Any:
+    """A JSON file of the folder layout; `InvalidRecord(reason)` if it does not parse."""
+    try:
+        return json.loads(_read_text(path))
     except json.JSONDecodeError:
-        return None, f"{path.stem}_unparsable"
+        raise InvalidRecord(reason, path.name) from None
+
+
+def _folder_record(d: Path) -> dict[str, Any]:
+    """One problem folder as a record with the HF fields; `InvalidRecord` if a file is missing or unreadable."""
+    if not (d / "question.txt").is_file():
+        raise InvalidRecord("missing_question")
+    if not (d / "input_output.json").is_file():
+        raise InvalidRecord("no_tests")
+    record = {
+        "problem_id": int(d.name),
+        "question": _read_text(d / "question.txt"),
+        "input_output": _read_json(d / "input_output.json", "input_output_unparsable"),
+        "solutions": [],
+    }
+    if (d / "solutions.json").is_file():
+        record["solutions"] = _read_json(d / "solutions.json", "solutions_unparsable")
+    if (d / "starter_code.py").is_file():
+        record["starter_code"] = _read_text(d / "starter_code.py")
+    if (d / "metadata.json").is_file():
+        text = _read_text(d / "metadata.json")
+        try:
+            metadata = json.loads(text)
+        except json.JSONDecodeError:
+            metadata = None  # metadata is optional: unparsable counts as absent
+        if isinstance(metadata, dict):
+            record["difficulty"], record["url"] = metadata.get("difficulty"), metadata.get("url")
+    return record
 
 
 def _folder_records(root: Path) -> Iterator[tuple[str, dict | None, str | None, str | None]]:
-    """Yield the records of the original APPS layout (`train/NNNN/`, `test/NNNN/`)."""
+    """Yield the records of the original APPS layout (`train/NNNN/`, `test/NNNN/`).
+
+    Sub-folders whose names are not ASCII digits are skipped as `bad_problem_id` (hidden ones are ignored).
+    """
     for split in ("train", "test"):
         split_dir = root / split
         if not split_dir.is_dir():
             continue
-        problem_dirs = sorted((d for d in split_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: d.name)
+        problem_dirs = sorted((d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                              key=lambda d: d.name)
         for d in problem_dirs:
             where = f"{split}/{d.name}"
-            if not (d / "question.txt").is_file():
-                yield where, None, split, "missing_question"
+            if not (d.name.isascii() and d.name.isdigit()):  # str.isdigit alone accepts "²7", which int() rejects
+                yield where, None, split, "bad_problem_id"
                 continue
-            if not (d / "input_output.json").is_file():
-                yield where, None, split, "no_tests"
+            try:
+                record = _folder_record(d)
+            except InvalidRecord as err:
+                yield where, None, split, err.reason
                 continue
-            tests, bad = _read_json_file(d / "input_output.json")
-            if bad:
-                yield where, None, split, "input_output_unparsable"
-                continue
-            solutions: Any = []
-            if (d / "solutions.json").is_file():
-                solutions, bad = _read_json_file(d / "solutions.json")
-                if bad:
-                    yield where, None, split, "solutions_unparsable"
-                    continue
-            metadata: Any = {}
-            if (d / "metadata.json").is_file():
-                metadata, _ = _read_json_file(d / "metadata.json")
-                metadata = metadata if isinstance(metadata, dict) else {}
-            starter = d / "starter_code.py"
-            record = {
-                "problem_id": int(d.name),
-                "question": (d / "question.txt").read_text(encoding="utf-8"),
-                "input_output": tests,
-                "solutions": solutions,
-                "difficulty": metadata.get("difficulty", ""),
-                "url": metadata.get("url", ""),
-                "starter_code": starter.read_text(encoding="utf-8") if starter.is_file() else "",
-            }
             yield where, record, split, None
 
 
@@ -305,7 +369,8 @@ def load_apps(source: str | Path, max_tests: int | None = None) -> LoadResult:
         The valid problems and the skip counts.
 
     Raises:
-        DataError: If the file/folder does not exist, a folder has no `train/` or `test/`, or the hub download fails.
+        DataError: If the file/folder does not exist, a folder has no `train/` or `test/`, a file is binary (e.g. a
+            parquet file), or the hub download fails.
     """
     source = str(source)
     path = Path(source).expanduser()

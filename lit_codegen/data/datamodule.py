@@ -5,7 +5,8 @@ uses test.parquet); `data_dir=None` uses the bundled toy problems (`lit_codegen.
 over explicitly with `connect(tokenizer)` after the model is built (LightningCLI does it, see `lit_codegen.cli`).
 
 Prompt text: `template_type="chat"` renders the `prompt` messages with the tokenizer's chat template (generation
-prompt appended); `"base"` uses the `raw_prompt` column (the APPS completion prompt).
+prompt appended); `"base"` uses the `raw_prompt` column (the APPS completion prompt). It must be the template the
+files were written with (their `template_type` column); a mismatch is an error that names both.
 
     dm = AppsDataModule(data_dir=None, train_batch_size=8)
     dm.connect(tokenizer)
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from lit_codegen.data.prompts import check_template_type, format_answer
 from lit_codegen.data.toy import write_toy_parquet
+from lit_codegen.models.loading import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,27 @@ IGNORE_INDEX = -100
 
 
 def toy_data_dir(template_type: str) -> Path:
-    """Cache folder the toy problems are written to when a data module gets `data_dir=None`."""
-    return Path(tempfile.gettempdir()) / "lit_codegen" / f"toy_{template_type}"
+    """Folder the toy problems are written to when a data module gets `data_dir=None`.
+
+    It is in the project's cache (`$LIT_CODEGEN_CACHE`, default `~/.cache/lit_codegen`, as for the tiny model), so
+    another user's folder on a shared machine is never in the way.
+    """
+    return cache_dir() / f"toy_{template_type}"
 
 
-def read_split(data_dir: str | Path, split: str, columns: list[str]) -> list[dict[str, Any]]:
+def read_split(data_dir: str | Path, split: str, columns: list[str], template_type: str) -> list[dict[str, Any]]:
     """Rows of `data_dir/{split}.parquet` as dicts with the given columns.
+
+    Args:
+        data_dir: Folder written by `python -m lit_codegen.data.preprocess`.
+        split: `train` or `test`.
+        columns: Columns to read.
+        template_type: The data module's template; the file must have been written with the same one.
 
     Raises:
         FileNotFoundError: If the file is missing (the message says how to create it).
+        ValueError: If the file lacks columns that `lit_codegen.data.preprocess` writes (e.g. a parquet with only
+            verl's five columns) or was written with another template type.
     """
     path = Path(data_dir) / SPLIT_FILES[split]
     if not path.is_file():
@@ -52,7 +65,22 @@ def read_split(data_dir: str | Path, split: str, columns: list[str]) -> list[dic
             f"{path} not found: create it with `python -m lit_codegen.data.preprocess --local_dir {data_dir}` "
             "or leave data_dir unset to use the bundled toy problems"
         )
-    return pq.read_table(path, columns=columns).to_pylist()
+    columns = [*columns, "template_type"]
+    missing = [c for c in columns if c not in pq.read_schema(path).names]
+    if missing:
+        raise ValueError(
+            f"{path} lacks the columns {missing}: the data modules read files written by "
+            f"`python -m lit_codegen.data.preprocess --local_dir {data_dir}` (verl's five columns are not enough)"
+        )
+    rows = pq.read_table(path, columns=columns).to_pylist()
+    written_with = sorted({row.pop("template_type") for row in rows})
+    if written_with and written_with != [template_type]:
+        raise ValueError(
+            f"{path} was written with template_type {', '.join(map(repr, written_with))} but the data module has "
+            f"template_type={template_type!r}: set the data module's template_type to match, or re-run "
+            f"`python -m lit_codegen.data.preprocess --template_type {template_type}`"
+        )
+    return rows
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -142,6 +170,11 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
     whole run (the PPO iteration of a resumed run): iteration starts at that epoch and offset, so a resumed run sees
     exactly the prompts a straight run would. One `iter()` = one epoch. It subclasses `DistributedSampler` only so
     that Lightning uses it as it is instead of wrapping it; the epoch is its own, so `set_epoch` is ignored.
+
+    `len()` is always a whole epoch, also while the first epoch of a resumed run is shorter: Lightning reads the
+    number of batches per epoch once and keeps it for every later epoch, and it counts the batches already run in the
+    resumed epoch itself (from the checkpoint's loop state), so it expects just the remaining ones from the first
+    `iter()`.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, start_batch: int = 0,
@@ -170,7 +203,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
         return iter(indices)
 
     def __len__(self) -> int:
-        return -(-self.n // self.num_replicas) - self.skip
+        return -(-self.n // self.num_replicas)  # a whole epoch, see the class docstring
 
 
 class _TokenizedDataModule(LightningDataModule):
@@ -218,7 +251,7 @@ class _TokenizedDataModule(LightningDataModule):
             # and identical on every rank, so ranks may race.
             write_toy_parquet(self.resolved_data_dir, self.template_type)
             self._toy_written = True
-        return read_split(self.resolved_data_dir, split, columns)
+        return read_split(self.resolved_data_dir, split, columns, self.template_type)
 
 
 class AppsDataModule(_TokenizedDataModule):
@@ -227,7 +260,8 @@ class AppsDataModule(_TokenizedDataModule):
     Args:
         data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
             problems.
-        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`).
+        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`);
+            the one the parquet files were written with.
         max_prompt_length: Prompts with more tokens are dropped (the count is logged).
         train_batch_size: Prompts per training batch and rank (before `rollout.n` samples each).
         val_batch_size: Prompts per validation batch and rank.
@@ -326,7 +360,8 @@ class SFTDataModule(_TokenizedDataModule):
     Args:
         data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
             problems.
-        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`).
+        template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`);
+            the one the parquet files were written with.
         max_length: Examples (prompt + answer + EOS) with more tokens are dropped (the count is logged).
         batch_size: Examples per batch (training and validation).
         num_workers: DataLoader worker processes.

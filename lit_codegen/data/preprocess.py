@@ -7,7 +7,10 @@ r"""Turn an APPS source into `train.parquet` and `test.parquet` with prompts, te
 One row per valid problem; each valid problem lands in exactly one of the two files. Splits: a source with natural
 splits (hub `train.jsonl`/`test.jsonl`, APPS folder `train/`/`test/`) keeps them unless `--test_size` is given;
 otherwise the problems are shuffled with `--seed` and `--test_size` of them (default 0.1, at least one) go to test.
-The columns (`PARQUET_SCHEMA`) are a superset of verl's RL parquet schema, see `docs_notes/data.md`.
+If one natural split is empty (a folder with only `train/` or only `test/`, or `--difficulties` removed all of one
+side), the problems are shuffled the same way and one warning line says so. Both files are built first and then
+written (temporary file + rename), so a failed run leaves the previous files of `--local_dir` untouched.
+The columns (`PARQUET_SCHEMA`) are a superset of verl's RL parquet schema, see the README's "Parquet schema".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -107,15 +111,46 @@ def problem_to_row(problem: AppsProblem, template_type: str, split: str, index: 
     }
 
 
-def write_split(problems: Sequence[AppsProblem], path: Path, split: str, template_type: str) -> Path:
-    """Write the rows of one split to a parquet file and return its path."""
-    rows = [problem_to_row(p, template_type, split, i) for i, p in enumerate(problems)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so concurrent readers (other ranks, parallel tests) never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA), tmp)
-    os.replace(tmp, path)
-    return path
+def write_splits(splits: dict[str, Sequence[AppsProblem]], out_dir: str | Path, template_type: str) -> dict[str, Path]:
+    """Write `out_dir/{split}.parquet` for every split, all of them or none.
+
+    Every table is built and written to a temporary file before any is renamed into place, so a failure (a bad row, a
+    full disk) leaves the previous files as they were, never a new train.parquet next to an old test.parquet; the
+    renames are atomic, so concurrent readers (other ranks, parallel tests) never see a half-written file.
+
+    Args:
+        splits: Problems per split name (`train`, `test`), in row order.
+        out_dir: Output folder (created if needed).
+        template_type: `base` or `chat`.
+
+    Returns:
+        The path of each split's file.
+    """
+    tables = {
+        split: pa.Table.from_pylist(
+            [problem_to_row(p, template_type, split, i) for i, p in enumerate(problems)], schema=PARQUET_SCHEMA
+        )
+        for split, problems in splits.items()
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {split: out / f"{split}.parquet" for split in tables}
+    tmps = {split: path.with_name(f".{path.name}.{os.getpid()}.tmp") for split, path in paths.items()}
+    try:
+        for split, table in tables.items():
+            pq.write_table(table, tmps[split])
+        for split, path in paths.items():
+            os.replace(tmps[split], path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+    return paths
+
+
+def check_test_size(test_size: float) -> None:
+    """Raise `DataError` unless `test_size` is a fraction in (0, 1) or a whole count >= 1."""
+    if not math.isfinite(test_size) or test_size <= 0 or (test_size >= 1 and test_size != int(test_size)):
+        raise DataError(f"--test_size must be a fraction in (0, 1) or a whole count >= 1, got {test_size}")
 
 
 def split_problems(
@@ -125,7 +160,8 @@ def split_problems(
 
     Natural splits (`source_split`) are kept when `test_size` is None and both are non-empty. Otherwise the problems
     are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count >= 1, at least one
-    and at most all but one. Both lists keep the source order.
+    and at most all but one. One warning line is logged when a natural split was empty (so the other side was
+    shuffled) and when `test_size` asked for every problem. Both lists keep the source order.
 
     Args:
         problems: Validated problems (at least 2).
@@ -138,18 +174,30 @@ def split_problems(
     Raises:
         DataError: If there are fewer than 2 problems or `test_size` is out of range.
     """
+    natural_split = None  # the only natural split present, when the other one is empty
     if test_size is None:
-        natural = {"train": [p for p in problems if p.source_split == "train"]}
-        natural["test"] = [p for p in problems if p.source_split == "test"]
-        if natural["train"] and natural["test"] and len(natural["train"]) + len(natural["test"]) == len(problems):
-            return natural["train"], natural["test"]
+        train = [p for p in problems if p.source_split == "train"]
+        test = [p for p in problems if p.source_split == "test"]
+        if train and test and len(train) + len(test) == len(problems):
+            return train, test
+        if train or test:  # the source has natural splits, but one of them is empty
+            natural_split = "train" if train else "test"
         test_size = DEFAULT_TEST_SIZE
+    check_test_size(test_size)
     if len(problems) < 2:
         raise DataError(f"need at least 2 valid problems to make a train and a test split, got {len(problems)}")
-    if test_size <= 0 or (test_size >= 1 and test_size != int(test_size)):
-        raise DataError(f"--test_size must be a fraction in (0, 1) or a whole count >= 1, got {test_size}")
-    n_test = round(test_size * len(problems)) if test_size < 1 else int(test_size)
-    n_test = min(max(n_test, 1), len(problems) - 1)
+    wanted = round(test_size * len(problems)) if test_size < 1 else int(test_size)
+    n_test = min(max(wanted, 1), len(problems) - 1)
+    if n_test < wanted:
+        log.warning("--test_size %g asks for %d test problems of %d; using %d so that train keeps at least one",
+                    test_size, wanted, len(problems), n_test)
+    elif n_test > wanted:
+        log.info("--test_size %g of %d problems rounds to 0 test problems; using 1", test_size, len(problems))
+    if natural_split is not None:
+        empty = "test" if natural_split == "train" else "train"
+        log.warning("the source has no %s problems (none in it, or none left after --difficulties): shuffled its %d "
+                    "%s problems with --seed %d and put %d of them in test.parquet (--test_size %g)",
+                    empty, len(problems), natural_split, seed, n_test, test_size)
     order = list(range(len(problems)))
     random.Random(seed).shuffle(order)
     test_ids = set(order[:n_test])
@@ -182,11 +230,17 @@ def preprocess(
         `{"train": path, "test": path}`.
 
     Raises:
-        DataError: Missing source, no problems left, or bad arguments.
+        DataError: Missing source, no problems left, bad arguments, or the output cannot be written.
     """
     check_template_type(template_type)
+    # Arguments first: a typo should not cost a 1.3 GB download.
     if max_tests is not None and max_tests < 1:
         raise DataError(f"--max_tests must be >= 1, got {max_tests}")
+    if test_size is not None:
+        check_test_size(test_size)
+    out = Path(local_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--local_dir {out} exists and is not a folder")
     problems = load_apps(source, max_tests).problems
     if difficulties:
         kept = [p for p in problems if p.difficulty in difficulties]
@@ -195,11 +249,10 @@ def preprocess(
     if not problems:
         raise DataError(f"no valid problems left in {source} (difficulties: {list(difficulties or []) or 'all'})")
     train, test = split_problems(problems, test_size, seed)
-    out = Path(local_dir)
-    return {
-        "train": write_split(train, out / "train.parquet", "train", template_type),
-        "test": write_split(test, out / "test.parquet", "test", template_type),
-    }
+    try:
+        return write_splits({"train": train, "test": test}, out, template_type)
+    except OSError as err:
+        raise DataError(f"cannot write to --local_dir {out}: {err}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -84,18 +84,50 @@ def check_template_type(template_type: str) -> None:
         raise ValueError(f"template_type must be one of {TEMPLATE_TYPES}, got {template_type!r}")
 
 
-# A fence line: optional indent, three or more backticks, an optional language tag.
-_FENCE_OPEN = re.compile(r"^\s*```+\s*([\w+#.-]*)\s*$")
-_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
+# An opening fence: optional indent, three or more backticks, then an info string whose first word is the language
+# (```` ```python title=a.py ````). A closing fence is a line of backticks only.
+_FENCE_OPEN = re.compile(r"^\s*```+\s*([^`\s]*)[^`]*$")
+_FENCE_CLOSE = re.compile(r"^\s*```+\s*$")
+_PYTHON_TAGS = ("python", "py", "python3", "py3")
+
+
+def _blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """The fenced blocks of a response as `(language, body lines)`, in order.
+
+    A block closes at the next line that is only a fence. Without one it closes at the first line that ends with a
+    fence (a closing fence glued to the last code line), and failing that it runs to the end (cut by the length
+    limit).
+    """
+    blocks = []
+    i = 0
+    while i < len(lines):
+        opened = _FENCE_OPEN.match(lines[i])
+        i += 1
+        if not opened:
+            continue
+        rest = lines[i:]
+        end = next((j for j, line in enumerate(rest) if _FENCE_CLOSE.match(line)), None)
+        if end is not None:
+            body = rest[:end]
+        else:
+            end = next((j for j, line in enumerate(rest) if line.rstrip().endswith("```")), None)
+            body = rest if end is None else rest[:end] + [rest[end].rstrip().rstrip("`")]
+        blocks.append((opened.group(1).lower(), body))
+        i += len(rest) if end is None else end + 1
+    return blocks
 
 
 def extract_program(response: str) -> str:
     """Extract the program from a model response: the last fenced python block, else the raw text.
 
-    A block opens with a line of ```` ``` ```` or ```` ```python ```` (also `py`, `python3`; any case) and closes with
-    a line that is ```` ``` ```` or ends with it. Blocks tagged with another language are ignored. An unterminated
-    final block (generation hit the length limit) counts as a block: its text up to the end is returned. Without any
-    python block the whole response is returned, so a `base`-template completion (raw code) passes through.
+    A block opens with a line of three or more backticks and an optional info string whose first word is the
+    language (```` ```python ````, ```` ```py title=a.py ````), and closes with a line that is only backticks (a
+    program line that merely ends in three backticks, e.g. inside a string, does not close it). The last block
+    tagged `python`, `py`, `python3` or `py3` (any case) wins; untagged blocks count only when there is no tagged
+    one (an untagged block after the code is usually its output); blocks in other languages are ignored. A block
+    without a closing line closes at a line ending in a glued fence (```` print(3)``` ````), else runs to the end of
+    the text (generation hit the length limit). Without any such block the whole response is returned, so a
+    `base`-template completion (raw code) passes through.
 
     Args:
         response: Decoded model output.
@@ -103,28 +135,10 @@ def extract_program(response: str) -> str:
     Returns:
         The program text, dedented, without leading/trailing blank lines.
     """
-    lines = response.splitlines()
-    last_block: list[str] | None = None
-    i = 0
-    while i < len(lines):
-        opened = _FENCE_OPEN.match(lines[i])
-        if not opened:
-            i += 1
-            continue
-        body: list[str] = []
-        i += 1
-        while i < len(lines):
-            stripped = lines[i].rstrip()
-            if stripped.endswith("```"):
-                head = stripped[:-3].rstrip("`")
-                if head.strip():
-                    body.append(head)
-                break
-            body.append(lines[i])
-            i += 1
-        i += 1
-        if opened.group(1).lower() in _PYTHON_TAGS:
-            last_block = body
-    if last_block is None:
+    blocks = _blocks(response.splitlines())
+    tagged = [body for language, body in blocks if language in _PYTHON_TAGS]
+    untagged = [body for language, body in blocks if language == ""]
+    chosen = tagged or untagged
+    if not chosen:
         return response
-    return textwrap.dedent("\n".join(last_block)).strip("\n")
+    return textwrap.dedent("\n".join(chosen[-1])).strip("\n")

@@ -3,7 +3,7 @@
 `toy_problems.jsonl` holds problems 9000-9013 (stdin/stdout, e.g. `print(int(input())+1)`) and 9014-9027
 (call-based, `fn_name` set), each with 4 tests, 2 correct `solutions` and 2-3 `wrong_solutions` (an extra field;
 most wrong ones pass some tests, so they earn partial reward). Questions and programs are kept short enough that a
-~2M-parameter model trained from scratch can learn them by SFT, after which PPO has room to raise the pass rate.
+~1.2M-parameter model trained from scratch can learn them by SFT, after which PPO has room to raise the pass rate.
 
 The demo trains and validates on the same toy task: `write_toy_parquet` writes ALL problems to both
 `train.parquet` and `test.parquet`, so the validation pass rate measures how well the policy solves the training
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_codegen.data.apps import load_apps
-from lit_codegen.data.preprocess import write_split
+from lit_codegen.data.preprocess import write_splits
 
 TOY_PROBLEMS = Path(__file__).with_name("toy_problems.jsonl")
 
@@ -47,7 +47,5 @@ def write_toy_parquet(out_dir: str | Path, template_type: str = "chat") -> Path:
         `out_dir` as a Path.
     """
     problems = load_apps(TOY_PROBLEMS).problems
-    out = Path(out_dir)
-    write_split(problems, out / "train.parquet", "train", template_type)
-    write_split(problems, out / "test.parquet", "test", template_type)
-    return out
+    write_splits({"train": problems, "test": problems}, out_dir, template_type)
+    return Path(out_dir)

@@ -60,12 +60,31 @@ def test_parse_problem_empty_solutions_is_valid():
         ({"solutions": json.dumps([1, 2])}, "solutions_unparsable"),
         ({"question": "  "}, "missing_question"),
         ({"problem_id": "abc"}, "bad_problem_id"),
+        # only JSON integers in the int64 range: nothing is coerced into some other id
+        ({"problem_id": 2**63}, "bad_problem_id"),
+        ({"problem_id": -(2**63) - 1}, "bad_problem_id"),
+        ({"problem_id": 1.7}, "bad_problem_id"),
+        ({"problem_id": 7.0}, "bad_problem_id"),
+        ({"problem_id": True}, "bad_problem_id"),
+        ({"problem_id": "0042"}, "bad_problem_id"),
+        ({"problem_id": None}, "bad_problem_id"),
+        ({"input_output": json.dumps({"fn_name": "class", "inputs": [[1]], "outputs": [1]})}, "bad_fn_name"),
+        ({"difficulty": ["x"]}, "bad_difficulty"),
+        ({"url": 5}, "bad_url"),
+        ({"starter_code": ["a"]}, "bad_starter_code"),
     ],
 )
 def test_parse_problem_rejects_with_reason(overrides, reason):
     with pytest.raises(InvalidRecord) as err:
         parse_problem(record(**overrides))
     assert err.value.reason == reason
+
+
+def test_parse_problem_keeps_int64_edges_and_treats_null_text_fields_as_empty():
+    assert parse_problem(record(problem_id=2**63 - 1)).problem_id == 2**63 - 1
+    assert parse_problem(record(problem_id=-(2**63))).problem_id == -(2**63)
+    problem = parse_problem(record(difficulty=None, url=None, starter_code=None))
+    assert (problem.difficulty, problem.url, problem.starter_code) == ("", "", "")
 
 
 def test_load_real_apps_jsonl(shared_data):
@@ -161,3 +180,63 @@ def test_is_hub_name(tmp_path):
     assert not is_hub_name("missing/file.jsonl")
     assert not is_hub_name("/abs/path")
     assert not is_hub_name(str(tmp_path))
+
+
+def test_duplicate_problem_ids_in_a_jsonl_are_skipped_after_the_first(tmp_path):
+    lines = [record(problem_id=1, question="first"), record(problem_id=2), record(problem_id=1, question="copy")]
+    path = tmp_path / "dup.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = load_apps(path)
+    assert [(p.problem_id, p.question) for p in result.problems] == [(1, "first"), (2, "Print n + 1.")]
+    assert result.skipped == {"duplicate_problem_id": 1}
+    assert result.skipped_at["duplicate_problem_id"] == ["dup.jsonl line 3"]
+
+
+def test_duplicate_problem_ids_in_a_folder_count_within_a_split(tmp_path):
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    write_problem_dir(tmp_path, "train", "0001", tests)
+    write_problem_dir(tmp_path, "train", "01", tests)  # the same id 1 again in train
+    write_problem_dir(tmp_path, "test", "0001", tests)  # APPS numbers test problems from 0 too: not a duplicate
+    result = load_apps(tmp_path)
+    assert [(p.source_split, p.problem_id) for p in result.problems] == [("train", 1), ("test", 1)]
+    assert result.skipped == {"duplicate_problem_id": 1}
+    assert result.skipped_at["duplicate_problem_id"] == ["train/01"]
+
+
+def test_jsonl_that_is_not_utf8_is_counted_per_line_and_a_bom_is_dropped(tmp_path):
+    lines = [json.dumps(record(problem_id=i)).encode() for i in (1, 2, 3)]
+    lines[1] = lines[1].replace(b"Print", b"Pr\xe9nt")  # latin-1 e-acute
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")  # UTF-8 BOM before the first record
+    result = load_apps(path)
+    assert [p.problem_id for p in result.problems] == [1, 3]
+    assert result.skipped == {"not_utf8": 1}
+    assert result.skipped_at["not_utf8"] == ["mixed.jsonl line 2"]
+
+
+def test_binary_file_as_jsonl_source_is_one_data_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"problem_id": [1]}), path)
+    with pytest.raises(DataError, match=r"train.parquet is not UTF-8 JSONL text \(a parquet file\)"):
+        load_apps(path)
+
+
+def test_folder_with_latin1_files_bom_and_odd_names(tmp_path):
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    write_problem_dir(tmp_path, "train", "0001", tests)
+    write_problem_dir(tmp_path, "train", "0002", tests)
+    (tmp_path / "train" / "0002" / "question.txt").write_bytes("Caf\xe9?".encode("latin-1"))
+    write_problem_dir(tmp_path, "train", "0003", tests)
+    (tmp_path / "train" / "0003" / "input_output.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(tests).encode())
+    (tmp_path / "train" / "0003" / "question.txt").write_bytes("\ufeffCaf\u00e9?".encode())
+    write_problem_dir(tmp_path, "train", "\u00b27", tests)  # "²7": str.isdigit() is True, int() fails
+    write_problem_dir(tmp_path, "train", "notes", tests)
+    (tmp_path / "train" / ".cache").mkdir()  # hidden folders are not problems
+    result = load_apps(tmp_path)
+    assert [p.problem_id for p in result.problems] == [1, 3]
+    assert result.problems[1].question == "Caf\u00e9?"
+    assert result.skipped == {"not_utf8": 1, "bad_problem_id": 2}
+    assert result.skipped_at == {"not_utf8": ["train/0002"], "bad_problem_id": ["train/notes", "train/\u00b27"]}

@@ -1,6 +1,8 @@
 import json
 import logging
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -95,6 +97,12 @@ def test_resumable_sampler_continues_a_straight_run_mid_epoch(world_size):
     assert epochs[0] != epochs[1]  # a new order every epoch
 
 
+def test_resumable_sampler_len_is_a_whole_epoch_even_when_resumed_mid_epoch():
+    # Lightning reads the number of batches per epoch once, from the first (resumed, shorter) epoch's loader
+    assert len(ResumableSampler(N_TOY, 8, True, seed=0, start_batch=5)) == N_TOY
+    assert len(ResumableSampler(N_TOY, 8, True, seed=0, start_batch=5, world_size=3, rank=1)) == -(-N_TOY // 3)
+
+
 def test_long_prompts_are_dropped_with_a_logged_count(tokenizer, caplog):
     lengths = sorted(len(ex["input_ids"]) for ex in apps_dm(tokenizer).datasets["train"])
     limit = lengths[len(lengths) // 2]
@@ -122,6 +130,38 @@ def test_preprocessed_apps_folder(tokenizer, shared_data, tmp_path):
     assert sorted(ids) == [1, 111, 2287, 2404, 4184]
     batch = next(iter(dm.train_dataloader()))
     assert all(json.loads(io)["inputs"] for io in batch["input_output"])
+
+
+def test_toy_cache_is_in_the_project_cache_dir(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.delenv("LIT_CODEGEN_CACHE", raising=False)
+    assert toy_data_dir("chat") == Path.home() / ".cache" / "lit_codegen" / "toy_chat"
+    monkeypatch.setenv("LIT_CODEGEN_CACHE", str(tmp_path / "cache"))
+    dm = apps_dm(tokenizer, template_type="base")
+    assert dm.resolved_data_dir == tmp_path / "cache" / "toy_base"
+    assert sorted(p.name for p in dm.resolved_data_dir.iterdir()) == ["test.parquet", "train.parquet"]
+
+
+@pytest.mark.parametrize("module", [AppsDataModule, SFTDataModule])
+def test_parquet_written_with_another_template_is_a_clear_error(tokenizer, shared_data, tmp_path, module):
+    preprocess(str(shared_data / "apps" / "apps_coderl5.jsonl"), tmp_path, template_type="base")
+    dm = module(data_dir=str(tmp_path), template_type="chat")
+    dm.connect(tokenizer)
+    with pytest.raises(ValueError, match="template_type 'base' but the data module has template_type='chat'"):
+        dm.setup("fit")
+
+
+def test_parquet_with_only_verl_columns_names_the_missing_ones(tokenizer, tmp_path):
+    row = {"data_source": "apps", "prompt": [{"role": "user", "content": "Q"}], "ability": "code",
+           "reward_model": {"style": "rule", "ground_truth": "{}"}, "extra_info": {"index": 0}}
+    for name in ("train.parquet", "test.parquet"):
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / name)
+    dm = AppsDataModule(data_dir=str(tmp_path))
+    dm.connect(tokenizer)
+    with pytest.raises(ValueError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert "lacks the columns ['raw_prompt', 'problem_id', 'input_output', 'difficulty', 'template_type']" in message
+    assert "python -m lit_codegen.data.preprocess" in message
 
 
 def test_missing_data_dir_names_the_fix(tokenizer, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 
@@ -123,3 +124,124 @@ def test_cli_missing_file_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data source") and "nope.jsonl" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def write_jsonl(path, ids, **fields):
+    tests = json.dumps({"inputs": ["1\n"], "outputs": ["1\n"]})
+    records = [{"problem_id": i, "question": f"Q{i}", "solutions": "[]", "input_output": tests, **fields} for i in ids]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def write_folder(root, splits):
+    """An APPS folder: `splits` maps split -> {folder name: difficulty}."""
+    for split, problems in splits.items():
+        for name, difficulty in problems.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            (d / "question.txt").write_text(f"Q{name}")
+            (d / "input_output.json").write_text(json.dumps({"inputs": ["1\n"], "outputs": ["1\n"]}))
+            (d / "metadata.json").write_text(json.dumps({"difficulty": difficulty, "url": ""}))
+    return root
+
+
+def test_failed_write_leaves_the_previous_files_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    preprocess(str(write_jsonl(tmp_path / "old.jsonl", range(10))), out, test_size=2)
+    before = {name: (out / name).read_bytes() for name in ("train.parquet", "test.parquet")}
+    real_write, writes = pq.write_table, []
+
+    def write_then_fail(table, where, **kwargs):  # the second file fails (a full disk) after the first was written
+        writes.append(where)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        real_write(table, where, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", write_then_fail)
+    with pytest.raises(DataError, match="cannot write to --local_dir .*No space left on device"):
+        preprocess(str(write_jsonl(tmp_path / "new.jsonl", range(100, 120))), out, test_size=5)
+    assert len(writes) == 2
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["test.parquet", "train.parquet"]  # no temporary file left
+
+
+def test_problem_id_outside_int64_is_skipped_not_a_crash(tmp_path):
+    source = write_jsonl(tmp_path / "ids.jsonl", [1, 2, 3])
+    source.write_text(source.read_text().replace('"problem_id": 3', f'"problem_id": {2**63}'))
+    assert main(["--source", str(source), "--local_dir", str(tmp_path / "out"), "--test_size", "1"]) == 0
+    rows = read(tmp_path / "out" / "train.parquet") + read(tmp_path / "out" / "test.parquet")
+    assert sorted(r["problem_id"] for r in rows) == [1, 2]
+
+
+def test_duplicate_ids_never_land_in_both_files(tmp_path, caplog):
+    source = write_jsonl(tmp_path / "dup.jsonl", [1, 2, 3, 1, 2, 1])
+    with caplog.at_level(logging.WARNING):
+        paths = preprocess(str(source), tmp_path / "out", test_size=0.5)
+    ids = [r["problem_id"] for r in read(paths["train"]) + read(paths["test"])]
+    assert sorted(ids) == [1, 2, 3]
+    assert "duplicate_problem_id=3 (dup.jsonl line 4, dup.jsonl line 5, dup.jsonl line 6)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("splits", "difficulties", "empty", "kept"),
+    [
+        ({"test": {"0001": "interview", "0002": "interview", "0003": "interview"}}, None, "train", "test"),
+        ({"train": {"0001": "interview", "0002": "interview", "0003": "interview"}}, None, "test", "train"),
+        (
+            {"train": {"0001": "introductory", "0002": "introductory"}, "test": {"0003": "interview"}},
+            ["introductory"],
+            "test",
+            "train",
+        ),
+    ],
+    ids=["only-test-folder", "only-train-folder", "difficulties-empty-test"],
+)
+def test_an_empty_natural_split_is_reshuffled_with_one_warning(tmp_path, caplog, splits, difficulties, empty, kept):
+    source = write_folder(tmp_path / "apps", splits)
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.preprocess"):
+        paths = preprocess(str(source), tmp_path / "out", difficulties=difficulties)
+    train, test = read(paths["train"]), read(paths["test"])
+    assert len(test) == 1 and len(train) >= 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_codegen.data.preprocess"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"the source has no {empty} problems")
+    n = len(train) + 1
+    assert f"shuffled its {n} {kept} problems with --seed 0 and put 1 of them in test.parquet" in warnings[0]
+
+
+def test_natural_splits_are_kept_without_a_warning(tmp_path, caplog):
+    source = write_folder(tmp_path / "apps", {"train": {"0001": "interview"}, "test": {"0001": "interview"}})
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.preprocess"):
+        paths = preprocess(str(source), tmp_path / "out")
+    assert [r["split"] for r in read(paths["train"]) + read(paths["test"])] == ["train", "test"]
+    assert not caplog.records
+
+
+def test_test_size_equal_to_the_problem_count_is_cut_with_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.preprocess"):
+        paths = preprocess(str(write_jsonl(tmp_path / "five.jsonl", range(5))), tmp_path / "out", test_size=5)
+    assert len(read(paths["train"])) == 1 and len(read(paths["test"])) == 4
+    assert "--test_size 5 asks for 5 test problems of 5; using 4 so that train keeps at least one" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--test_size", "nan"], "error: --test_size must be a fraction in (0, 1) or a whole count >= 1, got nan"),
+        (["--test_size", "inf"], "error: --test_size must be a fraction in (0, 1) or a whole count >= 1, got inf"),
+        (["--test_size=-inf"], "error: --test_size must be a fraction in (0, 1) or a whole count >= 1, got -inf"),
+        (["--local_dir", "{tmp}/a_file"], "error: --local_dir {tmp}/a_file exists and is not a folder"),
+        (["--source", "{tmp}/a_parquet/train.parquet"], "error: {tmp}/a_parquet/train.parquet is not UTF-8 JSONL text"),
+    ],
+    ids=["nan", "inf", "-inf", "local-dir-is-a-file", "parquet-as-source"],
+)
+def test_cli_bad_arguments_are_one_error_line(tmp_path, capsys, extra, message):
+    source = write_jsonl(tmp_path / "ok.jsonl", range(4))
+    (tmp_path / "a_file").write_text("keep me")
+    preprocess(str(source), tmp_path / "a_parquet")
+    argv = ["--source", str(source), "--local_dir", str(tmp_path / "out")] + [a.format(tmp=tmp_path) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message.format(tmp=tmp_path)) and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "a_file").read_text() == "keep me"

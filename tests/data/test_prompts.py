@@ -59,6 +59,18 @@ def test_chat_messages_call_based_shows_starter_code_and_function_name():
         ("", ""),
         # CRLF line endings
         ("```python\r\nprint(5)\r\n```\r\n", "print(5)"),
+        # a tagged block wins over a later untagged one (usually the program's output) ...
+        ("```python\nprint(3)\n```\nOutput:\n```\n3\n```", "print(3)"),
+        ("```\nx = 1\n```\n```py\nx = 2\n```\n```\nx = 3\n```", "x = 2"),
+        # ... and the last untagged block counts when nothing is tagged
+        ("```\nfirst()\n```\n```\nsecond()\n```", "second()"),
+        # the rest of the opening line is an info string: the language is its first word
+        ("```python title=a.py\nprint(6)\n```", "print(6)"),
+        ("```py {linenos}\nprint(7)\n```", "print(7)"),
+        ("```python\nprint(1)\n```\n```bash title=run.sh\npython a.py\n```", "print(1)"),
+        # only a line that is nothing but the fence closes a block; a code line ending in ``` does not
+        ('```python\ns = "a```"\nt = s + "```"\n```', 's = "a```"\nt = s + "```"'),
+        ("```python\nx = 1\n  ```  \nafter", "x = 1"),
     ],
 )
 def test_extract_program(response, program):
@@ -81,6 +93,12 @@ def test_format_answer_round_trips_through_extract_program(template_type):
     assert extract_program(answer).strip("\n") == program.strip("\n")
     if template_type == "chat":
         assert answer == "```python\ndef add(a, b):\n    return a + b\n```"
+
+
+@pytest.mark.parametrize("program", ["x = 1  # ```\nprint(x)", "print('```python')\ny = 2  # ```"])
+def test_chat_answer_round_trips_programs_with_backticks(program):
+    # lines that end in (or contain) a fence are code: only a line that is nothing but the fence closes the block
+    assert extract_program(format_answer(program, "chat")) == program
 
 
 def test_format_answer_rejects_unknown_template():
