@@ -13,18 +13,21 @@ in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs th
   (bf16 weights + KV cache) and one full parameter in flight while the new weights are pushed into it; or, with HF
   generate, the actor gathered in bf16 (`PPOModule.generate`) and its KV cache;
 - experience (old/ref log-probs, values; no grad): resident state + one micro-batch's forward;
-- training (critic, then actor update): resident state + activations of one micro-batch + one block of logits.
-  vLLM sleeps (level 2: weights and KV cache released) during training; the total with vLLM awake is printed too.
+- training: the critic's update, then the actor's, each with its own gradients and one micro-batch's activations
+  (the actor's also one block of LM-head logits); the larger of the two is the training total. vLLM sleeps (level 2:
+  weights and KV cache released) during training; the total with vLLM awake is printed too.
 
 The output is a Markdown table (README-ready).
 
 Assumptions (stated, not measured): FSDP2 (ModelParallelStrategy) shards parameters, gradients and AdamW moments
 evenly over the data-parallel ranks (DDP / single device: no sharding); bf16-mixed computes in bf16 with the stored
-dtype as master weights; gradients stay allocated between iterations (PPOModule zeroes them at the start of each
-mini-batch); attention is SDPA/flash (no T x T matrix); sequences are padded to prompt + response length. Activation
-bytes per token per decoder layer are counted from the tensors autograd keeps in HF's Qwen2 layer under autocast:
-22*H + 4*H_kv + 8*I (RMSNorm fp32 inputs, projections' inputs, attention q/k/v/out, SwiGLU gate/up/product). Real
-usage adds the CUDA context (~0.5 GiB), allocator fragmentation and NCCL buffers: keep ~10% headroom.
+dtype as master weights; a model's gradients exist only during its own update (`PPOModule._step` frees them with
+`zero_grad(set_to_none=True)` after every optimizer step, so the critic's are gone before the actor's update starts
+and neither is held during generation); attention is SDPA/flash (no T x T matrix); sequences are padded to prompt +
+response length. Activation bytes per token per decoder layer are counted from the tensors autograd keeps in HF's
+Qwen2 layer under autocast: 22*H + 4*H_kv + 8*I (RMSNorm fp32 inputs, projections' inputs, attention q/k/v/out,
+SwiGLU gate/up/product). Real usage adds the CUDA context (~0.5 GiB), allocator fragmentation and NCCL buffers: keep
+~10% headroom.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ class Row:
     detail: str
     gib: float
     phases: str
-    """Any of g (generation), e (experience), t (training)."""
+    """Any of g (generation), e (experience), c (critic update), a (actor update)."""
 
 
 def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row], dict[str, float]]:
@@ -214,19 +217,19 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
         rows.append(Row(name, detail, nbytes / GIB, phases))
 
     # Resident training state (sharded by FSDP).
-    add("Actor weights", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "get")
-    add("Actor gradients", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "get")
-    add("Actor AdamW moments", f"2 x {p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * 2 * p_actor * b / n, "get")
+    add("Actor weights", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "geca")
+    add("Actor gradients", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "a")
+    add("Actor AdamW moments", f"2 x {p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * 2 * p_actor * b / n, "geca")
     if recipe.uses_critic:
-        add("Critic weights", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "get")
-        add("Critic gradients", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "get")
+        add("Critic weights", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "geca")
+        add("Critic gradients", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "c")
         add("Critic AdamW moments", f"2 x {p_critic / 1e9:.2f} B x {b} B {where}",
-            on_gpu * 2 * p_critic * b / n, "get")
+            on_gpu * 2 * p_critic * b / n, "geca")
     if recipe.uses_ref:
-        add("Reference weights (frozen)", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "get")
+        add("Reference weights (frozen)", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "geca")
     if n > 1 or recipe.cpu_offload:
         gathered = arch.vocab * arch.hidden + 2 * arch.layer_params()
-        add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "et")
+        add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "eca")
 
     # Generation.
     if recipe.rollout_backend == "vllm":  # weights are pushed one full (all-gathered) parameter at a time
@@ -262,9 +265,11 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
     # block's gradient and a float32 accumulator of the head's weight gradient.
     block = min(BLOCK_ELEMENTS, response_tokens * arch.vocab)
     head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * (4 + compute_b)
-    add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "t")
+    if recipe.uses_critic:  # the critic's backbone keeps the same activations; its value head is negligible
+        add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "c")
+    add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "a")
     add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad, "
-        f"fp32 weight-grad accumulator", head, "t")
+        f"fp32 weight-grad accumulator", head, "a")
     add("  (activations without checkpointing)", f"{arch.layers} layers x {per_layer / 1024:.0f} KiB/token",
         full, "")
     add("Forward-only pass (1 micro-batch)", "old/ref log-probs, values: 1 layer + 1 block of logits",
@@ -273,14 +278,14 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
     def phase(p: str) -> float:
         return sum(r.gib for r in rows if p in r.phases)
 
-    # The critic's update holds the same layer activations but no LM head, so the actor's update is the peak.
+    training = max(phase("c"), phase("a"))  # the critic's update, then the actor's: never both at once
     vllm_budget = sum(r.gib for r in rows if r.name.startswith("vLLM engine"))
     host_models = p_actor + (p_critic if recipe.uses_critic else 0) + (p_actor if recipe.uses_ref else 0)
     totals = {
         "generation": phase("g"),
         "experience": phase("e"),
-        "training": phase("t"),
-        "training_vllm_awake": phase("t") + vllm_budget,
+        "training": training,
+        "training_vllm_awake": training + vllm_budget,
         "host_ram_load_gib": host_models * b * recipe.ranks_per_node / GIB,
     }
     return rows, totals
@@ -299,7 +304,7 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
         "| Component | How | GiB / GPU | Live in |",
         "| --- | --- | ---: | --- |",
     ]
-    names = {"g": "gen", "e": "exp", "t": "train"}
+    names = {"g": "gen", "e": "exp", "c": "critic update", "a": "actor update"}
     for r in rows:
         live = ", ".join(names[c] for c in r.phases) if r.phases else "(info)"
         lines.append(f"| {r.name} | {r.detail} | {r.gib:.2f} | {live} |")

@@ -160,6 +160,13 @@ def test_memory_plan_of_the_recipe_fits_80_gb(capsys):
     assert gib["  KV cache this batch needs"] < gib["  of which KV cache + activations"]
     assert gib["Actor activations (1 micro-batch)"] < gib["  (activations without checkpointing)"] / 10
     assert max(totals["generation"], totals["experience"], totals["training"]) < 0.9 * memory_plan.GPU_GIB
+    # gradients live only in their own model's update (PPOModule frees them after every optimizer step)
+    phases = {r.name: r.phases for r in rows}
+    assert (phases["Actor gradients"], phases["Critic gradients"]) == ("a", "c")
+    resident = sum(r.gib for r in rows if "g" in r.phases and "a" in r.phases)
+    assert totals["training"] == pytest.approx(resident + gib["FSDP all-gather working set"] + gib["Actor gradients"]
+                                               + gib["Actor activations (1 micro-batch)"]
+                                               + gib["Actor LM head (fused, 1 block)"])
 
 
 def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
