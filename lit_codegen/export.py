@@ -61,6 +61,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     if not Path(model_path).exists() and "/" not in model_path:
         raise FileNotFoundError(f"the checkpoint's base model {model_path!r} is not available to rebuild the actor")
     weights = ckpt["state_dict"]
+    critic_weights = _sub_state_dict(weights, "critic.")
+    if critic and not critic_weights:  # checked before anything is written: no half export
+        raise ValueError(f"{ckpt_path} has no critic (the run used a critic-free advantage estimator)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     actor = load_causal_lm(model_path, dtype=hp.get("dtype", "float32"))
@@ -68,9 +71,6 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     actor.save_pretrained(out)
     load_tokenizer(model_path).save_pretrained(out)
     if critic:
-        critic_weights = _sub_state_dict(weights, "critic.")
-        if not critic_weights:
-            raise ValueError(f"{ckpt_path} has no critic (the run used a critic-free advantage estimator)")
         critic_path = hp.get("critic_model") or model_path
         value_model = CriticModel.from_pretrained(critic_path, dtype=hp.get("dtype", "float32"))
         value_model.load_state_dict(critic_weights, strict=True)

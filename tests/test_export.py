@@ -51,3 +51,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_export_of_a_missing_critic_fails_before_writing_anything(tmp_path):
+    from lit_codegen.export import main as export_main
+    from lit_codegen.models.loading import resolve_model_path
+
+    ckpt = tmp_path / "grpo.ckpt"
+    torch.save({"ppo_state": {"model_path": str(resolve_model_path("tiny"))}, "hyper_parameters": {},
+                "state_dict": {"actor.lm_head.weight": torch.zeros(1)}}, ckpt)
+    assert export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "out"), "--critic"]) == 2
+    assert not (tmp_path / "out").exists()
