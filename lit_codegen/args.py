@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 
 @dataclass
 class PPOArgs:
@@ -70,7 +72,8 @@ class RolloutArgs:
     temperature: float = 1.0
     """Sampling temperature for training rollouts."""
     top_p: float = 1.0
-    """Nucleus sampling threshold for training rollouts."""
+    """Nucleus sampling threshold for training rollouts. The PPO log-probs use the full softmax(logits / temperature),
+    not the truncated distribution that was sampled from (as in verl), so keep 1.0 unless you mean it."""
     max_new_tokens: int = 512
     """Maximum response length in tokens."""
     val_greedy: bool = True
@@ -119,6 +122,11 @@ class OptimArgs:
     """Gradient clipping by global norm."""
 
 
+# Checkpoints keep these groups in `hyper_parameters`: plain dataclasses, safe to load with
+# `torch.load(weights_only=True)`, which Lightning's sharded-checkpoint loading uses.
+torch.serialization.add_safe_globals([PPOArgs, RolloutArgs, RewardArgs, OptimArgs])
+
+
 def check_ppo_args(a: PPOArgs, r: RolloutArgs) -> None:
     """Reject PPO and rollout settings that cannot work, naming the flag and the fix.
 
@@ -134,6 +142,9 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs) -> None:
         for name in names:
             if getattr(args, name) < 1:
                 raise ValueError(f"--model.{group}.{name} must be at least 1, got {getattr(args, name)}")
+    if not r.temperature > 0:
+        raise ValueError(f"--model.rollout.temperature must be > 0, got {r.temperature} (validation is greedy through "
+                         "--model.rollout.val_greedy)")
     if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
         raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
                          "(it compares samples of the same prompt)")

@@ -16,7 +16,6 @@ from math import comb
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.aggregation import MeanMetric
 
 from lit_codegen.reward.report import SCORE_BANDS, score_band
 
@@ -32,7 +31,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class PassRateMetrics(Metric):
-    """Pass rate, strict accuracy (overall and per difficulty), score bands and pass@k of scored programs."""
+    """Pass rate, strict accuracy (overall and per difficulty), score bands and pass@k of scored programs.
+
+    Every state is a sum reduced across ranks in one sync, so every rank computes the same values and takes the same
+    branches (a rank that saw no program of some difficulty must still agree on whether that difficulty is reported).
+    """
 
     full_state_update = False
 
@@ -40,10 +43,8 @@ class PassRateMetrics(Metric):
         super().__init__()
         self.prefix = prefix
         self.levels = (*DIFFICULTIES, "other")
-        self.pass_rate = MeanMetric()
-        self.strict = MeanMetric()
-        self.level_pass_rate = torch.nn.ModuleList(MeanMetric() for _ in self.levels)
-        self.level_strict = torch.nn.ModuleList(MeanMetric() for _ in self.levels)
+        for name in ("level_pass_rate_sum", "level_solved", "level_count"):  # per level: (L,)
+            self.add_state(name, default=torch.zeros(len(self.levels), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("bands", default=torch.zeros(len(SCORE_BANDS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pass_at_k_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_groups", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -60,11 +61,9 @@ class PassRateMetrics(Metric):
         self.k = group_size
         for res, level in zip(results, difficulties):
             i = self.levels.index(level) if level in self.levels else len(self.levels) - 1
-            solved = float(res.pass_rate == 1.0)
-            self.pass_rate.update(res.pass_rate)
-            self.strict.update(solved)
-            self.level_pass_rate[i].update(res.pass_rate)
-            self.level_strict[i].update(solved)
+            self.level_pass_rate_sum[i] += res.pass_rate
+            self.level_solved[i] += float(res.pass_rate == 1.0)
+            self.level_count[i] += 1
             self.bands[SCORE_BANDS.index(score_band(res.pass_rate))] += 1
         for start in range(0, len(results), group_size):
             group = results[start : start + group_size]
@@ -72,26 +71,21 @@ class PassRateMetrics(Metric):
             self.n_groups += 1
 
     def compute(self) -> dict[str, float]:
-        """Metric name -> value (per-difficulty entries only for difficulties that occurred)."""
-        p = self.prefix
-        out = {f"{p}/pass_rate": float(self.pass_rate.compute()), f"{p}/strict_accuracy": float(self.strict.compute())}
-        for level, rate, strict in zip(self.levels, self.level_pass_rate, self.level_strict):
-            if float(rate.weight) > 0:  # after sync, the same on every rank
-                out[f"{p}/pass_rate/{level}"] = float(rate.compute())
-                out[f"{p}/strict_accuracy/{level}"] = float(strict.compute())
-        out[f"{p}/num_programs"] = float(self.bands.sum())  # all ranks' programs: checks sharding (no drops/dups)
-        total = float(self.bands.sum()) or 1.0
-        for name, count in zip(SCORE_BANDS, self.bands.tolist()):
-            out[f"{p}/score_band/{name.lower().replace(' ', '_')}"] = count / total
+        """Metric name -> value (per-difficulty entries only for difficulties that occurred on some rank)."""
+        p, count = self.prefix, self.level_count
+        total = float(count.sum())
+        out = {f"{p}/pass_rate": float(self.level_pass_rate_sum.sum()) / max(total, 1.0),
+               f"{p}/strict_accuracy": float(self.level_solved.sum()) / max(total, 1.0)}
+        for i, level in enumerate(self.levels):
+            if count[i] > 0:
+                out[f"{p}/pass_rate/{level}"] = float(self.level_pass_rate_sum[i] / count[i])
+                out[f"{p}/strict_accuracy/{level}"] = float(self.level_solved[i] / count[i])
+        out[f"{p}/num_programs"] = total  # all ranks' programs: checks sharding (no drops/dups)
+        for name, n in zip(SCORE_BANDS, self.bands.tolist()):
+            out[f"{p}/score_band/{name.lower().replace(' ', '_')}"] = n / max(total, 1.0)
         if self.k > 1:
             out[f"{p}/pass@{self.k}"] = float(self.pass_at_k_sum / self.n_groups.clamp(min=1))
         return out
-
-    def reset(self) -> None:
-        """Clear all accumulated state."""
-        super().reset()
-        for m in (self.pass_rate, self.strict, *self.level_pass_rate, *self.level_strict):
-            m.reset()
 
 
 __all__ = ["PassRateMetrics", "pass_at_k", "DIFFICULTIES"]

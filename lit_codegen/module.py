@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
@@ -193,7 +194,8 @@ class PPOModule(LightningModule):
         from lit_codegen.rollout_vllm import iter_actor_params
 
         engine = self.engine
-        engine.wake_up(iter_actor_params(self.actor) if self._vllm_stale else None)  # a collective when sharded
+        stale = self._vllm_stale or engine.weights_stale  # updated actor, or weights discarded by a level-2 sleep
+        engine.wake_up(iter_actor_params(self.actor) if stale else None)  # a collective when sharded
         self._vllm_stale = False
         roll = engine.generate(batch["input_ids"], batch["attention_mask"], params)
         engine.sleep()
@@ -463,10 +465,15 @@ class PPOModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save the PPO state (iteration, KL controller, warm-started path); drop the frozen reference weights."""
+        """Save the PPO state (iteration, KL controller, warm-started path, RNGs); drop the frozen reference weights.
+
+        Under `ModelParallelStrategy` the reference's shards stay: that strategy loads every key of the module (with
+        `torch.distributed.checkpoint`) before `on_load_checkpoint` could put them back.
+        """
         checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
                                    "model_path": self.model_path, "rng": _rng_state()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the PPO state; the reference policy is rebuilt from the initial weights, not the checkpoint."""
@@ -478,18 +485,20 @@ class PPOModule(LightningModule):
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.model_path = state["model_path"]
         _set_rng_state(state["rng"])
-        if self.ref is not None:
-            checkpoint["state_dict"].update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
+        weights = checkpoint.get("state_dict")  # absent when the strategy loaded a sharded checkpoint itself
+        if self.ref is not None and weights is not None and not any(k.startswith("ref.") for k in weights):
+            weights.update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
 
 
 def _rng_state() -> dict:
-    """Python, NumPy and torch RNG states (sampling and mini-batch shuffles continue exactly after a resume).
+    """Python, NumPy, torch CPU and CUDA RNG states (sampling and mini-batch shuffles continue exactly after a resume).
 
     Stored as tensors and plain tuples so the checkpoint still loads with `torch.load(weights_only=True)`.
     """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state()}
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
 def _set_rng_state(state: dict) -> None:
@@ -497,6 +506,8 @@ def _set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _lr_lambda(o: OptimArgs):

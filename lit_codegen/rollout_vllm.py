@@ -211,7 +211,8 @@ class VLLMRollout:
             response_ids[i, :length] = torch.tensor(c.token_ids)
             response_mask[i, :length] = 1
             logprobs[i, :length] = torch.tensor([lp[tok].logprob for tok, lp in zip(c.token_ids, c.logprobs)])
-        truncated = torch.tensor([c.finish_reason != "stop" for c in completions])
+        # as HF: truncated = no stop id was generated (vLLM reports "length" when the stop id is the last token allowed)
+        truncated = torch.tensor([not (c.token_ids and c.token_ids[-1] in self.stop_ids) for c in completions])
 
         device, n = input_ids.device, params.n
         rollout = Rollout(

@@ -3,7 +3,7 @@
 Two ways in:
 
     lit-codegen fit --model lit_codegen.sft.SFTModule --data lit_codegen.data.datamodule.SFTDataModule \
-        --model.export_dir out/sft --trainer.max_steps 300          # Lightning, any strategy, checkpoints, logging
+        --model.export_dir out/sft --trainer.max_steps 300          # Lightning (1 device or DDP), checkpoints, logs
     sft_warm_start("tiny", steps=300)                              # plain torch loop, cached; what PPO calls
 
 The loss is next-token cross-entropy on the answer tokens only (`labels` is -100 on prompt and padding, as
@@ -186,7 +186,8 @@ def sft_warm_start(
     if datamodule is not None:
         data_dir, template_type = datamodule.data_dir, datamodule.template_type
     model_path = resolve_model_path(model_path)
-    settings = {"model": str(model_path), "data_dir": data_dir, "data_stamp": _data_stamp(data_dir),
+    settings = {"model": str(model_path), "model_stamp": _dir_stamp(model_path), "data_dir": data_dir,
+                "data_stamp": _data_stamp(data_dir), "device": "cuda" if torch.cuda.is_available() else "cpu",
                 "template_type": template_type, "steps": steps, "lr": lr, "batch_size": batch_size,
                 "warmup_steps": warmup_steps, "seed": seed}
     if out_dir is None:
@@ -198,7 +199,8 @@ def sft_warm_start(
         return out_dir
 
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    # every device's RNG is restored afterwards: the caller's sampling does not depend on whether the cache was hit
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
         torch.manual_seed(seed)
         module = SFTModule(model_path, lr=lr, warmup_steps=warmup_steps)
         module.configure_model()
@@ -240,6 +242,19 @@ def _forever(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, torch.Te
     """Cycle through a data loader (a new shuffled order every pass)."""
     while True:
         yield from loader
+
+
+def _dir_stamp(path: str | Path) -> str:
+    """What identifies a local model directory for the cache key: its files' names, sizes and mtimes ("" for hub ids).
+
+    So a directory overwritten in place (say, a new SFT export to the same folder) gets a new warm start.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return ""
+    files = sorted(f for f in path.iterdir() if f.is_file())
+    return hashlib.sha256(";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+                          .encode()).hexdigest()[:12]
 
 
 def _data_stamp(data_dir: str | None) -> str:

@@ -62,3 +62,36 @@ def test_export_of_a_missing_critic_fails_before_writing_anything(tmp_path):
                 "state_dict": {"actor.lm_head.weight": torch.zeros(1)}}, ckpt)
     assert export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "out"), "--critic"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_sharded_checkpoint_with_a_reference_policy_resumes(tmp_path, monkeypatch):
+    """ModelParallelStrategy loads every key of the module, the frozen reference's included, when it resumes."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+
+    def run(max_steps, ckpt_path=None):
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        L.seed_everything(0)
+        module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4, kl_coef=0.05),
+                           rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
+                           optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
+        data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
+        data.connect(module.tokenizer)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, strategy=ModelParallelStrategy(data_parallel_size=1,
+                                                                                tensor_parallel_size=1))
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+            if ckpt_path is None:
+                trainer.save_checkpoint(tmp_path / "ckpt")
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        return module
+
+    first = run(1)
+    ref_before = {k: v.full_tensor().clone() for k, v in first.ref.state_dict().items()}
+    resumed = run(2, ckpt_path=tmp_path / "ckpt")
+    assert resumed.ppo_iteration == 2
+    for name, value in resumed.ref.state_dict().items():  # still the starting weights
+        assert torch.equal(value.full_tensor(), ref_before[name]), name

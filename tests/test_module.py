@@ -123,3 +123,18 @@ def test_group_estimators_subtract_the_kl_penalty_from_the_score(estimator):
     assert torch.equal(with_kl[:2], without_kl[:2])  # first group: no KL, same advantages
     assert torch.equal(without_kl[2:], torch.zeros(2, 2))  # second group: equal scores
     assert with_kl[2, 0] < 0 < with_kl[3, 0]  # ... until the penalty makes the drifted sample the worse one
+
+
+@pytest.mark.parametrize("algorithm, rollout, message", [
+    ({"adv_estimator": "rloo"}, {"n": 1}, "needs --model.rollout.n >= 2"),
+    ({"micro_batch_size": 32}, {}, "micro_batch_size must be <= "),
+    ({"mini_batch_size": 0}, {}, "mini_batch_size must be at least 1"),
+    ({}, {"temperature": 0.0}, "temperature must be > 0"),
+    ({}, {"val_n": 4}, "val_greedy false"),
+])
+def test_settings_that_cannot_work_are_rejected_with_the_flag_named(algorithm, rollout, message):
+    from lit_codegen.args import check_ppo_args
+
+    with pytest.raises(ValueError, match=message):
+        check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout))
+    check_ppo_args(PPOArgs(), RolloutArgs())  # the defaults work

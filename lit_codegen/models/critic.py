@@ -56,7 +56,11 @@ class CriticModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
-        return self.value_head(hidden.float()).squeeze(-1).clone()  # not a view: FSDP2 hooks its outputs
+        head = self.value_head
+        # float32 whatever autocast (bf16-mixed) or FSDP2's bf16 parameter cast would make of a plain head call
+        with torch.autocast(hidden.device.type, enabled=False):
+            values = nn.functional.linear(hidden.float(), head.weight.float(), head.bias.float())
+        return values.squeeze(-1).clone()  # not a view: FSDP2 hooks its outputs
 
     @classmethod
     def from_pretrained(

@@ -62,7 +62,9 @@ QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                   rms_norm_eps=1e-6, max_position_embeddings=32768)
 SMOKE = dict(QWEN25_05B, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              vocab_size=2048)  # > the tiny tokenizer; a small vocabulary keeps the CPU smoke run in seconds
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
+# Dense bf16 peaks (NVIDIA data sheets), most specific name first: the PCIe and NVL cards run at lower clocks.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,
+               "A100": 312.0}
 
 
 @dataclass
@@ -284,9 +286,12 @@ def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tf
     train_time = mean.get("timing_s/update_critic", 0.0) + mean.get("timing_s/update_actor", 0.0)
     trained_tokens = args.ppo_epochs * tokens
     model_flops = args.ppo_epochs * n_seq * 6 * (actor + critic)
-    passes = 8 if args.gradient_checkpointing else 6
-    head_recompute = 2 * args.new_tokens * matmul_params(config)["lm_head"]
-    hardware_flops = args.ppo_epochs * n_seq * (passes * (actor + critic) + head_recompute)
+    # checkpointing recomputes the decoder layers' forward (2 more FLOPs per MAC), not the LM or value head; the fused
+    # LM head recomputes its projection in the backward pass
+    head_macs = args.new_tokens * matmul_params(config)["lm_head"]
+    layer_macs = actor + critic - head_macs - seq_len * config.hidden_size
+    recompute = 2 * layer_macs if args.gradient_checkpointing else 0
+    hardware_flops = args.ppo_epochs * n_seq * (6 * (actor + critic) + recompute + 2 * head_macs)
     forward_time = sum(mean.get(f"timing_s/{k}", 0.0) for k in ("old_log_prob", "ref", "values"))
     forward_macs = actor * (2 if "timing_s/ref" in mean else 1) + critic
     forward_flops = n_seq * 2 * forward_macs

@@ -17,8 +17,10 @@ compared with; dynamo's compiled graphs are reused across runs of one process, s
 warm-up iteration pays the compilation). Two things are swapped in by subclassing `PPOModule` here (nothing in
 `lit_codegen/` changes):
 
-- the reward: an instant stand-in evaluator replaces the sandbox, so reward time is excluded like TRL's (whose
-  reward model forward is inside its "scoring" phase). The real `lit_codegen.reward.Evaluator` is then timed apart on
+- the reward: an instant stand-in evaluator replaces the sandbox, so the sandbox's time is left out. TRL's
+  iteration keeps its reward-model forward (inside its "scoring" phase) and reuses the generation logits for its old
+  log-probs, where ours runs an old-log-prob forward: both sides time three no-grad forwards, not quite the same ones.
+  The real `lit_codegen.reward.Evaluator` is then timed apart on
   the programs the iterations generated (random tokens, so they fail to compile; the figure is the sandbox's cost).
 - the rollout: `HFRollout` with no stop token in the generation config (an "ignore EOS" option), so every response
   has exactly 64 tokens, as in TRL with `stop_token_id=None`. The PPO mask still ends a response at its first

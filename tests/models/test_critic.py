@@ -62,3 +62,20 @@ def test_save_and_load_round_trip(tiny_dir, tmp_path):
     again = CriticModel.from_pretrained(str(tmp_path / "critic")).eval()
     assert again.value_head.bias.item() == 0.5
     torch.testing.assert_close(again(*_batch()), critic(*_batch()))
+
+
+def test_value_head_runs_in_float32_under_bf16_autocast_and_a_bf16_weight(tiny_dir):
+    critic = CriticModel.from_pretrained(str(tiny_dir))
+    input_ids, attention_mask = _batch()
+    head = critic.value_head
+    with torch.no_grad():
+        hidden = critic.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        expected = (hidden.double() @ head.weight.double().T + head.bias.double()).squeeze(-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # Lightning's bf16-mixed
+            values = critic(input_ids, attention_mask)
+    assert values.dtype == torch.float32
+    with torch.no_grad():  # the backbone ran in bf16 under autocast: compare the head alone on the fp32 hidden states
+        assert torch.allclose(critic(input_ids, attention_mask).double(), expected, atol=1e-6)
+    head.to(torch.bfloat16)  # as FSDP2's MixedPrecisionPolicy casts every parameter for the forward pass
+    with torch.no_grad():
+        assert critic(input_ids, attention_mask).dtype == torch.float32  # no dtype mismatch error

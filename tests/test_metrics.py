@@ -1,0 +1,73 @@
+"""Validation metrics: known values on one process, and the same values on every rank of a 2-process (gloo) group."""
+
+import json
+import socket
+import subprocess
+import sys
+from math import comb
+from types import SimpleNamespace
+
+import pytest
+
+from lit_codegen.metrics import PassRateMetrics, pass_at_k
+
+
+def results(*rates):
+    return [SimpleNamespace(pass_rate=r) for r in rates]
+
+
+def test_known_values_per_difficulty_and_bands():
+    metrics = PassRateMetrics()
+    metrics.update(results(1.0, 0.5, 0.2, 0.0), ["introductory", "interview", "interview", "mystery"])
+    out = metrics.compute()
+    assert out["val/pass_rate"] == pytest.approx(1.7 / 4) and out["val/strict_accuracy"] == 0.25
+    assert out["val/pass_rate/interview"] == pytest.approx(0.35) and out["val/strict_accuracy/introductory"] == 1.0
+    assert out["val/pass_rate/other"] == 0.0 and "val/pass_rate/competition" not in out  # no competition problem
+    assert out["val/num_programs"] == 4
+    # bands are half-open with the lower edge inside: 0.2 is Poor, 1.0 Excellent
+    assert [out[f"val/score_band/{b}"] for b in ("very_poor", "poor", "fair", "good", "excellent")] == [
+        0.25, 0.25, 0.25, 0.0, 0.25]
+    metrics.reset()
+    metrics.update(results(0.0), ["competition"])
+    assert metrics.compute()["val/num_programs"] == 1  # reset cleared the earlier programs
+
+
+def test_pass_at_k_matches_the_combinatorial_definition():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                expected = 1.0 - comb(n - c, k) / comb(n, k) if n - c >= k else 1.0
+                assert pass_at_k(n, c, k) == pytest.approx(expected)
+    metrics = PassRateMetrics()
+    metrics.update(results(1.0, 0.0, 0.0, 0.5, 0.5, 0.5), ["interview"] * 6, group_size=3)  # 2 prompts x 3 samples
+    assert metrics.compute()["val/pass@3"] == pytest.approx(0.5)  # the first prompt is solved, the second is not
+
+
+WORKER = """
+import json, os, sys
+from types import SimpleNamespace as R
+import torch.distributed as dist
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2)
+from lit_codegen.metrics import PassRateMetrics
+m = PassRateMetrics()
+if rank == 0:  # only rank 0 sees an introductory problem
+    m.update([R(pass_rate=1.0), R(pass_rate=0.5)], ["introductory", "interview"])
+else:
+    m.update([R(pass_rate=0.0), R(pass_rate=0.25)], ["interview", "interview"])
+print(json.dumps(m.compute()))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_that_saw_different_difficulties_agree():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), init], stdout=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1]
+    assert outs[0]["val/pass_rate/interview"] == pytest.approx(0.75 / 3)
+    assert outs[0]["val/pass_rate/introductory"] == 1.0 and outs[0]["val/num_programs"] == 4
