@@ -451,7 +451,19 @@ class PPOModule(LightningModule):
         return roll, results
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Score a validation batch and accumulate `val/*` metrics (logged at epoch end)."""
+        """Score this rank's validation batches and accumulate `val/*` metrics (logged at epoch end).
+
+        Every rank sees every batch; batch i is scored by rank i mod world size (no prompt twice, none dropped). A
+        rank with one batch fewer generates once more on the last batch without scoring it, because generation is a
+        collective when parameters are sharded (and with `synced_gpus`).
+        """
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if batch_idx % world != rank:
+            n_batches = (self.trainer.num_sanity_val_batches if self.trainer.sanity_checking
+                         else self.trainer.num_val_batches)[0]
+            if batch_idx == n_batches - 1 and rank >= n_batches % world > 0:
+                self.generate(batch, self.val_sampling())
+            return
         roll, results = self.score_batch(batch)
         self.val_metrics.update(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()],
                                 group_size=self.rollout_args.val_n)

@@ -6,16 +6,19 @@ whitened advantages, so the test can check the sharding and the cross-rank aggre
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import lightning as L
+import pyarrow.parquet as pq
 import torch
 
 from lit_codegen import ppo
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.callbacks import PassRateValidation
 from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.data.toy import write_toy_parquet
 from lit_codegen.module import PPOModule
 
 
@@ -42,7 +45,12 @@ def main(strategy_name: str, out: Path) -> None:
         reward=RewardArgs(workers=1, max_tests=2),
         optim=OptimArgs(actor_lr=1e-3, critic_lr=1e-3),
     )
-    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
+    data_dir = out / f"data_rank{os.environ.get('RANK', '0')}"  # one copy per rank: no race
+    write_toy_parquet(data_dir, "base")
+    test = pq.read_table(data_dir / "test.parquet")
+    pq.write_table(test.slice(0, test.num_rows - 1), data_dir / "test.parquet")  # 27: an odd count over 2 ranks
+    data = AppsDataModule(data_dir=str(data_dir), template_type="base", train_batch_size=4,
+                          val_batch_size=12)  # validation: 3 batches over 2 ranks
     data.connect(module.tokenizer)
     if strategy_name == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
@@ -65,13 +73,15 @@ def main(strategy_name: str, out: Path) -> None:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[validation, record])
     trainer.fit(module, datamodule=data)
+    trainer.limit_val_batches = 1.0  # Lightning's validation loop (`lit-codegen validate`) after training
+    validated = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
     actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
                     for p in module.actor.parameters())
     fsdp_units = sum(_is_fsdp_unit(m) for m in module.actor.modules())
     result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids,
               "rewards": record.rewards, "local_scores": record.local_scores, "iterations": module.ppo_iteration,
               "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val,
-              "kl_coef": module.kl_ctl.value, "advantage_sums": advantage_sums}
+              "kl_coef": module.kl_ctl.value, "advantage_sums": advantage_sums, "validated": validated}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 

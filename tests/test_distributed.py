@@ -34,9 +34,13 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     for it, (reward0, reward1) in enumerate(zip(ranks[0]["rewards"], ranks[1]["rewards"])):
         both = ranks[0]["local_scores"][it] + ranks[1]["local_scores"][it]
         assert reward0 == pytest.approx(reward1) == pytest.approx(sum(both) / len(both))
-    # validation before training: prompts sharded over ranks (no drops, no duplicates), metrics summed across ranks
-    assert ranks[0]["val"]["val/num_programs"] == len(all_ids)
+    # validation before training: prompts sharded over ranks (no drops, no duplicates), metrics summed across ranks;
+    # the worker's validation set is the toy problems but the last (27, an odd count over 2 ranks)
+    assert ranks[0]["val"]["val/num_programs"] == len(all_ids) - 1
     assert ranks[0]["val"] == ranks[1]["val"] and "val/pass_rate" in ranks[0]["val"]
+    # Lightning's validation loop (`lit-codegen validate`): the same sharding, 3 batches over 2 ranks
+    assert ranks[0]["validated"]["val/num_programs"] == len(all_ids) - 1
+    assert ranks[0]["validated"] == ranks[1]["validated"]
     # the adaptive KL coefficient follows the KL of the whole batch: it moved, and identically on both ranks
     assert ranks[0]["kl_coef"] == pytest.approx(ranks[1]["kl_coef"], rel=1e-12) and ranks[0]["kl_coef"] != 0.05
     # advantages are whitened over both ranks' tokens together (as on one device), not per rank

@@ -342,8 +342,14 @@ class AppsDataModule(_TokenizedDataModule):
         return self._loader("train", self.train_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation prompts (test.parquet), in file order."""
-        return self._loader("test", self.val_batch_size)
+        """Validation prompts (test.parquet), in file order, every batch on every rank.
+
+        The ranks share the batches themselves, round robin (`PPOModule.validation_step`, `PassRateValidation`): a
+        `DistributedSampler` subclass over one replica keeps Lightning from padding the set with repeated prompts.
+        """
+        sampler = ResumableSampler(len(self.datasets.get("test", ())), self.val_batch_size, shuffle=False,
+                                   seed=self.seed, world_size=1, rank=0)
+        return self._loader("test", self.val_batch_size, sampler)
 
     def test_dataloader(self) -> DataLoader:
         """Test prompts: the same as validation (test.parquet)."""
