@@ -260,7 +260,7 @@ def _jsonl_records(path: Path, split: str | None = None) -> Iterator[tuple[str, 
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # malformed JSON, or an integer longer than Python reads (4300 digits)
                 yield where, None, split, "malformed_json_line"
                 continue
             if not isinstance(record, dict):
@@ -281,7 +281,7 @@ def _read_json(path: Path, reason: str) -> Any:
     """A JSON file of the folder layout; `InvalidRecord(reason)` if it does not parse."""
     try:
         return json.loads(_read_text(path))
-    except json.JSONDecodeError:
+    except ValueError:  # malformed JSON, or an integer longer than Python reads (4300 digits)
         raise InvalidRecord(reason, path.name) from None
 
 
@@ -305,7 +305,7 @@ def _folder_record(d: Path) -> dict[str, Any]:
         text = _read_text(d / "metadata.json")
         try:
             metadata = json.loads(text)
-        except json.JSONDecodeError:
+        except ValueError:  # malformed JSON, or an integer longer than Python reads (4300 digits)
             metadata = None  # metadata is optional: unparsable counts as absent
         if isinstance(metadata, dict):
             record["difficulty"], record["url"] = metadata.get("difficulty"), metadata.get("url")
