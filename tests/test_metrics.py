@@ -32,6 +32,12 @@ def test_known_values_per_difficulty_and_bands():
     assert metrics.compute()["val/num_programs"] == 1  # reset cleared the earlier programs
 
 
+def test_pass_at_k_known_values():
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the fraction correct
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0  # none correct / fewer wrong than k
+
+
 def test_pass_at_k_matches_the_combinatorial_definition():
     for n in range(1, 9):
         for c in range(n + 1):

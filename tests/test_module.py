@@ -11,14 +11,14 @@ from lit_codegen.module import PPOModule
 
 
 def make(adv_estimator="gae", n=2, kl_coef=0.05, lr=1e-2, ppo_epochs=1, mini=8, micro=4, batch=4, model_kw=None,
-         optim_kw=None, **algo):
+         optim_kw=None, reward_kw=None, **algo):
     module = PPOModule(
         model="tiny",
         **(model_kw or {}),
         algorithm=PPOArgs(adv_estimator=adv_estimator, ppo_epochs=ppo_epochs, mini_batch_size=mini,
                           micro_batch_size=micro, kl_coef=kl_coef, **algo),
         rollout=RolloutArgs(n=n, max_new_tokens=12),
-        reward=RewardArgs(workers=1, max_tests=2),
+        reward=RewardArgs(workers=1, max_tests=2, **(reward_kw or {})),
         optim=OptimArgs(actor_lr=lr, critic_lr=lr, max_grad_norm=1e9, **(optim_kw or {})),
     )
     data = AppsDataModule(template_type="base", train_batch_size=batch, val_batch_size=8)
@@ -63,9 +63,15 @@ def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, m
 def test_critic_free_estimators_train_without_a_critic(estimator):
     L.seed_everything(0)
     module, data = make(adv_estimator=estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1)
-    trainer(1).fit(module, datamodule=data)
+    module.configure_model()
+    module._evaluator = _StubEvaluator([1.0, 0.0] * 4)  # the untrained model's programs would all score 0: no signal
+    before = {n: p.detach().clone() for n, p in module.actor.named_parameters()}
+    t = trainer(1)
+    t.fit(module, datamodule=data)
     assert module.critic is None and module.ref is not None
     assert module.ppo_iteration == 1
+    assert all(not torch.equal(before[n], p) for n, p in module.actor.named_parameters())  # the actor trained
+    assert torch.isfinite(t.callback_metrics["actor/kl_loss"])  # the KL loss term was added and logged
 
 
 def test_compiled_layers_and_head_train_like_eager():
@@ -122,7 +128,9 @@ def test_group_estimators_subtract_the_kl_penalty_from_the_score(estimator):
     with_kl, _ = module._advantages(scores, None, kl, mask, None)
     assert torch.equal(with_kl[:2], without_kl[:2])  # first group: no KL, same advantages
     assert torch.equal(without_kl[2:], torch.zeros(2, 2))  # second group: equal scores
-    assert with_kl[2, 0] < 0 < with_kl[3, 0]  # ... until the penalty makes the drifted sample the worse one
+    # ... until the penalty (0.5 x summed KL 2 = 1) makes the drifted sample the worse one: scores -0.5 and 0.5
+    expected = 1.0 if estimator == "rloo" else 0.5 / 0.5**0.5  # leave-one-out difference; over the unbiased std
+    torch.testing.assert_close(with_kl[2:], torch.tensor([[-expected] * 2, [expected] * 2]))
 
 
 @pytest.mark.parametrize("algorithm, rollout, message", [
@@ -138,3 +146,122 @@ def test_settings_that_cannot_work_are_rejected_with_the_flag_named(algorithm, r
     with pytest.raises(ValueError, match=message):
         check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout))
     check_ppo_args(PPOArgs(), RolloutArgs())  # the defaults work
+
+
+class _StubEvaluator:
+    """Scores the programs of a rollout with fixed pass rates, in order (no sandbox)."""
+
+    def __init__(self, pass_rates):
+        self.pass_rates = pass_rates
+
+    def evaluate_async(self, programs, tests, max_tests=None):
+        from concurrent.futures import Future
+        from types import SimpleNamespace
+
+        future = Future()
+        future.set_result([SimpleNamespace(pass_rate=r, outcomes=[]) for r in self.pass_rates[: len(programs)]])
+        return future
+
+    def close(self):
+        pass
+
+
+def _fixed_rollout(module, data):
+    """Two sampled responses to the first training prompt, and their summed log-probs under the current actor."""
+    from lit_codegen.models.logprob_head import response_logprobs
+    from lit_codegen.module import _sequences
+    from lit_codegen.rollout import HFRollout
+
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    roll = HFRollout(module.actor, module.tokenizer).generate(batch["input_ids"], batch["attention_mask"],
+                                                              module.train_sampling())
+    assert roll.texts[0] != roll.texts[1]
+
+    def summed_logprobs():
+        seq, attn, pos = _sequences(roll)
+        with torch.no_grad():
+            logprobs, _ = response_logprobs(module.actor, seq, attn, pos, roll.prompt_ids.shape[1])
+        return (logprobs * roll.response_mask).sum(-1)
+
+    return roll, summed_logprobs
+
+
+def test_one_update_makes_the_rewarded_response_likelier_and_the_other_less_likely():
+    L.seed_everything(0)
+    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, lr=1e-3, mini=2, micro=2, batch=1)
+    module.configure_model()
+    roll, summed_logprobs = _fixed_rollout(module, data)
+    before = summed_logprobs()
+    module.generate = lambda batch, params: roll  # the same two responses, scored 1 and 0
+    module._evaluator = _StubEvaluator([1.0, 0.0])
+    trainer(1).fit(module, datamodule=data)
+    after = summed_logprobs()
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
+
+
+def test_micro_batches_accumulate_to_the_mini_batch_gradient():
+    grads = {}
+    for micro in (8, 2):
+        L.seed_everything(0)
+        module, data = make(mini=8, micro=micro, lr=1e-3)
+        grads[micro], step = [], module._step
+
+        def record(optimizer, model, step=step, out=grads[micro]):  # the gradients each optimizer step applies
+            out.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return step(optimizer, model)
+
+        module._step = record
+        trainer(1).fit(module, datamodule=data)
+    assert len(grads[8]) == len(grads[2]) == 2  # critic, then actor: one mini-batch each
+    for whole, accumulated in zip(grads[8], grads[2]):
+        assert whole.keys() == accumulated.keys()
+        for name, grad in whole.items():
+            torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discarding_sleep():
+    class FakeEngine:
+        weights_stale = False
+
+        def __init__(self):
+            self.woken_with = []
+
+        def wake_up(self, named_params):
+            self.woken_with.append(None if named_params is None else [name for name, _ in named_params])
+            self.weights_stale = False
+
+        def generate(self, input_ids, attention_mask, params):
+            return "rollout"
+
+        def sleep(self):
+            pass
+
+    module, data = make()
+    module.configure_model()
+    module.rollout_args.backend = "vllm"
+    module._engine = engine = FakeEngine()
+    batch = {"input_ids": torch.zeros(1, 2, dtype=torch.long), "attention_mask": torch.ones(1, 2)}
+    module.generate(batch, module.train_sampling())  # first rollout: the engine starts from the path, sync anyway
+    module.generate(batch, module.train_sampling())  # nothing changed: no sync
+    engine.weights_stale = True  # a level-2 sleep discarded the engine's weights
+    module.generate(batch, module.train_sampling())
+    module._vllm_stale = True  # the actor was updated
+    module.generate(batch, module.train_sampling())
+    names = [n for n, _ in module.actor.named_parameters()]
+    assert [w is not None for w in engine.woken_with] == [True, False, True, True]
+    assert "lm_head.weight" in engine.woken_with[0] or "model.embed_tokens.weight" in engine.woken_with[0]
+    assert len(engine.woken_with[0]) <= len(names)
+
+
+def test_cosine_schedule_and_no_code_penalty_known_values():
+    from types import SimpleNamespace
+
+    from lit_codegen.module import _lr_lambda
+
+    factor = _lr_lambda(OptimArgs(warmup_steps=2, schedule="cosine", total_steps=12))
+    assert [round(factor(s), 6) for s in (0, 1, 2, 7, 12, 20)] == [0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
+    assert _lr_lambda(OptimArgs(warmup_steps=0))(50) == 1.0  # constant
+    module, _ = make(reward_kw={"no_code_penalty": -0.1})
+    scores = module._scores([SimpleNamespace(pass_rate=0.5)] * 2, ["```python\nx = 1\n```", "x = 1"])
+    torch.testing.assert_close(scores, torch.tensor([0.5, 0.4]))
