@@ -88,6 +88,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"allow_abbrev": False},  # a misspelt flag that happens to be a prefix is an error, not a guess
         args=args,
         auto_configure_optimizers=False,
     )

@@ -29,6 +29,9 @@ def test_wrong_config_key_is_one_clear_error(capsys):
         main(["fit", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--model.init_args.algorithm.ppo_epochz", "2"])
     assert exit_info.value.code != 0
     assert "ppo_epochz" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a prefix of a real flag is refused, not guessed
+        main(["fit", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--trainer.max_step", "2", "--print_config"])
+    assert exit_info.value.code == 2 and "--trainer.max_step" in capsys.readouterr().err
 
 
 def read_metrics(root: Path) -> list[dict]:
