@@ -1,6 +1,7 @@
 """The `lit-codegen` CLI: every YAML parses, the demo trains end to end, checkpoints validate and export."""
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import run_cli, tiny_demo_config
 from lit_codegen.cli import main
+from lit_codegen.models.critic import CriticModel
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -59,6 +61,16 @@ def test_demo_fit_logs_metrics_and_checkpoints(demo_run):
                 "timing_s/values", "timing_s/update_actor", "timing_s/update_critic", "timing_s/step",
                 "perf/throughput", "val/pass_rate", "val/strict_accuracy"]:
         assert key in logged, f"{key} not logged"
+    for row in rows:  # values, not just keys: finite, and the bounded ones in their range
+        for key, value in row.items():
+            if value:
+                assert math.isfinite(float(value)), (key, value)
+        for key in ("critic/score/mean", "actor/pg_clipfrac", "critic/vf_clipfrac", "val/pass_rate",
+                    "response_length/clip_ratio"):
+            if row.get(key):
+                assert 0.0 <= float(row[key]) <= 1.0, (key, row[key])
+        if row.get("response_length/mean"):
+            assert 1.0 <= float(row["response_length/mean"]) <= 16.0  # tiny_demo_config: 16 new tokens at most
     val_steps = sorted({int(r["step"]) for r in rows if r.get("val/pass_rate")})
     assert val_steps == [0, 2]  # before training and after the last (2nd) PPO iteration
     assert (demo_run / "checkpoints" / "last.ckpt").exists()
@@ -101,4 +113,6 @@ def test_export_reloads_and_generates_like_the_checkpoint(demo_run, tmp_path):
     ids = tok("QUESTION:\nRead an integer n and print n + 1.\n", return_tensors="pt")
     greedy = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert greedy.shape[1] > ids["input_ids"].shape[1]
-    assert (out / "critic" / "value_head.safetensors").exists()
+    critic = CriticModel.from_pretrained(str(out / "critic"))
+    for name, param in critic.state_dict().items():
+        assert torch.equal(param, state[f"critic.{name}"]), name

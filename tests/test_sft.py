@@ -1,6 +1,7 @@
 """SFT: the loss covers answer tokens only, training on the toy problems lowers it, the export reloads and generates."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,7 +92,19 @@ def test_warm_start_is_cached_and_leaves_the_callers_rng_alone(tiny_dir, tmp_pat
     assert torch.equal(torch.get_rng_state(), state)
     info = json.loads((out / "warm_start.json").read_text())
     assert info["steps"] == 3 and len(info["losses"]) == 3
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    trained, base = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(tiny_dir)
+    changed = [not torch.equal(p, base.state_dict()[n]) for n, p in trained.state_dict().items()]
+    assert all(changed)  # 3 AdamW steps moved every weight of the base model
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert sft_warm_start(tiny_dir, tmp_path / "warm", steps=3, lr=1e-3, batch_size=4) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def test_warm_start_cache_key_follows_the_settings_and_the_model_files(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_CODEGEN_CACHE", str(tmp_path / "cache"))
+    first = sft_warm_start(tiny_dir, steps=2, lr=1e-3, batch_size=4)
+    assert sft_warm_start(tiny_dir, steps=2, lr=1e-3, batch_size=4) == first  # same settings: the cached one
+    assert sft_warm_start(tiny_dir, steps=2, lr=2e-3, batch_size=4) != first  # another learning rate
+    config = Path(tiny_dir) / "config.json"
+    config.write_text(config.read_text())  # the model folder rewritten in place (new mtime)
+    assert sft_warm_start(tiny_dir, steps=2, lr=1e-3, batch_size=4) != first
