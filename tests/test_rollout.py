@@ -156,3 +156,15 @@ def test_greedy_with_several_samples_is_rejected(model, tokenizer, prompts):
     with pytest.raises(ValueError, match="greedy decoding with n > 1"):
         HFRollout(model, tokenizer).generate(prompts["input_ids"], prompts["attention_mask"],
                                              SamplingParams(n=2, greedy=True))
+
+
+def test_top_p_keeps_only_the_nucleus(model, tokenizer, prompts):
+    input_ids, attention_mask = prompts["input_ids"], prompts["attention_mask"]
+    engine = HFRollout(model, tokenizer)
+    greedy = engine.generate(input_ids, attention_mask, SamplingParams(greedy=True, max_new_tokens=12))
+    torch.manual_seed(0)
+    nucleus = engine.generate(input_ids, attention_mask, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12))
+    assert torch.equal(nucleus.response_ids, greedy.response_ids)  # a tiny nucleus holds only the most likely token
+    torch.manual_seed(0)
+    full = engine.generate(input_ids, attention_mask, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12))
+    assert not torch.equal(full.response_ids, greedy.response_ids)  # the whole distribution: other tokens too
