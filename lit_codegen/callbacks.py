@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 
-def _rank_batch_indices(n_batches: int, world_size: int, rank: int) -> list[int]:
+def rank_batch_indices(n_batches: int, world_size: int, rank: int) -> list[int]:
     """Batch i goes to rank i mod world size; every rank gets the same number of rounds (-1 = nothing left)."""
     rounds = -(-n_batches // world_size)
     return [r * world_size + rank if r * world_size + rank < n_batches else -1 for r in range(rounds)]
@@ -77,7 +77,7 @@ class PassRateValidation(Callback):
         metrics, samples = pl_module.val_metrics, []
         metrics.reset()
         batches = list(trainer.datamodule.val_dataloader())
-        for i in _rank_batch_indices(len(batches), trainer.world_size, trainer.global_rank):
+        for i in rank_batch_indices(len(batches), trainer.world_size, trainer.global_rank):
             batch = pl_module.transfer_batch_to_device(batches[i if i >= 0 else 0], pl_module.device, 0)
             if i < 0:  # no batch left for this rank: generate anyway, sharded models need every rank's forward passes
                 pl_module.generate(batch, pl_module.val_sampling())

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
+from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
@@ -366,19 +367,20 @@ class PPOModule(LightningModule):
             stats.add(**logs.sums, **{"actor/grad_norm": self._step(opt, self.actor)})
         return stats.result()
 
+    def _loss_units(self, mask: torch.Tensor) -> torch.Tensor:
+        """What the loss averages over: valid tokens (`token-mean`) or non-empty sequences (`seq-mean`)."""
+        return mask.sum() if self.algo.loss_agg == "token-mean" else mask.bool().any(-1).sum()
+
     def _normalizer(self, mb_mask: torch.Tensor) -> float:
         """Loss denominator of a whole mini-batch, so summed micro-batch losses equal the mini-batch loss."""
-        if self.algo.loss_agg == "token-mean":
-            return float(mb_mask.sum())
-        return float(mb_mask.bool().any(-1).sum())
+        return float(self._loss_units(mb_mask))
 
     def _share(self, micro_mask: torch.Tensor, normalizer: float) -> torch.Tensor:
         """Weight of a micro-batch's token-mean metrics (clip fractions, ppo_kl) in the mini-batch's mean.
 
-        Its share of the mini-batch's tokens (or sequences with `seq-mean`), as a device scalar: no host sync.
+        A device scalar: no host sync per micro-batch.
         """
-        count = micro_mask.sum() if self.algo.loss_agg == "token-mean" else micro_mask.bool().any(-1).sum()
-        return count / max(normalizer, 1.0)
+        return self._loss_units(micro_mask) / max(normalizer, 1.0)
 
     def _minibatches(self, n: int) -> Iterator[torch.Tensor]:
         """Shuffled mini-batch indices for `ppo_epochs` passes over `n` sequences."""
@@ -457,11 +459,11 @@ class PPOModule(LightningModule):
         rank with one batch fewer generates once more on the last batch without scoring it, because generation is a
         collective when parameters are sharded (and with `synced_gpus`).
         """
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        if batch_idx % world != rank:
-            n_batches = (self.trainer.num_sanity_val_batches if self.trainer.sanity_checking
-                         else self.trainer.num_val_batches)[0]
-            if batch_idx == n_batches - 1 and rank >= n_batches % world > 0:
+        n_batches = (self.trainer.num_sanity_val_batches if self.trainer.sanity_checking
+                     else self.trainer.num_val_batches)[0]
+        mine = rank_batch_indices(n_batches, self.trainer.world_size, self.trainer.global_rank)  # as PassRateValidation
+        if batch_idx not in mine:
+            if batch_idx == n_batches - 1 and -1 in mine:  # this rank's empty round
                 self.generate(batch, self.val_sampling())
             return
         roll, results = self.score_batch(batch)
