@@ -485,7 +485,7 @@ class PPOModule(LightningModule):
         `torch.distributed.checkpoint`) before `on_load_checkpoint` could put them back.
         """
         checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
-                                   "model_path": self.model_path, "rng": _rng_state()}
+                                   "model_path": self.model_path, "rng": _rng_states_of_all_ranks()}
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
 
@@ -498,7 +498,8 @@ class PPOModule(LightningModule):
         self.ppo_iteration = state["ppo_iteration"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.model_path = state["model_path"]
-        _set_rng_state(state["rng"])
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one rank's states
+        _set_rng_state(rng[self.global_rank] if self.global_rank < len(rng) else rng[0])  # fewer ranks saved: rank 0's
         weights = checkpoint.get("state_dict")  # absent when the strategy loaded a sharded checkpoint itself
         if self.ref is not None and weights is not None and not any(k.startswith("ref.") for k in weights):
             weights.update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
@@ -513,6 +514,32 @@ def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def _rng_states_of_all_ranks() -> list[dict]:
+    """`_rng_state()` of every rank, in rank order (a collective when several ranks run: Lightning saves on all).
+
+    Each rank resumes its own streams: ranks seeded differently, or consuming randomness unequally (vLLM samples as
+    many tokens as each rank's responses need), would otherwise all continue from rank 0's.
+    """
+    state = _rng_state()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    # as NumPy arrays: torch 2.13 cannot unpickle tensors that all_gather_object pickled
+    torch.distributed.all_gather_object(states, _map_tensors(state, lambda t: t.numpy()))
+    return [_map_tensors(s, torch.from_numpy, np.ndarray) for s in states]
+
+
+def _map_tensors(value, fn, kind: type = torch.Tensor):
+    """`value` with every `kind` inside its dicts, lists and tuples replaced by `fn(it)`."""
+    if isinstance(value, kind):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn, kind) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn, kind) for v in value)
+    return value
 
 
 def _set_rng_state(state: dict) -> None:

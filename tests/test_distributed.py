@@ -53,3 +53,18 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     assert ranks[0]["fsdp_units"] == (5 if strategy == "fsdp" else 0)
     # gradients were synchronised: the replicas (or the gathered shards) end identical
     assert ranks[0]["actor_sum"] == pytest.approx(ranks[1]["actor_sum"], rel=1e-6)
+
+
+def test_two_process_resume_continues_each_ranks_random_streams(tmp_path):
+    """Ranks seeded differently: 1 iteration + resume samples on every rank what a straight 2-iteration run samples
+    (a checkpoint with rank 0's RNG states only makes rank 1 sample rank 0's stream after the resume)."""
+    worker = Path(__file__).with_name("resume_dist_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert len(rank["straight"]) == 2 and len(rank["first"]) == len(rank["resumed"]) == 1
+        assert rank["first"][0] == rank["straight"][0]
+        assert rank["resumed"][0] == rank["straight"][1]
