@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_codegen.reward.compare import pick_tests
+
 log = logging.getLogger(__name__)
 
 DIFFICULTIES = ("introductory", "interview", "competition")
@@ -135,7 +137,21 @@ def _text_field(record: dict[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidRecord(f"bad_{key}", repr(value))
-    return value
+    return _utf8(value, key)
+
+
+def _utf8(text: str, key: str) -> str:
+    """`text`, if it can be written as UTF-8; a lone surrogate (from a JSON escape like backslash-ud800) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRecord("not_utf8", f"{key}: {err.reason} at {err.start}") from None
+    return text
+
+
+def _is_text_test(value: Any) -> bool:
+    """A standard-input test's input or output: a string, or a list of lines (strings)."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
 
 
 def parse_problem(record: dict[str, Any], source_split: str | None = None) -> AppsProblem:
@@ -152,8 +168,10 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     Raises:
         InvalidRecord: With `reason` one of `bad_problem_id` (not a JSON integer in the int64 range),
             `missing_question`, `input_output_unparsable`, `no_tests`, `inputs_outputs_length_mismatch`,
-            `bad_fn_name` (not an identifier, or a keyword), `call_based_inputs_not_lists`, `solutions_unparsable`,
-            `bad_difficulty` / `bad_url` / `bad_starter_code` (present but not a string).
+            `bad_fn_name` (not an identifier, or a keyword), `call_based_inputs_not_lists`, `stdin_tests_not_text`
+            (a standard-input test that is not a string or a list of strings), `solutions_unparsable`,
+            `bad_difficulty` / `bad_url` / `bad_starter_code` (present but not a string), `not_utf8` (a text with a
+            lone surrogate, which no file can hold).
     """
     problem_id = record.get("problem_id")
     # Only real integers: a string "0042", a float or a bool would be coerced into some other id.
@@ -162,6 +180,7 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         raise InvalidRecord("missing_question")
+    _utf8(question, "question")
 
     raw_tests = record.get("input_output")
     if not raw_tests:
@@ -182,6 +201,9 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     # Call-based tests call fn_name(*args): every input must be an argument list.
     if fn_name and not all(isinstance(args, list) for args in inputs):
         raise InvalidRecord("call_based_inputs_not_lists")
+    # Standard-input tests feed text and compare printed text: `[1, 2]` or null is no test anyone can pass.
+    if not fn_name and not all(map(_is_text_test, inputs + outputs)):
+        raise InvalidRecord("stdin_tests_not_text", "inputs and outputs must be strings or lists of strings")
 
     solutions = _parse_json_field(record.get("solutions") or [], "solutions_unparsable")
     if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
@@ -224,8 +246,9 @@ def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]],
             continue
         seen.add((split, problem.problem_id))
         if max_tests is not None:  # cap while loading: some APPS problems carry megabytes of tests
-            io = problem.input_output
-            io["inputs"], io["outputs"] = io["inputs"][:max_tests], io["outputs"][:max_tests]
+            io = problem.input_output  # the reward's subset: not simply the first tests (the prompt's examples)
+            keep = pick_tests(io, max_tests)
+            io["inputs"], io["outputs"] = [io["inputs"][i] for i in keep], [io["outputs"][i] for i in keep]
         result.problems.append(problem)
     return result
 
@@ -302,13 +325,10 @@ def _folder_record(d: Path) -> dict[str, Any]:
     if (d / "starter_code.py").is_file():
         record["starter_code"] = _read_text(d / "starter_code.py")
     if (d / "metadata.json").is_file():
-        text = _read_text(d / "metadata.json")
-        try:
-            metadata = json.loads(text)
-        except ValueError:  # malformed JSON, or an integer longer than Python reads (4300 digits)
-            metadata = None  # metadata is optional: unparsable counts as absent
-        if isinstance(metadata, dict):
-            record["difficulty"], record["url"] = metadata.get("difficulty"), metadata.get("url")
+        metadata = _read_json(d / "metadata.json", "metadata_unparsable")  # optional, but not silently broken
+        if not isinstance(metadata, dict):
+            raise InvalidRecord("metadata_unparsable", "metadata.json is not a JSON object")
+        record["difficulty"], record["url"] = metadata.get("difficulty"), metadata.get("url")
     return record
 
 
@@ -363,7 +383,8 @@ def load_apps(source: str | Path, max_tests: int | None = None) -> LoadResult:
 
     Args:
         source: Hub dataset id (`codeparrot/apps`), path to a `.jsonl` file, or an APPS folder with `train/`/`test/`.
-        max_tests: Keep only the first `max_tests` tests of each problem (None keeps all).
+        max_tests: Keep at most `max_tests` tests of each problem, the subset the reward's `max_tests` picks
+            (`lit_codegen.reward.compare.pick_tests`); None keeps all.
 
     Returns:
         The valid problems and the skip counts.

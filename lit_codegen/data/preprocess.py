@@ -22,6 +22,7 @@ import math
 import os
 import random
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,22 @@ def check_test_size(test_size: float) -> None:
         raise DataError(f"--test_size must be a fraction in (0, 1) or a whole count >= 1, got {test_size}")
 
 
+def _check_unique_ids(problems: Sequence[AppsProblem]) -> None:
+    """Raise `DataError` if two problems share an id, as the two natural splits of APPS do (both count from 0).
+
+    Pooled and re-split, they would share ids inside one file, where the pass-rate reports and `code_eval` key
+    problems by id and could not tell them apart.
+    """
+    counts = Counter(p.problem_id for p in problems)
+    repeated = sorted(i for i, n in counts.items() if n > 1)
+    if repeated:
+        raise DataError(
+            f"{len(repeated)} problem ids (e.g. {', '.join(map(str, repeated[:5]))}) occur in both natural splits of "
+            "the source; --test_size would pool them and put problems with the same id into one file. Keep the "
+            "natural splits (leave out --test_size), or preprocess one split's file or folder on its own"
+        )
+
+
 def split_problems(
     problems: Sequence[AppsProblem], test_size: float | None = None, seed: int = 0
 ) -> tuple[list[AppsProblem], list[AppsProblem]]:
@@ -184,6 +201,7 @@ def split_problems(
             natural_split = "train" if train else "test"
         test_size = DEFAULT_TEST_SIZE
     check_test_size(test_size)
+    _check_unique_ids(problems)
     if len(problems) < 2:
         raise DataError(f"need at least 2 valid problems to make a train and a test split, got {len(problems)}")
     wanted = round(test_size * len(problems)) if test_size < 1 else int(test_size)
@@ -222,7 +240,7 @@ def preprocess(
         local_dir: Output folder (created if needed).
         template_type: `base` or `chat`.
         difficulties: Keep only these difficulties (None keeps all).
-        max_tests: Keep only the first `max_tests` tests of each problem (None keeps all).
+        max_tests: Keep at most `max_tests` tests of each problem, a fixed pseudo-random subset (None keeps all).
         test_size: Fraction or count of problems for test; None = natural splits if present, else 0.1.
         seed: Seed of the train/test shuffle.
 
@@ -263,7 +281,9 @@ def _parser() -> argparse.ArgumentParser:
         "--source", default=DEFAULT_SOURCE, help="hub dataset id, .jsonl file or APPS folder (default: %(default)s)"
     )
     parser.add_argument("--difficulties", nargs="+", choices=DIFFICULTIES, help="keep only these difficulties")
-    parser.add_argument("--max_tests", type=int, help="keep only the first N tests of each problem")
+    parser.add_argument("--max_tests", type=int,
+                        help="keep at most N tests of each problem: a fixed pseudo-random subset, the one the reward's "
+                        "max_tests picks (not just the first ones, often the statement's examples)")
     parser.add_argument(
         "--test_size",
         type=float,

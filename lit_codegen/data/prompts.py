@@ -127,7 +127,7 @@ def extract_program(response: str) -> str:
     one (an untagged block after the code is usually its output); blocks in other languages are ignored. A block
     without a closing line closes at a line ending in a glued fence (```` print(3)``` ````), else runs to the end of
     the text (generation hit the length limit). Without any such block the whole response is returned, so a
-    `base`-template completion (raw code) passes through.
+    `base`-template completion (raw code) passes through. Empty blocks are passed over when a block has code.
 
     Args:
         response: Decoded model output.
@@ -141,4 +141,6 @@ def extract_program(response: str) -> str:
     chosen = tagged or untagged
     if not chosen:
         return response
+    # an empty block (typically one just opened when the length limit hit) does not hide an earlier program
+    chosen = [body for body in chosen if any(line.strip() for line in body)] or chosen
     return textwrap.dedent("\n".join(chosen[-1])).strip("\n")

@@ -101,11 +101,7 @@ def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "st
     ):
         raise ValueError("tests must be a dict with equally long lists 'inputs' and 'outputs'")
     fn_name = spec.get("fn_name") or None
-    count = len(spec["inputs"])
-    indices = list(range(count))
-    if max_tests is not None and count > max_tests:
-        seed = zlib.crc32(_canonical(spec, tests).encode())
-        indices = sorted(random.Random(seed).sample(indices, max_tests))
+    indices = pick_tests(spec, max_tests, tests)
     inputs, outputs = [], []
     for i in indices:
         test_input, expected = spec["inputs"][i], spec["outputs"][i]
@@ -119,6 +115,24 @@ def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "st
             inputs.append(args)
             outputs.append(expected)
     return ParsedTests(inputs, outputs, fn_name, indices)
+
+
+def pick_tests(spec: dict, max_tests: int | None, original: str | dict | None = None) -> list[int]:
+    """Indices of the tests `parse_tests` keeps: all, or `max_tests` of them chosen by the CRC32 of the tests.
+
+    Args:
+        spec: The parsed tests `{"inputs": [...], "outputs": [...], "fn_name"?}`.
+        max_tests: Cap on the number of tests; None for all.
+        original: The JSON text `spec` was parsed from, if any (used when an integer is too long to print).
+
+    Returns:
+        Sorted indices into `spec["inputs"]`.
+    """
+    count = len(spec["inputs"])
+    if max_tests is None or count <= max_tests:
+        return list(range(count))
+    seed = zlib.crc32(_canonical(spec, spec if original is None else original).encode())
+    return sorted(random.Random(seed).sample(range(count), max_tests))
 
 
 def _canonical(spec: dict, original: str | dict) -> str:

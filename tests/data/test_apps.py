@@ -72,6 +72,15 @@ def test_parse_problem_empty_solutions_is_valid():
         ({"difficulty": ["x"]}, "bad_difficulty"),
         ({"url": 5}, "bad_url"),
         ({"starter_code": ["a"]}, "bad_starter_code"),
+        # standard-input tests are text: numbers, nulls or objects are tests nobody can pass (or crash the reward)
+        ({"input_output": json.dumps({"inputs": [[1, 2]], "outputs": ["3\n"]})}, "stdin_tests_not_text"),
+        ({"input_output": json.dumps({"inputs": [None], "outputs": [None]})}, "stdin_tests_not_text"),
+        ({"input_output": json.dumps({"inputs": ["1\n"], "outputs": [{"a": 1}]})}, "stdin_tests_not_text"),
+        ({"input_output": json.dumps({"inputs": ["1\n"], "outputs": [2]})}, "stdin_tests_not_text"),
+        # a lone surrogate (JSON "\ud800") cannot be written to parquet: the record, not the whole run, is dropped
+        ({"question": "bad \ud800 char"}, "not_utf8"),
+        ({"starter_code": "\udfff"}, "not_utf8"),
+        ({"url": "\ud800"}, "not_utf8"),
     ],
 )
 def test_parse_problem_rejects_with_reason(overrides, reason):
@@ -163,6 +172,34 @@ def test_load_apps_folder_layout(tmp_path):
     assert result.problems[2].solutions == []
     assert result.skipped == {"no_tests": 1, "input_output_unparsable": 1}
     assert result.skipped_at["no_tests"] == ["train/0013"]
+
+
+def test_parse_problem_keeps_stdin_tests_given_as_lists_of_lines():
+    problem = parse_problem(record(input_output=json.dumps({"inputs": [["1", "2"]], "outputs": [["3"]]})))
+    assert problem.input_output == {"inputs": [["1", "2"]], "outputs": [["3"]]}
+
+
+def test_unparsable_metadata_skips_the_problem_and_names_it(tmp_path):
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    for name in ("0001", "0002", "0003"):
+        write_problem_dir(tmp_path, "train", name, tests, "competition")
+    (tmp_path / "train" / "0002" / "metadata.json").write_text('{"difficulty": "competition", "url": "x",}')
+    (tmp_path / "train" / "0003" / "metadata.json").write_text("[1, 2]")
+    result = load_apps(tmp_path)
+    assert [(p.problem_id, p.difficulty) for p in result.problems] == [(1, "competition")]
+    assert result.skipped_at == {"metadata_unparsable": ["train/0002", "train/0003"]}
+
+
+def test_max_tests_keeps_the_rewards_subset_not_the_first_tests(tmp_path):
+    """The statement's examples usually come first; the cap keeps the subset `parse_tests(max_tests=)` picks."""
+    from lit_codegen.reward.compare import parse_tests
+
+    tests = {"inputs": [f"{i}\n" for i in range(20)], "outputs": [f"{i + 1}\n" for i in range(20)]}
+    (tmp_path / "p.jsonl").write_text(json.dumps(record(input_output=json.dumps(tests))) + "\n")
+    kept = load_apps(tmp_path / "p.jsonl", max_tests=4).problems[0].input_output
+    expected = parse_tests(tests, max_tests=4)
+    assert kept["inputs"] == expected.inputs and kept["outputs"] == expected.outputs
+    assert kept["inputs"] != tests["inputs"][:4]
 
 
 def test_missing_file_raises_data_error(tmp_path):

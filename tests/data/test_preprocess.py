@@ -182,6 +182,25 @@ def test_duplicate_ids_never_land_in_both_files(tmp_path, caplog):
     assert "duplicate_problem_id=3 (dup.jsonl line 4, dup.jsonl line 5, dup.jsonl line 6)" in caplog.text
 
 
+def test_test_size_refuses_to_pool_natural_splits_that_share_ids(tmp_path):
+    """APPS numbers its train and its test problems from 0: pooled, two problems would share an id in one file."""
+    source = write_folder(tmp_path / "apps", {"train": {"0001": "interview", "0002": "interview"},
+                                              "test": {"0001": "interview", "0003": "interview"}})
+    with pytest.raises(DataError, match=r"1 problem ids \(e.g. 1\) occur in both natural splits"):
+        preprocess(str(source), tmp_path / "out", test_size=0.5)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    paths = preprocess(str(source), tmp_path / "out")  # the natural splits are fine
+    assert [r["problem_id"] for r in read(paths["test"])] == [1, 3]
+
+
+def test_a_lone_surrogate_skips_its_record_and_keeps_the_others(tmp_path):
+    rows = [json.loads(line) for line in write_jsonl(tmp_path / "p.jsonl", [1, 2, 3]).read_text().splitlines()]
+    rows[2]["question"] = "bad \ud800 char"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = preprocess(str(tmp_path / "p.jsonl"), tmp_path / "out", test_size=1)
+    assert sorted(r["problem_id"] for r in read(paths["train"]) + read(paths["test"])) == [1, 2]
+
+
 @pytest.mark.parametrize(
     ("splits", "difficulties", "empty", "kept"),
     [

@@ -71,6 +71,10 @@ def test_chat_messages_call_based_shows_starter_code_and_function_name():
         # only a line that is nothing but the fence closes a block; a code line ending in ``` does not
         ('```python\ns = "a```"\nt = s + "```"\n```', 's = "a```"\nt = s + "```"'),
         ("```python\nx = 1\n  ```  \nafter", "x = 1"),
+        # an empty block (opened just before the length limit) does not hide the program before it
+        ("```python\nprint(1)\n```\nAlternatively:\n```python\n", "print(1)"),
+        ("```python\nprint(1)\n```\n```python\n   \n```", "print(1)"),
+        ("```python\n```", ""),
     ],
 )
 def test_extract_program(response, program):
