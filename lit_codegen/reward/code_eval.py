@@ -17,10 +17,13 @@ problem_id the data holds twice, and problems without usable tests.
 """
 
 import argparse
+import bz2
+import gzip
 import json
+import lzma
 import math
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,10 +94,39 @@ def load_problems(data: str, split: str = "test") -> list[dict]:
     return rows
 
 
+def _open_binary(path: Path):
+    """Open a data file for reading bytes, decompressing `.gz`, `.bz2` and `.xz` on the fly."""
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    if path.suffix == ".zst":
+        raise UsageError(f"{path}: zstd-compressed files are not supported; decompress it (or use gzip)")
+    return openers.get(path.suffix, open)(path, "rb")
+
+
+def _read_json_array(path: Path, what: str) -> list[dict] | None:
+    """The rows of a `.json` file holding one JSON array of objects; None if it does not start with `[`."""
+    with _open_binary(path) as f:
+        text = f.read().decode("utf-8", errors="strict").lstrip("\ufeff")
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: malformed JSON array in {what} file ({exc.msg} at line {exc.lineno})") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: item {number} of the array is not a JSON object")
+    return rows
+
+
 def _read_jsonl(path: Path, what: str) -> list[dict]:
+    """The objects of a JSON-lines file (or of a `.json` file holding one array of them); `.gz`/`.bz2`/`.xz` too."""
     rows = []
     try:
-        with open(path, "rb") as f:
+        if path.suffixes[-2:-1] == [".json"] or path.suffix == ".json":
+            array = _read_json_array(path, what)
+            if array is not None:
+                return array
+        with _open_binary(path) as f:
             for number, raw in enumerate(f, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -109,8 +141,10 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
                 if not isinstance(row, dict):
                     raise UsageError(f"{path}:{number}: expected a JSON object")
                 rows.append(row)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read {what} file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: {what} file is not UTF-8 text ({exc.reason})") from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:  # also a corrupt or truncated compressed file
+        raise UsageError(f"{path}: cannot read {what} file ({getattr(exc, 'strerror', None) or exc})") from None
     return rows
 
 
@@ -134,7 +168,7 @@ def load_solutions(path: str, problems: list[dict]) -> list[tuple[dict, dict]]:
         by_id[row["problem_id"]] = row
     pairs = []
     for number, line in enumerate(_read_jsonl(Path(path), "solutions"), 1):
-        if not isinstance(line.get("problem_id"), int) or not isinstance(line.get("solution"), str):
+        if type(line.get("problem_id")) is not int or not isinstance(line.get("solution"), str):  # true is not 1
             raise UsageError(f"{path}: line {number} needs an int 'problem_id' and a str 'solution'")
         computed = [key for key in COMPUTED_KEYS if key in line]
         if computed:
@@ -164,18 +198,17 @@ def dataset_solutions(problems: list[dict], all_solutions: bool) -> list[tuple[d
     return pairs
 
 
-def unusable_tests(tests, mode: str = "strict") -> str | None:
+def unusable_tests(tests) -> str | None:
     """Why an APPS ``input_output`` field cannot be scored, or None when it can.
 
     Args:
         tests: the JSON string or the parsed dict.
-        mode: the comparison mode, as given to :func:`parse_tests`.
 
     Returns:
         A short reason ("malformed input_output JSON", "no tests", the error of :func:`parse_tests`) or None.
     """
     try:
-        count = len(parse_tests(tests, mode=mode).inputs)
+        count = len(parse_tests(tests).inputs)
     except json.JSONDecodeError:
         return "malformed input_output JSON"
     except (ValueError, TypeError) as exc:  # parse_tests says what is wrong (lists of unequal length, ...)
@@ -183,13 +216,13 @@ def unusable_tests(tests, mode: str = "strict") -> str | None:
     return None if count else "no tests"
 
 
-def _check_tests(pairs: list[tuple[dict, dict]], mode: str) -> None:
+def _check_tests(pairs: list[tuple[dict, dict]]) -> None:
     """One error naming every problem to be scored whose tests cannot be run (APPS has a few)."""
     bad, seen = [], set()
     for _, row in pairs:
         if id(row) not in seen:
             seen.add(id(row))
-            reason = unusable_tests(row["input_output"], mode)
+            reason = unusable_tests(row["input_output"])
             if reason:
                 bad.append(f"{row['problem_id']} ({reason})")
     if bad:
@@ -211,8 +244,14 @@ def _check_output_path(path: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: part of its folder path is a file") from None
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"{flag} {path}: not writable")
+    try:  # a real write: os.access says yes to root everywhere, also for /proc and /sys
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".code_eval_check_"):
+            pass
+        if target.exists():
+            with open(target, "ab"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: not writable ({exc.strerror})") from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -296,7 +335,7 @@ def run(args: argparse.Namespace) -> dict:
         pairs = dataset_solutions(selected, args.all_solutions)  # row by row: duplicate ids keep their own tests
     if not pairs:
         raise UsageError("nothing to score: no solutions for the selected problems")
-    _check_tests(pairs, args.mode)
+    _check_tests(pairs)
     results: list[dict | None] = [None] * len(pairs)
     from tqdm import tqdm
 
@@ -310,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
             results[index] = {
                 **extra,  # first, so that a computed field always wins (load_solutions also rejects them)
                 "problem_id": line["problem_id"],
-                "difficulty": row.get("difficulty", "unknown"),
+                "difficulty": row.get("difficulty") or "unknown",  # missing, null and "" are one group
                 "pass_rate": result.pass_rate,
                 "n_tests": result.n_tests,
                 "outcomes": result.outcomes,

@@ -22,6 +22,7 @@ for numbers comparable with papers. Its laxities, all reproduced on purpose:
 """
 
 import json
+import math
 import random
 import zlib
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class ParsedTests:
     indices: list[int]
 
 
-def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "strict") -> ParsedTests:
+def parse_tests(tests: str | dict, max_tests: int | None = None) -> ParsedTests:
     """Parse an APPS ``input_output`` field and pick at most ``max_tests`` tests deterministically.
 
     The pick is a pseudo-random subset seeded by the CRC32 of the canonical test JSON, so the same problem
@@ -84,7 +85,6 @@ def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "st
     Args:
         tests: the JSON string ``{"inputs": [...], "outputs": [...], "fn_name"?: str}`` or the parsed dict.
         max_tests: cap on the number of tests; None for all.
-        mode: "strict" or "apps" (apps converts dict keys of call arguments to int like the reference).
 
     Returns:
         The selected tests.
@@ -106,15 +106,24 @@ def parse_tests(tests: str | dict, max_tests: int | None = None, mode: str = "st
     for i in indices:
         test_input, expected = spec["inputs"][i], spec["outputs"][i]
         if fn_name is None:
-            inputs.append("\n".join(test_input) if isinstance(test_input, list) else str(test_input))
-            outputs.append("\n".join(expected) if isinstance(expected, list) else str(expected))
+            inputs.append(_stdin_text(test_input, f"inputs[{i}]"))
+            outputs.append(_stdin_text(expected, f"outputs[{i}]"))
         else:
             args = test_input if isinstance(test_input, list) else [test_input]
-            if mode == "apps" and args and isinstance(args[0], dict):
-                args = [_int_keys(args[0])] if len(args) == 1 else args
+            if len(args) == 1 and isinstance(args[0], dict):  # JSON made the int keys strings: the reference's undo
+                args = [_int_keys(args[0]) or args[0]]
             inputs.append(args)
             outputs.append(expected)
     return ParsedTests(inputs, outputs, fn_name, indices)
+
+
+def _stdin_text(value, where: str) -> str:
+    """A standard-input test's text: a string, or a list of lines joined with newlines."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(line, str) for line in value):
+        return "\n".join(value)
+    raise ValueError(f"{where} of a standard-input problem must be a string or a list of strings, got {value!r:.80}")
 
 
 def pick_tests(spec: dict, max_tests: int | None, original: str | dict | None = None) -> list[int]:
@@ -194,20 +203,23 @@ def _strict_call_equal(value, expected) -> bool:
 
 
 # -- apps reference rules ----------------------------------------------------------------------------------------------
-def _int_keys(d: dict):
+def _int_keys(d: dict) -> dict | None:
+    """`d` with its keys made ints (`{"1": x}` -> `{1: x}`), or None when a key is not a number."""
     try:
         return {int(k): v for k, v in d.items()}
     except (TypeError, ValueError):
-        return d
+        return None
 
 
 def _apps_call_equal(value, expected) -> bool:
-    if isinstance(expected, dict):
+    # The reference's `[{int(k): v}]` rewrites, each applied only when every key converts (else it leaves them be).
+    first = expected[0] if isinstance(expected, list) and expected else None
+    if isinstance(expected, dict) and _int_keys(expected) is not None:
         expected = [_int_keys(expected)]
-    elif isinstance(expected, list) and expected and isinstance(expected[0], dict):
-        expected = [_int_keys(expected[0])]
-    if isinstance(value, dict):
-        value = _int_keys(value)  # JSON turned the program's int keys into strings; undo as the reference does
+    elif isinstance(first, dict) and _int_keys(first) is not None:
+        expected = [_int_keys(first)]
+    if isinstance(value, dict):  # JSON turned the program's int keys into strings; undo as the reference does
+        value = _int_keys(value) or value
     if value == expected:
         return True
     return isinstance(expected, list) and bool(expected) and value == expected[0]
@@ -215,7 +227,9 @@ def _apps_call_equal(value, expected) -> bool:
 
 def _allclose(a: list[float], b: list[float]) -> bool:
     """numpy.allclose with its defaults (rtol=1e-5, atol=1e-8, NaN never close)."""
-    return len(a) == len(b) and all(x == y or abs(x - y) <= 1e-8 + 1e-5 * abs(y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x == y or (math.isfinite(y) and abs(x - y) <= 1e-8 + 1e-5 * abs(y)) for x, y in zip(a, b)
+    )  # an infinite y is close only to itself (its tolerance would be infinite)
 
 
 def _floats(items) -> list[float] | None:

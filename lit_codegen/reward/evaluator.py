@@ -15,6 +15,7 @@ Usage::
 
 import concurrent.futures
 import logging
+import math
 import os
 import pickle
 import queue
@@ -193,6 +194,26 @@ class _Batch:
         self.done.put((index, EvalResult(rate, outcomes, n, self.parsed[index].indices)))
 
 
+_MAX_MEMORY_MB = 1 << 20  # 1 TiB: RLIMIT_AS past what the kernel accepts made every test a runtime error
+
+
+def _check_limits(**limits) -> None:
+    """Raise ValueError naming the first limit that is not a positive finite number (None = no cap, where allowed).
+
+    `timeout` may be fractional; the others are whole numbers. `max_tests` may be None (all tests).
+    """
+    for name, value in limits.items():
+        if value is None and name == "max_tests":
+            continue
+        whole = name != "timeout"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok or (whole and value != int(value)) or (name == "memory_mb" and value > _MAX_MEMORY_MB):
+            kind = "a positive number of seconds" if not whole else "a whole number >= 1"
+            if name == "memory_mb":
+                kind += f" and at most {_MAX_MEMORY_MB}"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
 class Evaluator:
     """Sandboxed, parallel APPS test runner; the reward function of training and the validation metric.
 
@@ -227,8 +248,10 @@ class Evaluator:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isolation not in ("full", "none"):
             raise ValueError(f"isolation must be 'full' or 'none', got {isolation!r}")
-        if timeout <= 0 or memory_mb <= 0 or (max_tests is not None and max_tests < 1):
-            raise ValueError("timeout and memory_mb must be positive and max_tests at least 1")
+        _check_limits(timeout=timeout, memory_mb=memory_mb, output_limit_mb=output_limit_mb,
+                      max_processes=max_processes, max_tests=max_tests)
+        if workers is not None and (type(workers) is not int or workers < 1):
+            raise ValueError(f"workers must be a whole number >= 1 (or None for all CPUs), got {workers!r}")
         self.workers = workers or len(os.sched_getaffinity(0))
         self.timeout = timeout
         self.mode = mode
@@ -344,11 +367,12 @@ class Evaluator:
         if len(programs) != len(tests):
             raise ValueError(f"got {len(programs)} programs but {len(tests)} test specifications")
         cap = self.max_tests if max_tests == "default" else max_tests
+        _check_limits(max_tests=cap)
         parsed = []
         for index, spec in enumerate(tests):
             try:
-                parsed.append(parse_tests(spec, cap, self.mode))
-            except ValueError as exc:
+                parsed.append(parse_tests(spec, cap))
+            except (ValueError, TypeError) as exc:  # TypeError: e.g. a number where a stdin line should be
                 raise ValueError(f"tests[{index}] is not a valid APPS test specification: {exc}") from exc
         self.start()
         batch = _Batch(parsed, self.mode)

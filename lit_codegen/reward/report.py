@@ -62,7 +62,7 @@ def summarize(results: Sequence[dict], wall_time_s: float | None = None, protect
     summary = _group_stats(results)
     by_difficulty: dict[str, list[dict]] = {}
     for row in results:
-        by_difficulty.setdefault(str(row.get("difficulty", "unknown")), []).append(row)
+        by_difficulty.setdefault(str(row.get("difficulty") or "unknown"), []).append(row)  # null, "" = unknown
     summary["by_difficulty"] = {name: _group_stats(rows) for name, rows in sorted(by_difficulty.items())}
     summary["verdicts"] = dict(Counter(v for row in results for v in row["outcomes"]).most_common())
     summary["n_tests"] = sum(row["n_tests"] for row in results)

@@ -640,7 +640,7 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
         if fn_name is not None:
             result = _resolve_function(module, fn_name, source)(*test_input)
             try:
-                payload = json.dumps(result).encode()
+                payload = json.dumps(result, default=_numpy_to_json).encode()
             except (TypeError, ValueError, RecursionError):
                 return EXIT_NOT_JSON
         _finish_like_python(module, stdout)
@@ -657,6 +657,17 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
     except BaseException:  # noqa: BLE001 - any exception of the candidate is a runtime error
         return EXIT_RUNTIME_ERROR
     return EXIT_OK
+
+
+def _numpy_to_json(value):
+    """NumPy scalars and arrays as the Python values they hold (`np.int64(3)` -> 3), as the reference's `==` sees them.
+
+    The programs get `np` from the APPS import header, so returning `np.int64` is common; anything else stays
+    unserialisable (a `TypeError`, reported as `EXIT_NOT_JSON`).
+    """
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _finish_like_python(module: types.ModuleType, stdout: io.TextIOWrapper) -> None:

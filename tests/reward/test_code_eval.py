@@ -10,7 +10,7 @@ import pytest
 from conftest import require_data
 
 from lit_codegen.reward import code_eval
-from lit_codegen.reward.code_eval import main
+from lit_codegen.reward.code_eval import build_parser, main, run
 
 
 def _cli(*args):
@@ -104,6 +104,7 @@ def test_parquet_dataset_solutions_with_filters(tmp_path, capsys):
         ('{"problem_id": 1, "solution": "print(1)"}\nnot json\n', "malformed JSON"),
         ('{"problem_id": 999999, "solution": "print(1)"}\n', "unknown problem_id 999999"),
         ('{"problem_id": "1", "solution": "print(1)"}\n', "needs an int 'problem_id'"),
+        ('{"problem_id": true, "solution": "print(1)"}\n', "needs an int 'problem_id'"),  # not problem 1
     ],
 )
 def test_bad_input_is_one_line(tmp_path, content, message):
@@ -273,3 +274,39 @@ def test_unreadable_parquet_and_missing_solutions(tmp_path, capsys, no_scoring):
     message = _error(capsys, ["--data", data, "--solutions", str(tmp_path / "nope.jsonl")])
     assert message.endswith("nope.jsonl: no such file")
     assert _error(capsys, ["--data", data, "--solutions", str(tmp_path)]).endswith(": not a file")
+
+
+def test_compressed_and_json_array_data_files_are_read(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    rows = [_problem(1, ECHO), _problem(2, PLUS_ONE, solution="print(int(input()) + 1)")]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    files = {"d.jsonl.gz": gzip.compress(text), "d.jsonl.bz2": bz2.compress(text), "d.jsonl.xz": lzma.compress(text),
+             "d.json": json.dumps(rows, indent=2).encode(), "d1.json": json.dumps(rows).encode(),
+             "d.json.gz": gzip.compress(json.dumps(rows).encode())}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        report = run(build_parser().parse_args(["--data", str(tmp_path / name), "--workers", "1"]))
+        assert [r["pass_rate"] for r in report["results"]] == [1.0, 1.0], name
+
+
+def test_compressed_files_that_cannot_be_read_are_one_error(tmp_path, capsys, no_scoring):
+    (tmp_path / "d.jsonl.gz").write_bytes(b"not gzip at all")
+    assert "cannot read data file" in _error(capsys, ["--data", str(tmp_path / "d.jsonl.gz")])
+    (tmp_path / "d.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    assert "zstd-compressed files are not supported" in _error(capsys, ["--data", str(tmp_path / "d.jsonl.zst")])
+
+
+def test_null_missing_and_empty_difficulty_are_one_unknown_group(tmp_path):
+    rows = [_problem(1, ECHO, difficulty=None), _problem(2, ECHO), _problem(3, ECHO, difficulty="")]
+    del rows[1]["difficulty"]
+    report = run(build_parser().parse_args(["--data", _write_jsonl(tmp_path / "d.jsonl", rows), "--workers", "1"]))
+    assert [r["difficulty"] for r in report["results"]] == ["unknown"] * 3
+    assert list(report["summary"]["by_difficulty"]) == ["unknown"]
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_scoring(tmp_path, capsys, no_scoring):
+    data = _write_jsonl(tmp_path / "d.jsonl", [_problem(1, ECHO)])
+    assert "/proc/r.json: not writable" in _error(capsys, ["--data", data, "--output", "/proc/r.json"])

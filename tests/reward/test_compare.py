@@ -44,6 +44,32 @@ def test_apps_call_based_uses_python_equality():
     assert judge(b'{"1": "a"}', {"1": "a"}, call_based=True, mode="apps")
 
 
+def test_apps_call_based_leaves_dicts_whose_keys_are_not_numbers_alone():
+    """The reference rewrites `[{...}, ...]` to `[{int(k): v}]` only when int() works; else the list stays whole."""
+    assert judge(b'[{"k": "a"}, {"k": "b"}]', [{"k": "a"}, {"k": "b"}], call_based=True, mode="apps")
+    assert not judge(b'[{"k": "a"}]', [{"k": "a"}, {"k": "b"}], call_based=True, mode="apps")
+    assert judge(b'{"1": "a"}', [{"1": "a"}], call_based=True, mode="apps")  # numeric keys: converted, unwrapped
+
+
+def test_apps_allclose_treats_infinity_as_numpy_does():
+    assert judge(b"inf\n", "inf\n", call_based=False, mode="apps")
+    assert not judge(b"5\n", "inf\n", call_based=False, mode="apps")
+    assert not judge(b"-inf\n", "inf\n", call_based=False, mode="apps")
+    assert not judge(b"1e308\n", "inf\n", call_based=False, mode="apps")
+
+
+def test_dict_arguments_get_their_int_keys_back_in_both_modes():
+    """APPS dict arguments had int keys, which JSON turned into strings; the reference turns them back."""
+    spec = {"fn_name": "f", "inputs": [[{"1": 5, "2": 6}], [{"a": 1}], [{"1": 2}, 3]], "outputs": [5, 1, 2]}
+    assert parse_tests(spec).inputs == [[{1: 5, 2: 6}], [{"a": 1}], [{"1": 2}, 3]]
+
+
+def test_stdin_tests_that_are_not_text_are_a_value_error():
+    for bad in ({"inputs": [[1, 2]], "outputs": ["3"]}, {"inputs": ["1"], "outputs": [None]}):
+        with pytest.raises(ValueError, match="must be a string or a list of strings"):
+            parse_tests(bad)
+
+
 def test_parse_tests_formats_and_deterministic_cap():
     spec = {"inputs": [["a", "b"], "c\n"], "outputs": [["x", "y"], "z\n"]}
     parsed = parse_tests(json.dumps(spec))

@@ -145,3 +145,39 @@ def test_integers_longer_than_pythons_default_digit_limit(evaluator):
 def test_a_malformed_test_specification_is_named_by_its_index(evaluator):
     with pytest.raises(ValueError, match=r"tests\[1\] is not a valid APPS test specification"):
         evaluator.evaluate(["print(1)", "print(1)"], [STDIN_ECHO_DOUBLE, '{"inputs": ["1"'])
+
+
+def test_numpy_return_values_count_as_the_values_they_hold(evaluator):
+    """`np` comes with the APPS header; the reference compares with ==, where np.int64(3) == 3."""
+    programs = ["def f(a):\n    return np.int64(sum(a))\n", "def f(a):\n    return np.bool_(True)\n",
+                "def f(a):\n    return np.array(a) * 2\n", "def f(a):\n    return np.int64(sum(a)) + 1\n"]
+    specs = [{"fn_name": "f", "inputs": [[[1, 2]]], "outputs": [out]} for out in (3, True, [[2, 4]], 3)]
+    assert [r.pass_rate for r in evaluator.evaluate(programs, specs)] == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_a_function_taking_a_dict_with_int_keys_passes_in_strict_mode(evaluator):
+    (result,) = evaluator.evaluate(["def f(d):\n    return d[1]\n"],
+                                   [{"fn_name": "f", "inputs": [[{"1": 5}]], "outputs": [5]}])
+    assert result.outcomes == ["passed"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"timeout": float("nan")}, {"timeout": 0}, {"memory_mb": 10**13}, {"memory_mb": 0}, {"output_limit_mb": -1},
+     {"max_processes": -1}, {"max_processes": 2.5}, {"workers": -1}, {"workers": 0}, {"max_tests": 0}],
+)
+def test_settings_out_of_range_are_a_value_error_naming_them(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        Evaluator(**kwargs)
+
+
+def test_a_per_call_test_cap_is_checked_like_the_constructors(evaluator):
+    for cap in (0, -1):
+        with pytest.raises(ValueError, match="max_tests must be a whole number >= 1"):
+            evaluator.evaluate(["print(1)"], [STDIN_ECHO_DOUBLE], max_tests=cap)
+
+
+def test_stdin_tests_that_are_not_text_name_their_index(evaluator):
+    with pytest.raises(ValueError, match=r"tests\[1\] is not a valid APPS test specification: inputs\[0\]"):
+        evaluator.evaluate(["print(1)", "print(1)"], [STDIN_ECHO_DOUBLE, {"inputs": [[1, 2]], "outputs": ["3"]}])
