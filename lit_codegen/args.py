@@ -127,16 +127,25 @@ class OptimArgs:
 torch.serialization.add_safe_globals([PPOArgs, RolloutArgs, RewardArgs, OptimArgs])
 
 
-def check_ppo_args(a: PPOArgs, r: RolloutArgs) -> None:
-    """Reject PPO and rollout settings that cannot work, naming the flag and the fix.
+def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None) -> None:
+    """Reject PPO, rollout and reward settings that cannot work, naming the flag and the fix.
 
     Args:
         a: The algorithm settings (a `PPOArgs`, or the parsed config namespace with the same fields).
         r: The rollout settings (a `RolloutArgs`, or its namespace).
+        reward: The evaluator settings (a `RewardArgs` or its namespace), checked as `Evaluator` would at its start.
 
     Raises:
         ValueError: the first problem found.
     """
+    if reward is not None:
+        from lit_codegen.reward.evaluator import check_limits
+
+        try:
+            check_limits(workers=reward.workers, timeout=reward.timeout, memory_mb=reward.memory_mb,
+                         max_tests=reward.max_tests)
+        except ValueError as err:
+            raise ValueError(f"--model.reward.{err}") from None
     for group, args, names in (("algorithm", a, ("ppo_epochs", "mini_batch_size", "micro_batch_size")),
                                ("rollout", r, ("n", "val_n", "max_new_tokens"))):
         for name in names:

@@ -57,7 +57,7 @@ class LitCodegenCLI(LightningCLI):
         model_cfg = (self.config[self.subcommand] if self.subcommand else self.config).model
         if getattr(model_cfg, "class_path", None) == "lit_codegen.module.PPOModule":
             try:  # conflicting settings: one parse error here, not a traceback from inside the model's __init__
-                check_ppo_args(model_cfg.init_args.algorithm, model_cfg.init_args.rollout)
+                check_ppo_args(model_cfg.init_args.algorithm, model_cfg.init_args.rollout, model_cfg.init_args.reward)
             except ValueError as exc:
                 self.parser.error(str(exc))
 

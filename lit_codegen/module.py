@@ -83,7 +83,7 @@ class PPOModule(LightningModule):
         self.automatic_optimization = False
         self.save_hyperparameters()
         self.algo, self.rollout_args, self.reward_args, self.optim_args = algorithm, rollout, reward, optim
-        check_ppo_args(algorithm, rollout)
+        check_ppo_args(algorithm, rollout, reward)
         self.model_path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(self.model_path)
         self.uses_critic = algorithm.adv_estimator == "gae"

@@ -34,6 +34,10 @@ def test_wrong_config_key_is_one_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_info:  # a prefix of a real flag is refused, not guessed
         main(["fit", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--trainer.max_step", "2", "--print_config"])
     assert exit_info.value.code == 2 and "--trainer.max_step" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a reward setting the evaluator would refuse, refused at parse time
+        main(["fit", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--model.init_args.reward.timeout", "0",
+              "--model.init_args.warm_start_steps", "0", "--trainer.max_steps", "0"])  # (--print_config exits first)
+    assert exit_info.value.code == 2 and "--model.reward.timeout must be" in capsys.readouterr().err
 
 
 def read_metrics(root: Path) -> list[dict]:

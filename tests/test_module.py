@@ -145,7 +145,20 @@ def test_settings_that_cannot_work_are_rejected_with_the_flag_named(algorithm, r
 
     with pytest.raises(ValueError, match=message):
         check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout))
-    check_ppo_args(PPOArgs(), RolloutArgs())  # the defaults work
+    check_ppo_args(PPOArgs(), RolloutArgs(), RewardArgs())  # the defaults work
+
+
+@pytest.mark.parametrize("reward, message", [
+    ({"timeout": float("nan")}, "--model.reward.timeout must be a positive number of seconds"),
+    ({"workers": 0}, "--model.reward.workers must be a whole number >= 1"),
+    ({"memory_mb": -5}, "--model.reward.memory_mb must be"),
+    ({"max_tests": 0}, "--model.reward.max_tests must be a whole number >= 1"),
+])
+def test_reward_settings_are_checked_before_the_evaluator_starts(reward, message):
+    from lit_codegen.args import check_ppo_args
+
+    with pytest.raises(ValueError, match=message):
+        check_ppo_args(PPOArgs(), RolloutArgs(), RewardArgs(**reward))
 
 
 class _StubEvaluator:

@@ -197,13 +197,14 @@ class _Batch:
 _MAX_MEMORY_MB = 1 << 20  # 1 TiB: RLIMIT_AS past what the kernel accepts made every test a runtime error
 
 
-def _check_limits(**limits) -> None:
-    """Raise ValueError naming the first limit that is not a positive finite number (None = no cap, where allowed).
+def check_limits(**limits) -> None:
+    """Raise ValueError naming the first setting that is not a positive finite number, e.g. `check_limits(timeout=0)`.
 
-    `timeout` may be fractional; the others are whole numbers. `max_tests` may be None (all tests).
+    `timeout` may be fractional; the others (`memory_mb`, `output_limit_mb`, `max_processes`, `max_tests`, `workers`)
+    are whole numbers. `max_tests` and `workers` may be None (all tests, all CPUs).
     """
     for name, value in limits.items():
-        if value is None and name == "max_tests":
+        if value is None and name in ("max_tests", "workers"):
             continue
         whole = name != "timeout"
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
@@ -248,10 +249,8 @@ class Evaluator:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isolation not in ("full", "none"):
             raise ValueError(f"isolation must be 'full' or 'none', got {isolation!r}")
-        _check_limits(timeout=timeout, memory_mb=memory_mb, output_limit_mb=output_limit_mb,
-                      max_processes=max_processes, max_tests=max_tests)
-        if workers is not None and (type(workers) is not int or workers < 1):
-            raise ValueError(f"workers must be a whole number >= 1 (or None for all CPUs), got {workers!r}")
+        check_limits(timeout=timeout, memory_mb=memory_mb, output_limit_mb=output_limit_mb,
+                     max_processes=max_processes, max_tests=max_tests, workers=workers)
         self.workers = workers or len(os.sched_getaffinity(0))
         self.timeout = timeout
         self.mode = mode
@@ -367,7 +366,7 @@ class Evaluator:
         if len(programs) != len(tests):
             raise ValueError(f"got {len(programs)} programs but {len(tests)} test specifications")
         cap = self.max_tests if max_tests == "default" else max_tests
-        _check_limits(max_tests=cap)
+        check_limits(max_tests=cap)
         parsed = []
         for index, spec in enumerate(tests):
             try:
