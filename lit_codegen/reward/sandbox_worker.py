@@ -109,6 +109,7 @@ EXIT_MEMORY_ERROR = 103
 EXIT_OUTPUT_LIMIT = 104
 EXIT_NOT_JSON = 105
 EXIT_SETUP_FAILED = 106
+EXIT_NONZERO_EXIT = 107  # a standard-input program called sys.exit(non-zero) after printing (its output is kept)
 
 # The imports the APPS reference harness puts in front of every program (LeetCode starter code uses
 # `List` without importing it); numpy is added when it is installed.
@@ -463,6 +464,8 @@ class Sandbox:
             return "ok", os.pread(out_fd, os.fstat(out_fd).st_size, 0)
         if code == EXIT_NOT_JSON and fn_name is not None:
             return "ok", None
+        if code == EXIT_NONZERO_EXIT and fn_name is None:  # the evaluator decides by mode: apps compares the output
+            return "exited", os.pread(out_fd, os.fstat(out_fd).st_size, 0)
         return {
             EXIT_COMPILE_ERROR: "compile_error",
             EXIT_MEMORY_ERROR: "memory_limit",
@@ -635,8 +638,11 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
             if "__apps_main__" in module.__dict__ and code.co_filename == "solution_wrapped.py":
                 module.__apps_main__()
         except SystemExit as exc:
-            if exc.code not in (None, 0) or fn_name is not None:
+            if fn_name is not None:
                 return EXIT_RUNTIME_ERROR
+            if exc.code not in (None, 0):
+                _finish_like_python(module, stdout)  # what it printed counts in apps mode, as in the reference
+                return EXIT_NONZERO_EXIT
         if fn_name is not None:
             result = _resolve_function(module, fn_name, source)(*test_input)
             try:

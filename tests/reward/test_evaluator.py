@@ -181,3 +181,13 @@ def test_a_per_call_test_cap_is_checked_like_the_constructors(evaluator):
 def test_stdin_tests_that_are_not_text_name_their_index(evaluator):
     with pytest.raises(ValueError, match=r"tests\[1\] is not a valid APPS test specification: inputs\[0\]"):
         evaluator.evaluate(["print(1)", "print(1)"], [STDIN_ECHO_DOUBLE, {"inputs": [[1, 2]], "outputs": ["3"]}])
+
+
+def test_a_nonzero_sys_exit_after_the_answer_is_a_runtime_error_in_strict_and_judged_in_apps():
+    """The APPS reference catches every SystemExit and compares what was printed."""
+    programs = ["import sys\nprint(2 * int(input()))\nsys.exit(1)", "import sys\nprint(3 * int(input()))\nsys.exit(2)",
+                "import sys\nprint(2 * int(input()), end='')\nsys.exit('bye')"]
+    for mode, expected in (("strict", [["runtime_error"] * 2] * 3),
+                           ("apps", [["passed"] * 2, ["wrong_answer"] * 2, ["passed"] * 2])):
+        with Evaluator(workers=1, mode=mode) as ev:
+            assert [r.outcomes for r in ev.evaluate(programs, [STDIN_ECHO_DOUBLE] * 3)] == expected, mode
