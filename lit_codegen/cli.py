@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_codegen.args import check_ppo_args
 from lit_codegen.callbacks import PassRateValidation
@@ -45,15 +45,7 @@ class LitCodegenCLI(LightningCLI):
         parser.add_lightning_class_args(PassRateValidation, "validation")
 
     def before_instantiate_classes(self) -> None:
-        """Resolve `${trainer.default_root_dir}` in the init arguments of loggers and callbacks."""
-        trainer_cfg = (self.config[self.subcommand] if self.subcommand else self.config).trainer
-        root = str(trainer_cfg.default_root_dir or ".")
-        for group in (trainer_cfg.logger, trainer_cfg.callbacks):
-            for item in group if isinstance(group, list) else [group]:
-                init_args = getattr(item, "init_args", None)
-                for key, value in (vars(init_args).items() if init_args is not None else ()):
-                    if isinstance(value, str) and ROOT_DIR in value:
-                        setattr(init_args, key, value.replace(ROOT_DIR, root))
+        """Check the PPO settings together (one parse error instead of a traceback later)."""
         model_cfg = (self.config[self.subcommand] if self.subcommand else self.config).model
         if getattr(model_cfg, "class_path", None) == "lit_codegen.module.PPOModule":
             try:  # conflicting settings: one parse error here, not a traceback from inside the model's __init__
@@ -71,12 +63,39 @@ class LitCodegenCLI(LightningCLI):
             self.trainer.limit_val_batches = 1.0
 
     def instantiate_classes(self) -> None:
-        """Build model, data module and trainer, then hand the tokenizer to the data module."""
-        super().instantiate_classes()
+        """Build model, data module and trainer, then hand the tokenizer to the data module.
+
+        The classes are built from a copy of the config with `${trainer.default_root_dir}` resolved; the config saved
+        in the run folder keeps the placeholder, so that reusing it with another `--trainer.default_root_dir` writes
+        there and not into this run's folder.
+        """
+        as_given = self.config
+        self.config = _root_dir_resolved(as_given, self.subcommand)
+        try:
+            super().instantiate_classes()
+        finally:
+            self.config = as_given
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):
+                callback.config = as_given[self.subcommand] if self.subcommand else as_given
         connect = getattr(self.datamodule, "connect", None)
         tokenizer = getattr(self.model, "tokenizer", None)
         if callable(connect) and tokenizer is not None:
             connect(tokenizer)
+
+
+def _root_dir_resolved(config, subcommand: str | None):
+    """A copy of `config`, `${trainer.default_root_dir}` replaced in the string init arguments of loggers/callbacks."""
+    config = config.clone()
+    trainer_cfg = (config[subcommand] if subcommand else config).trainer
+    root = str(trainer_cfg.default_root_dir or ".")
+    for group in (trainer_cfg.logger, trainer_cfg.callbacks):
+        for item in group if isinstance(group, list) else [group]:
+            init_args = getattr(item, "init_args", None)
+            for key, value in (vars(init_args).items() if init_args is not None else ()):
+                if isinstance(value, str) and ROOT_DIR in value:
+                    setattr(init_args, key, value.replace(ROOT_DIR, root))
+    return config
 
 
 def main(args: list[str] | None = None) -> None:

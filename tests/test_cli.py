@@ -78,12 +78,15 @@ def test_demo_fit_logs_metrics_and_checkpoints(demo_run):
     val_steps = sorted({int(r["step"]) for r in rows if r.get("val/pass_rate")})
     assert val_steps == [0, 2]  # before training and after the last (2nd) PPO iteration
     assert (demo_run / "checkpoints" / "last.ckpt").exists()
-    assert list(demo_run.rglob("config.yaml"))  # the resolved config beside the metrics
+    (saved,) = demo_run.rglob("config.yaml")  # the resolved config beside the metrics ...
+    assert "save_dir: ${trainer.default_root_dir}" in saved.read_text()  # ... with the run folder left a placeholder
 
 
 def test_validate_subcommand_on_the_demo_checkpoint(demo_run, tmp_path):
-    # the config switches Lightning's validation loop off for fit (limit_val_batches: 0); validate turns it on
-    out = run_cli("validate", "--config", str(demo_run / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
+    # the config switches Lightning's validation loop off for fit (limit_val_batches: 0); validate turns it on.
+    # The run's saved config.yaml is reused with another root: the logs go there, not into the first run's folder.
+    (saved,) = demo_run.rglob("config.yaml")
+    out = run_cli("validate", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path),
                   "--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"), cwd=demo_run)
     assert re.search(r"val/pass_rate/introductory", out.stdout), out.stdout[-3000:]
     (row,) = [r for r in read_metrics(tmp_path) if r.get("val/pass_rate")]
