@@ -7,6 +7,7 @@ field's docstring says so. `check_ppo_args` rejects settings that cannot work to
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -151,6 +152,12 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
         for name in names:
             if getattr(args, name) < 1:
                 raise ValueError(f"--model.{group}.{name} must be at least 1, got {getattr(args, name)}")
+    _check_algorithm_ranges(a)
+    if not 0 < r.top_p <= 1:
+        raise ValueError(f"--model.rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--model.rollout.backend vllm needs vLLM (`pip install lit_codegen[vllm]` on CPU, a vLLM "
+                         "build matching your torch/CUDA on GPU); or use --model.rollout.backend hf")
     if not r.temperature > 0:
         raise ValueError(f"--model.rollout.temperature must be > 0, got {r.temperature} (validation is greedy through "
                          "--model.rollout.val_greedy)")
@@ -161,3 +168,26 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
         raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
     if r.val_n > 1 and r.val_greedy:
         raise ValueError("--model.rollout.val_n > 1 needs --model.rollout.val_greedy false (greedy samples coincide)")
+
+
+def _check_algorithm_ranges(a: PPOArgs) -> None:
+    """Raise ValueError for a PPO setting outside the range where it means anything (as verl checks them)."""
+    checks = [
+        ("clip_ratio_low", a.clip_ratio_low, 0 <= a.clip_ratio_low < 1, "in [0, 1)"),
+        ("clip_ratio_high", a.clip_ratio_high, a.clip_ratio_high >= 0, ">= 0"),
+        ("dual_clip", a.dual_clip, a.dual_clip is None or a.dual_clip > 1, "> 1 (verl's clip_ratio_c), or null"),
+        ("value_clip", a.value_clip, a.value_clip is None or a.value_clip > 0, "> 0, or null"),
+        ("gamma", a.gamma, 0 <= a.gamma <= 1, "in [0, 1]"),
+        ("lam", a.lam, 0 <= a.lam <= 1, "in [0, 1]"),
+        ("kl_coef", a.kl_coef, a.kl_coef >= 0, ">= 0"),
+        ("kl_loss_coef", a.kl_loss_coef, a.kl_loss_coef >= 0, ">= 0"),
+        ("kl_target", a.kl_target, a.kl_target is None or a.kl_target > 0, "> 0, or null"),
+        ("kl_horizon", a.kl_horizon, a.kl_horizon >= 1, ">= 1"),
+        ("critic_warmup", a.critic_warmup, a.critic_warmup >= 0, ">= 0"),
+    ]
+    for name, value, ok, wanted in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise ValueError(f"--model.algorithm.{name} must be {wanted}, got {value}")
+    if a.kl_target is not None and a.kl_coef == 0:
+        raise ValueError("--model.algorithm.kl_target adapts kl_coef by multiplying it, so it needs "
+                         "--model.algorithm.kl_coef > 0 to start from (0 stays 0)")

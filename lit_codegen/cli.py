@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_codegen.args import check_ppo_args
 from lit_codegen.callbacks import PassRateValidation
+from lit_codegen.data.datamodule import check_sizes
 
 # Field docstrings (`"""..."""` under a dataclass field / Args: sections) become `--help` text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -45,13 +46,19 @@ class LitCodegenCLI(LightningCLI):
         parser.add_lightning_class_args(PassRateValidation, "validation")
 
     def before_instantiate_classes(self) -> None:
-        """Check the PPO settings together (one parse error instead of a traceback later)."""
-        model_cfg = (self.config[self.subcommand] if self.subcommand else self.config).model
-        if getattr(model_cfg, "class_path", None) == "lit_codegen.module.PPOModule":
-            try:  # conflicting settings: one parse error here, not a traceback from inside the model's __init__
-                check_ppo_args(model_cfg.init_args.algorithm, model_cfg.init_args.rollout, model_cfg.init_args.reward)
-            except ValueError as exc:
-                self.parser.error(str(exc))
+        """Check settings that only fail together or deep inside a run: one parse error instead of a traceback."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        try:
+            if getattr(config.model, "class_path", None) == "lit_codegen.module.PPOModule":
+                model = config.model.init_args
+                check_ppo_args(model.algorithm, model.rollout, model.reward)
+            if str(getattr(config.data, "class_path", "")).startswith("lit_codegen.data.datamodule."):
+                sizes = ("max_prompt_length", "max_length", "train_batch_size", "val_batch_size", "batch_size",
+                         "num_workers")
+                check_sizes(**{k: v for k, v in vars(config.data.init_args).items() if k in sizes})
+            _check_world_size(config.trainer)
+        except ValueError as exc:
+            self.parser.error(str(exc))
 
     def before_validate(self) -> None:
         """Let `validate` score the whole validation set.
@@ -82,6 +89,26 @@ class LitCodegenCLI(LightningCLI):
         tokenizer = getattr(self.model, "tokenizer", None)
         if callable(connect) and tokenizer is not None:
             connect(tokenizer)
+
+
+def _check_world_size(trainer_cfg) -> None:
+    """ModelParallelStrategy's data x tensor parallel sizes must equal devices x nodes (else every rank fails later)."""
+    strategy = trainer_cfg.strategy
+    if not str(getattr(strategy, "class_path", "")).endswith("ModelParallelStrategy"):
+        return
+    devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
+    if not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in (devices, nodes)):
+        return  # "auto", a device list: Lightning works it out
+    devices, nodes = int(devices), int(nodes)
+    dp, tp = strategy.init_args.data_parallel_size, strategy.init_args.tensor_parallel_size
+    dp = nodes if dp == "auto" else int(dp)  # Lightning's defaults for "auto"
+    tp = devices if tp == "auto" else int(tp)
+    if dp * tp != devices * nodes:
+        raise ValueError(
+            f"--trainer.strategy.init_args.data_parallel_size {dp} x tensor_parallel_size {tp} must equal "
+            f"--trainer.devices {devices} x --trainer.num_nodes {nodes}; set them together "
+            f"(e.g. --trainer.strategy.init_args.data_parallel_size {max(devices * nodes // tp, 1)})"
+        )
 
 
 def _root_dir_resolved(config, subcommand: str | None):

@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class PPOModule(LightningModule):
         critic_model: str | None = None,
         warm_start_steps: int = 0,
         warm_start_lr: float = 1e-3,
-        dtype: str = "float32",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         gradient_checkpointing: bool = False,
         fsdp_cpu_offload: bool = False,
         compile: bool = False,

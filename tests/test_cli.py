@@ -40,6 +40,20 @@ def test_wrong_config_key_is_one_clear_error(capsys):
     assert exit_info.value.code == 2 and "--model.reward.timeout must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--data.init_args.train_batch_size", "0"], "--data.train_batch_size must be a whole number >= 1, got 0"),
+    (["--model.init_args.dtype", "bfloat61"], "bfloat61"),
+    (["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy", "--trainer.devices", "2",
+      "--trainer.strategy.init_args.data_parallel_size", "4", "--trainer.strategy.init_args.tensor_parallel_size", "1"],
+     "data_parallel_size 4 x tensor_parallel_size 1 must equal --trainer.devices 2 x --trainer.num_nodes 1"),
+])
+def test_settings_that_would_fail_inside_the_run_are_one_parse_error(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--model.init_args.warm_start_steps", "0",
+              "--trainer.max_steps", "0", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def read_metrics(root: Path) -> list[dict]:
     files = list(root.rglob("metrics.csv"))
     assert len(files) == 1, files

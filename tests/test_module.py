@@ -1,5 +1,7 @@
 """PPOModule end to end on the tiny model: parameters move, the reference stays frozen, steps count PPO iterations."""
 
+import importlib.util
+
 import lightning as L
 import pytest
 import torch
@@ -139,6 +141,14 @@ def test_group_estimators_subtract_the_kl_penalty_from_the_score(estimator):
     ({"mini_batch_size": 0}, {}, "mini_batch_size must be at least 1"),
     ({}, {"temperature": 0.0}, "temperature must be > 0"),
     ({}, {"val_n": 4}, "val_greedy false"),
+    # ranges the math needs: each used to fail deep inside a run, or to do nothing
+    ({"dual_clip": 0.5}, {}, r"dual_clip must be > 1 \(verl's clip_ratio_c\)"),
+    ({"kl_target": 0.0, "kl_coef": 0.1}, {}, "kl_target must be > 0"),
+    ({"kl_horizon": 0}, {}, "kl_horizon must be >= 1"),
+    ({"kl_target": 6.0}, {}, "needs --model.algorithm.kl_coef > 0"),
+    ({"gamma": 1.5}, {}, r"gamma must be in \[0, 1\]"),
+    ({"clip_ratio_low": float("nan")}, {}, "clip_ratio_low must be in"),
+    ({}, {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
 ])
 def test_settings_that_cannot_work_are_rejected_with_the_flag_named(algorithm, rollout, message):
     from lit_codegen.args import check_ppo_args
@@ -146,6 +156,14 @@ def test_settings_that_cannot_work_are_rejected_with_the_flag_named(algorithm, r
     with pytest.raises(ValueError, match=message):
         check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout))
     check_ppo_args(PPOArgs(), RolloutArgs(), RewardArgs())  # the defaults work
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the error users see without vLLM")
+def test_the_vllm_backend_without_vllm_is_refused_before_anything_is_built():
+    from lit_codegen.args import check_ppo_args
+
+    with pytest.raises(ValueError, match=r"backend vllm needs vLLM .* or use --model.rollout.backend hf"):
+        check_ppo_args(PPOArgs(), RolloutArgs(backend="vllm"))
 
 
 @pytest.mark.parametrize("reward, message", [

@@ -105,6 +105,14 @@ def encode_prompts(texts: list[str], template_type: str, tokenizer: Any) -> list
     return tokenizer(texts, add_special_tokens=template_type == "base")["input_ids"]
 
 
+
+def check_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first data-module size that is not a whole number >= 1 (`num_workers`: >= 0)."""
+    for name, value in sizes.items():
+        minimum = 0 if name == "num_workers" else 1
+        if type(value) is not int or value < minimum:
+            raise ValueError(f"--data.{name} must be a whole number >= {minimum}, got {value}")
+
 class PromptCollator:
     """Collate prompt examples into a LEFT-padded batch (prompts end where generation starts)."""
 
@@ -281,6 +289,8 @@ class AppsDataModule(_TokenizedDataModule):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
+        check_sizes(max_prompt_length=max_prompt_length, train_batch_size=train_batch_size,
+                    val_batch_size=val_batch_size, num_workers=num_workers)
         super().__init__(data_dir, template_type)
         self.save_hyperparameters()
         self.max_prompt_length = max_prompt_length
@@ -385,6 +395,7 @@ class SFTDataModule(_TokenizedDataModule):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
+        check_sizes(max_length=max_length, batch_size=batch_size, num_workers=num_workers)
         super().__init__(data_dir, template_type)
         self.save_hyperparameters()
         self.max_length = max_length
