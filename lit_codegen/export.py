@@ -28,6 +28,10 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     if path.is_dir():
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+        if not (path / ".metadata").is_file():
+            raise ValueError(f"{path} is a folder but not a sharded checkpoint (no .metadata in it); give a "
+                             "checkpoint, e.g. checkpoints/last.ckpt")
+
         with tempfile.TemporaryDirectory() as tmp:  # tensors (state_dict, optimizers) in DCP shards
             dcp_to_torch_save(path, Path(tmp) / "full.pt")
             ckpt = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
@@ -57,25 +61,44 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     state = ckpt.get("ppo_state")
     if state is None:
         raise ValueError(f"{ckpt_path} was not written by lit_codegen.module.PPOModule (no 'ppo_state' entry)")
-    model_path, hp = state["model_path"], ckpt.get("hyper_parameters", {})
-    if not Path(model_path).exists() and "/" not in model_path:
-        raise FileNotFoundError(f"the checkpoint's base model {model_path!r} is not available to rebuild the actor")
+    hp = ckpt.get("hyper_parameters", {})
+    model_path = _base_model(state["model_path"], hp.get("model"))
     weights = ckpt["state_dict"]
     critic_weights = _sub_state_dict(weights, "critic.")
-    if critic and not critic_weights:  # checked before anything is written: no half export
+    if critic and not critic_weights:
         raise ValueError(f"{ckpt_path} has no critic (the run used a critic-free advantage estimator)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    # Everything is built before anything is written: a failed export leaves no half-written (or empty) folder.
     actor = load_causal_lm(model_path, dtype=hp.get("dtype", "float32"))
     actor.load_state_dict(_sub_state_dict(weights, "actor."), strict=True)
-    actor.save_pretrained(out)
-    load_tokenizer(model_path).save_pretrained(out)
+    tokenizer = load_tokenizer(model_path)
+    value_model = None
     if critic:
         critic_path = hp.get("critic_model") or model_path
         value_model = CriticModel.from_pretrained(critic_path, dtype=hp.get("dtype", "float32"))
         value_model.load_state_dict(critic_weights, strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    actor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if value_model is not None:
         value_model.save_pretrained(out / "critic")
     return out
+
+
+def _base_model(model_path: str, configured: str | None) -> str:
+    """The model the actor is rebuilt from (architecture and tokenizer; the weights come from the checkpoint).
+
+    That is the path the run trained from (`ppo_state.model_path`), unless it was a local folder that is gone (e.g.
+    the warm start's cache folder, after the cache was cleaned or on another machine): then the model the run was
+    configured with (`hyper_parameters.model`, e.g. `tiny` or a hub id), which has the same architecture and tokenizer.
+    """
+    if Path(model_path).is_dir() or not model_path.startswith(("/", ".", "~")) or not configured:
+        return model_path
+    print(f"the checkpoint's base model folder {model_path} is gone; rebuilding the actor from {configured!r} "
+          "(the same architecture and tokenizer; the weights come from the checkpoint)", file=sys.stderr)
+    return configured
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.ckpt_path, args.out, critic=args.critic)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # OSError: also a hub model that cannot be fetched
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported to {out}")

@@ -95,3 +95,41 @@ def test_sharded_checkpoint_with_a_reference_policy_resumes(tmp_path, monkeypatc
     assert resumed.ppo_iteration == 2
     for name, value in resumed.ref.state_dict().items():  # still the starting weights
         assert torch.equal(value.full_tensor(), ref_before[name]), name
+
+
+def _hand_made_checkpoint(path, model_path: str, configured: str | None = "tiny"):
+    """A single-file PPO checkpoint of the tiny actor with every weight moved, as the module writes it."""
+    from lit_codegen.models.loading import load_causal_lm
+
+    actor = {f"actor.{k}": v + 0.5 for k, v in load_causal_lm("tiny").state_dict().items()}
+    hp = {"model": configured, "dtype": "float32"} if configured else {}
+    torch.save({"ppo_state": {"model_path": model_path}, "hyper_parameters": hp, "state_dict": actor}, path)
+    return actor
+
+
+def test_export_rebuilds_from_the_configured_model_when_the_runs_base_folder_is_gone(tmp_path):
+    """The warm start's cache folder may be cleaned, or the checkpoint moved to another machine."""
+    actor = _hand_made_checkpoint(tmp_path / "c.ckpt", str(tmp_path / "cache" / "warm-start-gone"))
+    out = export_checkpoint(tmp_path / "c.ckpt", tmp_path / "hf")
+    for name, value in AutoModelForCausalLM.from_pretrained(out).state_dict().items():
+        assert torch.equal(value, actor[f"actor.{name}"]), name
+
+
+def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from lit_codegen.export import main as export_main
+
+    _hand_made_checkpoint(tmp_path / "c.ckpt", str(tmp_path / "gone"), configured=None)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()  # the load report of building the checkpoint
+    cases = [
+        (["--ckpt_path", str(tmp_path / "checkpoints")], "not a sharded checkpoint (no .metadata in it)"),
+        (["--ckpt_path", str(tmp_path / "c.ckpt"), "--out", str(tmp_path / "file")], "is a file; give a folder"),
+        (["--ckpt_path", str(tmp_path / "c.ckpt")], "not an HF model directory"),  # no configured model to fall to
+    ]
+    for args, message in cases:
+        argv = args if "--out" in args else [*args, "--out", str(tmp_path / "out")]
+        assert export_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "out").exists()

@@ -19,9 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from lit_codegen.models.loading import check_model_dir, dtype_of, resolve_model_path
-
-VALUE_HEAD_FILE = "value_head.safetensors"
+from lit_codegen.models.loading import VALUE_HEAD_FILE, check_model_dir, dtype_of, resolve_model_path
 
 
 class CriticModel(nn.Module):

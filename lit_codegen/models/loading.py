@@ -22,6 +22,12 @@ TINY_ALIAS = "tiny"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+VALUE_HEAD_FILE = "value_head.safetensors"
+"""The critic's value head, next to its backbone (`CriticModel.save_pretrained`)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+"""Any one of these makes a folder a tokenizer folder (fast, slow BPE or SentencePiece)."""
+
+
 def cache_dir() -> Path:
     """The cache root: `$LIT_CODEGEN_CACHE`, else `~/.cache/lit_codegen`."""
     return Path(os.environ.get("LIT_CODEGEN_CACHE") or Path.home() / ".cache" / "lit_codegen")
@@ -37,8 +43,8 @@ def resolve_model_path(name_or_path: str) -> str:
     Returns:
         The tiny model's cache directory for `tiny`; anything else unchanged.
     """
-    if name_or_path != TINY_ALIAS:
-        return name_or_path
+    if name_or_path != TINY_ALIAS:  # `~` too: YAML values never pass through a shell, and the hub takes no `~`
+        return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     from lit_codegen.models import tiny
 
     target = cache_dir() / f"tiny-{tiny.build_signature()}"
@@ -72,8 +78,20 @@ def check_model_dir(name_or_path: str) -> None:
     if looks_local and not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model {name_or_path!r} is not an HF model directory (no config.json there); pass `tiny`, a hub id "
-            "such as Qwen/Qwen2.5-3B-Instruct, or a directory written by save_pretrained"
+            "such as Qwen/Qwen2.5-3B-Instruct, or a directory with the model and tokenizer files (as "
+            "`python -m lit_codegen.export` or model.save_pretrained + tokenizer.save_pretrained write it)"
         )
+
+
+def _from_hub_or_dir(load, path: str):
+    """`load(path)`, with a missing local folder that looks like a hub id (`out/sft`) named as such on failure."""
+    try:
+        return load(path)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise FileNotFoundError(f"model {path!r} is neither a local folder nor a model the hub serves "
+                                f"({str(err).splitlines()[0]})") from None
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -87,7 +105,11 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """
     path = resolve_model_path(name_or_path)
     check_model_dir(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer that encodes every prompt to []
+        raise FileNotFoundError(f"model folder {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                                "save the tokenizer there too (tokenizer.save_pretrained)")
+    tokenizer = _from_hub_or_dir(lambda p: AutoTokenizer.from_pretrained(p, padding_side="left"), path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -106,7 +128,10 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", gradient_checkpoin
     """
     path = resolve_model_path(name_or_path)
     check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_of(dtype))
+    if (Path(path) / VALUE_HEAD_FILE).is_file():  # its lm_head would start random
+        raise ValueError(f"{path!r} is a critic (it has value_head.safetensors), not a causal LM; an export's actor "
+                         "is the folder above its critic/")
+    model = _from_hub_or_dir(lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=dtype_of(dtype)), path)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

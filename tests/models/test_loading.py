@@ -67,3 +67,38 @@ def test_bad_inputs_get_one_clear_error(tmp_path):
         load_causal_lm(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="not an HF model directory"):
         load_tokenizer(str(tmp_path))
+
+
+def test_a_folder_without_tokenizer_files_is_refused_not_an_empty_tokenizer(tiny_dir, tmp_path):
+    load_causal_lm(str(tiny_dir)).save_pretrained(tmp_path / "model_only")  # no tokenizer.save_pretrained
+    with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
+        load_tokenizer(str(tmp_path / "model_only"))
+
+
+def test_a_critic_folder_is_not_loaded_as_a_causal_lm(tiny_dir, tmp_path):
+    from lit_codegen.models.critic import CriticModel
+
+    CriticModel.from_pretrained(str(tiny_dir)).save_pretrained(tmp_path / "critic")
+    with pytest.raises(ValueError, match="is a critic"):  # its lm_head would be random
+        load_causal_lm(str(tmp_path / "critic"))
+
+
+def test_a_home_relative_folder_loads(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_dir, tmp_path / "mymodel")
+    assert resolve_model_path("~/mymodel") == str(tmp_path / "mymodel")
+    assert load_tokenizer("~/mymodel")("print(1)").input_ids
+    assert load_causal_lm("~/mymodel").config.num_hidden_layers == 2
+
+
+def test_a_missing_folder_that_looks_like_a_hub_id_is_named(monkeypatch):
+    from lit_codegen.models import loading
+
+    def offline(*args, **kwargs):  # what transformers raises when the hub cannot be reached (no network here)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(FileNotFoundError, match="'out/sft' is neither a local folder nor a model the hub serves"):
+        load_tokenizer("out/sft")
