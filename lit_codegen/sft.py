@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_codegen.data import prompts
 from lit_codegen.models.loading import cache_dir, load_causal_lm, load_tokenizer, resolve_model_path
 
 
@@ -186,16 +187,24 @@ def sft_warm_start(
 
     if datamodule is not None:
         data_dir, template_type = datamodule.data_dir, datamodule.template_type
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"the SFT warm start needs steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
     model_path = resolve_model_path(model_path)
     settings = {"model": str(model_path), "model_stamp": _dir_stamp(model_path), "data_dir": data_dir,
-                "data_stamp": _data_stamp(data_dir), "device": "cuda" if torch.cuda.is_available() else "cpu",
-                "template_type": template_type, "steps": steps, "lr": lr, "batch_size": batch_size,
-                "warmup_steps": warmup_steps, "seed": seed}
+                "data_stamp": _data_stamp(data_dir), "prompts_stamp": _source_stamp(prompts),
+                "device": "cuda" if torch.cuda.is_available() else "cpu", "template_type": template_type,
+                "steps": steps, "lr": lr, "batch_size": batch_size, "warmup_steps": warmup_steps, "seed": seed}
     if out_dir is None:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         out_dir = cache_dir() / f"warm-start-{key}"
     out_dir = Path(out_dir)
     if (out_dir / "warm_start.json").is_file():
+        saved = json.loads((out_dir / "warm_start.json").read_text())
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if changed:  # an explicit out_dir from an earlier call with other settings: never hand back the wrong model
+            shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+            raise ValueError(f"{out_dir} holds a warm start made with other settings ({shown}); remove it or give "
+                             "another out_dir")
         rank_zero_info(f"SFT warm start: reusing {out_dir}")
         return out_dir
 
@@ -256,6 +265,11 @@ def _dir_stamp(path: str | Path) -> str:
     files = sorted(f for f in path.iterdir() if f.is_file())
     return hashlib.sha256(";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
                           .encode()).hexdigest()[:12]
+
+
+def _source_stamp(module) -> str:
+    """Hash of a module's source: the prompt templates shape every SFT pair, so a change to them is a new warm start."""
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:12]
 
 
 def _data_stamp(data_dir: str | None) -> str:

@@ -98,6 +98,11 @@ def test_warm_start_is_cached_and_leaves_the_callers_rng_alone(tiny_dir, tmp_pat
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert sft_warm_start(tiny_dir, tmp_path / "warm", steps=3, lr=1e-3, batch_size=4) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+    # the same folder asked for with other settings: an error, not the 3-step model handed back as a 30-step one
+    with pytest.raises(ValueError, match=r"other settings \(lr 0.001 -> 0.005, steps 3 -> 30\)"):
+        sft_warm_start(tiny_dir, tmp_path / "warm", steps=30, lr=5e-3, batch_size=4)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        sft_warm_start(tiny_dir, tmp_path / "none", steps=0)
 
 
 def test_warm_start_cache_key_follows_the_settings_and_the_model_files(tiny_dir, tmp_path, monkeypatch):
