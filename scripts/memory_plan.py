@@ -2,22 +2,23 @@
 
     python scripts/memory_plan.py --config configs/ppo_qwen2.5_3b_apps.yaml
     python scripts/memory_plan.py --config configs/ppo_qwen2.5_3b_apps.yaml \
-        --set model.init_args.algorithm.micro_batch_size=8 --set model.init_args.rollout.n=4
+        --set model.init_args.algorithm.mini_batch_size=8 --set model.init_args.algorithm.micro_batch_size=8
 
 Reads the recipe (YAML; fields it leaves out take `lit_codegen.args` / `PPOModule` defaults) and the architecture of
-its model (built-in Qwen2.5 0.5B / 3B numbers, the `config.json` of a local model directory, or
-`--model_config path/config.json`), and adds up what each GPU holds
+its model and of its critic's `critic_model` if set (built-in Qwen2.5 0.5B / 3B numbers, the `config.json` of a local
+model directory, or `--model_config` / `--critic_config path/config.json`), and adds up what each GPU holds
 in the three phases of a PPO iteration as `lit_codegen.module.PPOModule` runs them:
 
 - generation: resident training state + the rollout engine: vLLM's whole `vllm_gpu_memory_utilization` budget
   (bf16 weights + KV cache) and one full parameter in flight while the new weights are pushed into it; or, with HF
-  generate, the actor gathered in bf16 (`PPOModule.generate`) and its KV cache;
+  generate, its KV cache in the compute dtype and, when FSDP shards, the actor gathered (`PPOModule.generate`);
 - experience (old/ref log-probs, values; no grad): resident state + one micro-batch's forward;
 - training: the critic's update, then the actor's, each with its own gradients and one micro-batch's activations
   (the actor's also one block of LM-head logits); the larger of the two is the training total. vLLM sleeps (level 2:
   weights and KV cache released) during training; the total with vLLM awake is printed too.
 
-The output is a Markdown table (README-ready).
+The output is a Markdown table (README-ready). Settings that Lightning or `PPOModule` would refuse (unknown keys,
+`lit_codegen.args.check_ppo_args`, data x tensor parallel != devices x nodes) are one error line, exit status 2.
 
 Assumptions (stated, not measured): FSDP2 (ModelParallelStrategy) shards parameters, gradients and AdamW moments
 evenly over the data-parallel ranks (DDP / single device: no sharding); bf16-mixed computes in bf16 with the stored
@@ -33,18 +34,33 @@ SwiGLU gate/up/product). Real usage adds the CUDA context (~0.5 GiB), allocator 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
 
-from lit_codegen.args import PPOArgs, RolloutArgs
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
 from lit_codegen.models.logprob_head import BLOCK_ELEMENTS
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Lightning's `trainer.precision` values the plan knows; the 16-bit ones compute in 2 bytes, the others in the stored
+# dtype.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16")
+# PPOModule's dataclass groups (`model.init_args.<group>.<field>`).
+GROUPS = {"algorithm": PPOArgs, "rollout": RolloutArgs, "reward": RewardArgs, "optim": OptimArgs}
+# The settings the plan reads besides the groups' fields: `--set` takes these and any key the config already has.
+PLAN_KEYS = {
+    "trainer.devices", "trainer.num_nodes", "trainer.precision", "trainer.strategy", "trainer.strategy.class_path",
+    "trainer.strategy.init_args", "trainer.strategy.init_args.data_parallel_size",
+    "trainer.strategy.init_args.tensor_parallel_size", "model.init_args.model", "model.init_args.critic_model",
+    "model.init_args.dtype", "model.init_args.gradient_checkpointing", "model.init_args.fsdp_cpu_offload",
+    "data.init_args.max_prompt_length", "data.init_args.train_batch_size",
+    *(f"model.init_args.{group}" for group in GROUPS),
+}
 # PPOModule's own defaults for the fields the plan reads (tests/test_recipe.py checks they match the signature).
 MODULE_DEFAULTS = {"dtype": "float32", "gradient_checkpointing": False, "fsdp_cpu_offload": False}
 DATA_DEFAULTS = {"max_prompt_length": 512, "train_batch_size": 64}
@@ -123,6 +139,10 @@ class Recipe:
     """The settings of a recipe that decide memory (one rank's view)."""
 
     model: str
+    critic_model: str | None
+    """The critic's own checkpoint; None = initialised from the actor (same architecture)."""
+    sharded: bool
+    """FSDP2 (ModelParallelStrategy) wraps the models, even on one rank."""
     shards: int
     """Ranks that FSDP shards parameters, gradients and optimizer states over (1 without FSDP)."""
     world_size: int
@@ -148,26 +168,54 @@ class Recipe:
 
     @classmethod
     def from_config(cls, config: dict) -> Recipe:
-        """Pick the memory-relevant settings out of a parsed `lit-codegen fit` YAML."""
-        trainer = config.get("trainer") or {}
-        model = (config.get("model") or {}).get("init_args") or {}
-        data = (config.get("data") or {}).get("init_args") or {}
-        algo = _dataclass_with(PPOArgs, model.get("algorithm"))
-        rollout = _dataclass_with(RolloutArgs, model.get("rollout"))
+        """Pick the memory-relevant settings out of a parsed `lit-codegen fit` YAML.
+
+        Raises:
+            ValueError: a key the recipe's groups do not have, a value the plan cannot size, or settings that
+                `lit_codegen.args.check_ppo_args` or Lightning's ModelParallelStrategy would refuse.
+        """
+        trainer = _mapping(config, "trainer")
+        model = _mapping(_mapping(config, "model"), "init_args", "model")
+        data = _mapping(_mapping(config, "data"), "init_args", "data")
+        algo, rollout, reward, _ = (_dataclass_with(cls_, model.get(group), f"model.init_args.{group}")
+                                    for group, cls_ in GROUPS.items())
+        # The plan does not need vLLM installed, so the backend is checked here instead of by check_ppo_args.
+        if rollout.backend not in ("hf", "vllm"):
+            raise ValueError(f"model.init_args.rollout.backend must be hf or vllm, got {rollout.backend!r}")
+        check_ppo_args(algo, replace(rollout, backend="hf"), reward)
+        if not 0 < rollout.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("model.init_args.rollout.vllm_gpu_memory_utilization must be in (0, 1], got "
+                             f"{rollout.vllm_gpu_memory_utilization!r}")
         devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-        if not isinstance(devices, int):
+        if not isinstance(devices, int) or devices < 1:
             raise ValueError(f"trainer.devices must be a number of GPUs for a memory plan, got {devices!r}")
+        if not isinstance(nodes, int) or nodes < 1:
+            raise ValueError(f"trainer.num_nodes must be a number of nodes, got {nodes!r}")
+        world = devices * nodes
         strategy = trainer.get("strategy") or "auto"
         sharded = "ModelParallelStrategy" in str(strategy.get("class_path") if isinstance(strategy, dict) else strategy)
-        dp_size = (strategy.get("init_args") or {}).get("data_parallel_size") if isinstance(strategy, dict) else None
-        world = devices * nodes
+        dp_size = 1
+        if sharded:  # Lightning's "auto": data parallel over the nodes, tensor parallel over each node's devices
+            init = _mapping(strategy, "init_args", "trainer.strategy") if isinstance(strategy, dict) else {}
+            dp_size, tp_size = init.get("data_parallel_size", "auto"), init.get("tensor_parallel_size", "auto")
+            dp_size, tp_size = nodes if dp_size == "auto" else dp_size, devices if tp_size == "auto" else tp_size
+            if not (isinstance(dp_size, int) and isinstance(tp_size, int) and dp_size * tp_size == world):
+                raise ValueError(f"data_parallel_size {dp_size!r} x tensor_parallel_size {tp_size!r} must equal "
+                                 f"trainer.devices x trainer.num_nodes = {world} (ModelParallelStrategy)")
+        precision = str(trainer.get("precision", "32-true"))
+        if precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         get = {**MODULE_DEFAULTS, **model}.get
+        if get("dtype") not in DTYPE_BYTES:
+            raise ValueError(f"model.init_args.dtype must be one of {', '.join(DTYPE_BYTES)}, got {get('dtype')!r}")
         return cls(
             model=model.get("model", "tiny"),
-            shards=(dp_size if isinstance(dp_size, int) else world) if sharded else 1,
+            critic_model=model.get("critic_model"),
+            sharded=sharded,
+            shards=dp_size,
             world_size=world,
             ranks_per_node=devices,
-            precision=str(trainer.get("precision", "32-true")),
+            precision=precision,
             dtype=get("dtype"),
             gradient_checkpointing=bool(get("gradient_checkpointing")),
             cpu_offload=bool(get("fsdp_cpu_offload")) and sharded,
@@ -193,24 +241,26 @@ class Row:
     """Any of g (generation), e (experience), c (critic update), a (actor update)."""
 
 
-def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row], dict[str, float]]:
+def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
+         critic_arch: Arch | None = None) -> tuple[list[Row], dict[str, float]]:
     """Memory per GPU of every component and the total of each phase.
 
     Args:
         recipe: The recipe's settings.
         arch: The model's architecture.
         gpu_gib: Memory of one GPU in GiB (vLLM's budget is a fraction of it).
+        critic_arch: The critic's architecture (`recipe.critic_model`); None = the actor's.
 
     Returns:
         `(rows, totals)`: the components, and GiB per GPU in `generation`, `experience`, `training` (vLLM asleep),
         `training_vllm_awake`, plus `host_ram_load_gib` (CPU RAM of the whole node while the models load).
     """
     b, n = DTYPE_BYTES[recipe.dtype], recipe.shards
-    bf16 = "bf16" in recipe.precision or recipe.dtype == "bfloat16"
-    compute_b = 2 if bf16 else b
+    compute_b = 2 if recipe.precision.startswith(("16", "bf16")) else b  # bytes per value of the compute dtype
     on_gpu = 0.0 if recipe.cpu_offload else 1.0
     where = "CPU (offload)" if recipe.cpu_offload else f"/{n}" if n > 1 else "unsharded"
-    p_actor, p_critic = arch.actor_params(), arch.critic_params()
+    critic = critic_arch or arch
+    p_actor, p_critic = arch.actor_params(), critic.critic_params()
     rows: list[Row] = []
 
     def add(name: str, detail: str, nbytes: float, phases: str) -> None:
@@ -227,18 +277,20 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
             on_gpu * 2 * p_critic * b / n, "geca")
     if recipe.uses_ref:
         add("Reference weights (frozen)", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "geca")
-    if n > 1 or recipe.cpu_offload:
-        gathered = arch.vocab * arch.hidden + 2 * arch.layer_params()
+    if n > 1 or recipe.cpu_offload:  # the larger model's: the critic's working set in its update may be larger
+        gathered = max(a.vocab * a.hidden + 2 * a.layer_params() for a in (arch, critic))
         add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "eca")
 
     # Generation.
     if recipe.rollout_backend == "vllm":  # weights are pushed one full (all-gathered) parameter at a time
         add("Weight sync to vLLM (largest parameter)", f"embeddings {arch.vocab} x {arch.hidden} x {b} B",
             arch.vocab * arch.hidden * b, "g")
-    else:
+    elif recipe.sharded:  # `parallel.gathered` all-gathers FSDP's shards; it is a no-op on an unsharded model
         add("Actor gathered for generation", f"{p_actor / 1e9:.2f} B x {compute_b} B (PPOModule.generate)",
             p_actor * compute_b, "g")
-    seq, kv_token = recipe.sequence_length, arch.kv_bytes_per_token()
+    # vLLM's engine runs in 16 bits (dtype "auto": bf16 for Qwen2.5); HF generate in the trainer's compute dtype.
+    seq = recipe.sequence_length
+    kv_token = arch.kv_bytes_per_token(2 if recipe.rollout_backend == "vllm" else compute_b)
     kv_needed = recipe.rollout_sequences * seq * kv_token
     kv_detail = f"{recipe.rollout_sequences} seqs x {seq} tokens x {kv_token // 1024} KiB"
     if recipe.rollout_backend == "vllm":
@@ -255,25 +307,32 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
     # One micro-batch of training (critic update, then actor update: never both at once).
     tokens = recipe.micro_batch_size * seq
     response_tokens = recipe.micro_batch_size * recipe.response_length
-    per_layer = arch.layer_activation_bytes() * (compute_b / 2)
-    full = arch.layers * per_layer * tokens
-    ckpt = (arch.layers * arch.hidden * compute_b + per_layer) * tokens
-    acts = ckpt if recipe.gradient_checkpointing else full
+
+    def activations(a: Arch) -> tuple[float, float, float]:
+        """Bytes of one layer's, all layers', and the kept (checkpointed or not) activations of a micro-batch."""
+        per_layer = a.layer_activation_bytes() * (compute_b / 2) * tokens
+        full = a.layers * per_layer
+        ckpt = a.layers * a.hidden * compute_b * tokens + per_layer
+        return per_layer, full, ckpt if recipe.gradient_checkpointing else full
+
+    layer, full, acts = activations(arch)
+    critic_layer, _, critic_acts = activations(critic)
     how = "checkpointed: layer inputs + 1 layer" if recipe.gradient_checkpointing else "all layers"
     # The LM head is fused with the log-softmax (lit_codegen.models.logprob_head): one block of logits at a time, in
     # the compute dtype plus its float32 temporaries (eager; compiled they fuse away), and in the backward pass the
     # block's gradient and a float32 accumulator of the head's weight gradient.
     block = min(BLOCK_ELEMENTS, response_tokens * arch.vocab)
     head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * (4 + compute_b)
-    if recipe.uses_critic:  # the critic's backbone keeps the same activations; its value head is negligible
-        add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "c")
+    if recipe.uses_critic:  # the critic's backbone keeps a decoder's activations; its value head is negligible
+        add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", critic_acts,
+            "c")
     add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "a")
     add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad, "
         f"fp32 weight-grad accumulator", head, "a")
-    add("  (activations without checkpointing)", f"{arch.layers} layers x {per_layer / 1024:.0f} KiB/token",
+    add("  (activations without checkpointing)", f"{arch.layers} layers x {layer / tokens / 1024:.0f} KiB/token",
         full, "")
     add("Forward-only pass (1 micro-batch)", "old/ref log-probs, values: 1 layer + 1 block of logits",
-        per_layer * tokens + block * (compute_b + 4 * 3), "e")
+        max(layer + block * (compute_b + 4 * 3), critic_layer), "e")
 
     def phase(p: str) -> float:
         return sum(r.gib for r in rows if p in r.phases)
@@ -294,7 +353,8 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB) -> tuple[list[Row
 def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float], gpu_gib: float) -> str:
     """The plan as a Markdown table with the phase totals underneath."""
     lines = [
-        f"Memory per GPU for `{recipe.model}` ({arch.actor_params() / 1e9:.2f} B actor parameters), "
+        f"Memory per GPU for `{recipe.model}` ({arch.actor_params() / 1e9:.2f} B actor parameters"
+        f"{f', critic `{recipe.critic_model}`' if recipe.uses_critic and recipe.critic_model else ''}), "
         f"{recipe.world_size} GPU(s), parameters/gradients/optimizer sharded over {recipe.shards}, "
         f"{recipe.precision}, stored {recipe.dtype}, "
         f"gradient checkpointing {'on' if recipe.gradient_checkpointing else 'off'}, "
@@ -332,21 +392,72 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
     return "\n".join(lines)
 
 
-def _dataclass_with(cls, values: dict | None):
-    """`cls()` with the YAML's values for its known fields."""
+def architecture(model: str, config_json: str | None = None, flag: str = "--model_config") -> Arch:
+    """The architecture of `model`: from `config_json` if given, else a local model directory's `config.json`, else
+    the built-in Qwen2.5 numbers.
+
+    Raises:
+        ValueError: none of these knows the model (the message names `flag`, the option that supplies a config).
+    """
+    local_config = Path(model).expanduser() / "config.json"
+    if config_json:
+        return Arch.from_hf_config(config_json)
+    if local_config.is_file():  # a local HF model directory
+        return Arch.from_hf_config(local_config)
+    if model in KNOWN_ARCHS:
+        return KNOWN_ARCHS[model]
+    raise ValueError(f"no built-in architecture for model {model!r}; pass {flag} config.json "
+                     f"(built in: {', '.join(KNOWN_ARCHS)})")
+
+
+def _unknown_key(path: str, known) -> ValueError:
+    """The error for a key that does not exist, with the closest known name."""
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], list(known), n=1)
+    return ValueError(f"unknown key {path}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def _mapping(node: dict, key: str, where: str = "") -> dict:
+    """`node[key]` (missing or null: empty), which must be a group of settings."""
+    value = node.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{f'{where}.' if where else ''}{key} must be a group of settings, got {value!r}")
+    return value
+
+
+def _dataclass_with(cls, values: dict | None, where: str):
+    """`cls()` with the YAML's values at `where` (e.g. `model.init_args.algorithm`); an unknown key is an error."""
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{where} must be a group of settings, got {values!r}")
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in (values or {}).items() if k in known})
+    for key in values or {}:
+        if key not in known:
+            raise _unknown_key(f"{where}.{key}", known)
+    return cls(**(values or {}))
 
 
 def _apply_override(config: dict, assignment: str) -> None:
-    """`a.b.c=value` (value parsed as YAML) into the nested dict."""
+    """`a.b.c=value` (value parsed as YAML) into the nested dict.
+
+    The key must be in the config already or be one the plan reads (`PLAN_KEYS`, the fields of `GROUPS`): a misspelt
+    key is an error, not a setting silently ignored.
+    """
     if "=" not in assignment:
         raise ValueError(f"--set expects key.path=value, got {assignment!r}")
     path, value = assignment.split("=", 1)
     node = config
     *parents, leaf = path.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents, 1):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {path}: {'.'.join(parents[:depth])} is {node!r}, not a group of settings")
+    group = GROUPS.get(parents[-1]) if parents[:-1] == ["model", "init_args"] else None
+    if group is not None:  # a field of PPOArgs, RolloutArgs, ...
+        known = {f.name for f in fields(group)}
+        if leaf not in known:
+            raise _unknown_key(path, known)
+    elif leaf not in node and path not in PLAN_KEYS:
+        parent = ".".join(parents)
+        raise _unknown_key(path, {*node, *(k.rsplit(".", 1)[-1] for k in PLAN_KEYS if k.rpartition(".")[0] == parent)})
     node[leaf] = yaml.safe_load(value)
 
 
@@ -355,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a lit-codegen fit YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. model.init_args.algorithm.micro_batch_size=8")
+                        help="override a config value, e.g. model.init_args.rollout.max_new_tokens=2048")
     parser.add_argument("--model_config", help="config.json of the model (default: built-in Qwen2.5 0.5B/3B)")
+    parser.add_argument("--critic_config", help="config.json of critic_model (default: as for the model)")
     parser.add_argument("--gpu_gib", type=float, default=GPU_GIB, help="memory of one GPU in GiB (%(default)s)")
     args = parser.parse_args(argv)
     try:
@@ -364,21 +476,16 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in args.set:
             _apply_override(config, assignment)
         recipe = Recipe.from_config(config)
-        local_config = Path(recipe.model).expanduser() / "config.json"
-        if args.model_config:
-            arch = Arch.from_hf_config(args.model_config)
-        elif local_config.is_file():  # a local HF model directory
-            arch = Arch.from_hf_config(local_config)
-        elif recipe.model in KNOWN_ARCHS:
-            arch = KNOWN_ARCHS[recipe.model]
-        else:
-            raise ValueError(f"no built-in architecture for model {recipe.model!r}; pass --model_config config.json "
-                             f"(built in: {', '.join(KNOWN_ARCHS)})")
+        arch = architecture(recipe.model, args.model_config)
+        critic_arch = None
+        if recipe.uses_critic and recipe.critic_model:
+            critic_arch = architecture(recipe.critic_model, args.critic_config, "--critic_config")
+        rows, totals = plan(recipe, arch, args.gpu_gib, critic_arch)
+        text = render(recipe, arch, rows, totals, args.gpu_gib)
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
-        print(f"memory_plan: {err}", file=sys.stderr)
+        print(f"memory_plan: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
-    rows, totals = plan(recipe, arch, args.gpu_gib)
-    print(render(recipe, arch, rows, totals, args.gpu_gib))
+    print(text)
     return 0
 
 

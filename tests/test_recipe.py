@@ -172,9 +172,11 @@ def test_memory_plan_of_the_recipe_fits_80_gb(capsys):
 def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
     config = yaml.safe_load(RECIPE.read_text())
     base = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
+    memory_plan._apply_override(config, "model.init_args.algorithm.mini_batch_size=8")
     memory_plan._apply_override(config, "model.init_args.algorithm.micro_batch_size=8")
     assert memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]["training"] > \
         base["training"]
+    memory_plan._apply_override(config, "trainer.devices=8")
     memory_plan._apply_override(config, "trainer.strategy.init_args.data_parallel_size=8")
     eight = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
     assert eight["generation"] < base["generation"]
@@ -192,6 +194,113 @@ def test_memory_plan_unknown_model_is_one_clear_error(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"model": {"init_args": {"model": "some/other-model"}}}))
     assert memory_plan.main(["--config", str(config)]) == 2
     assert "--model_config" in capsys.readouterr().err
+
+
+def run_memory_plan(capsys, *overrides: str) -> tuple[int, str, str]:
+    """`memory_plan.main` on the recipe with `--set` overrides: exit status, stdout, stderr."""
+    status = memory_plan.main(["--config", str(RECIPE), *(arg for o in overrides for arg in ("--set", o))])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def plan_rows(out: str) -> dict[str, tuple[str, float]]:
+    """Component -> (how, GiB / GPU) of a printed plan's table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].replace(".", "", 1).isdigit():
+            rows[cells[0]] = (cells[1], float(cells[2]))
+    return rows
+
+
+def assert_one_error_line(status: int, err: str, *words: str) -> None:
+    assert status == 2 and err.startswith("memory_plan: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("model.init_args.algorithm.micro_batch=8", "micro_batch_size"),
+    ("model.init_args.rollout.max_new_token=2048", "max_new_tokens"),
+    ("model.init_args.optim.actor_lrr=1e-6", "actor_lr"),
+    ("trainer.device=2", "devices"),
+    ("data.init_args.train_batchsize=8", "train_batch_size"),
+])
+def test_memory_plan_unknown_set_key_is_one_clear_error(capsys, override, hint):
+    status, _, err = run_memory_plan(capsys, override)
+    assert_one_error_line(status, err, override.split("=")[0], hint)
+
+
+def test_memory_plan_unknown_key_in_the_yaml_is_one_clear_error(tmp_path, capsys):
+    config = yaml.safe_load(RECIPE.read_text())
+    config["model"]["init_args"]["rollout"]["max_new_token"] = 2048
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    status = memory_plan.main(["--config", str(tmp_path / "c.yaml")])
+    assert_one_error_line(status, capsys.readouterr().err, "model.init_args.rollout.max_new_token")
+
+
+def test_memory_plan_sizes_the_critic_from_critic_model(capsys):
+    status, out, _ = run_memory_plan(capsys, "model.init_args.critic_model=Qwen/Qwen2.5-0.5B-Instruct")
+    assert status == 0
+    rows, small = plan_rows(out), memory_plan.QWEN25_05B
+    assert rows["Critic weights"][1] == pytest.approx(small.critic_params() * 4 / 4 / 2**30, abs=0.01)
+    assert rows["Actor weights"][1] == pytest.approx(memory_plan.QWEN25_3B.actor_params() * 4 / 4 / 2**30, abs=0.01)
+    assert rows["Critic activations (1 micro-batch)"][1] < rows["Actor activations (1 micro-batch)"][1]
+    status, _, err = run_memory_plan(capsys, "model.init_args.critic_model=some/other-model")
+    assert_one_error_line(status, err, "some/other-model", "--critic_config")
+
+
+def test_memory_plan_gathers_the_actor_for_generation_only_when_fsdp_shards(capsys):
+    hf_one_gpu = ("trainer.devices=1", "model.init_args.rollout.backend=hf")
+    status, out, _ = run_memory_plan(capsys, *hf_one_gpu, "trainer.strategy=auto")  # parallel.gathered: a no-op
+    assert status == 0 and "Actor gathered for generation" not in plan_rows(out)
+    status, out, _ = run_memory_plan(capsys, *hf_one_gpu, "trainer.strategy.init_args.data_parallel_size=1")
+    assert status == 0 and plan_rows(out)["Actor gathered for generation"][1] == pytest.approx(5.75, abs=0.01)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.init_args.dtype=bf16", ["model.init_args.dtype", "bf16"]),
+    ("trainer.precision=64-true", ["trainer.precision"]),
+    ("model.init_args.rollout.backend=sglang", ["backend"]),
+    ("model.init_args.rollout.vllm_gpu_memory_utilization=1.5", ["vllm_gpu_memory_utilization"]),
+    ("trainer.devices=0", ["trainer.devices"]),
+])
+def test_memory_plan_bad_value_is_one_clear_error(capsys, override, words):
+    status, _, err = run_memory_plan(capsys, override)
+    assert_one_error_line(status, err, *words)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["trainer.num_nodes=2"], ["data_parallel_size 4", "= 8"]),  # Lightning: dp x tp must be devices x nodes
+    (["trainer.strategy.init_args.data_parallel_size=auto"], ["data_parallel_size 1"]),  # auto = num_nodes
+    (["trainer.strategy.init_args.tensor_parallel_size=auto"], ["tensor_parallel_size 4"]),  # auto = devices
+    (["model.init_args.rollout.n=0"], ["rollout.n"]),  # check_ppo_args
+    (["model.init_args.algorithm.micro_batch_size=8"], ["micro_batch_size", "mini_batch_size"]),
+    (["model.init_args.algorithm.adv_estimator=grpo"], ["rollout.n >= 2"]),
+])
+def test_memory_plan_refuses_settings_training_would_refuse(capsys, overrides, words):
+    status, _, err = run_memory_plan(capsys, *overrides)
+    assert_one_error_line(status, err, *words)
+
+
+def test_memory_plan_resolves_lightnings_auto_parallel_sizes(capsys):
+    status, out, _ = run_memory_plan(capsys, "trainer.num_nodes=2", "trainer.strategy.init_args.data_parallel_size=8")
+    assert status == 0 and "8 GPU(s), parameters/gradients/optimizer sharded over 8" in out
+    # data_parallel_size auto = num_nodes (1): four tensor-parallel ranks hold whole models
+    status, out, _ = run_memory_plan(capsys, "trainer.strategy.init_args.data_parallel_size=auto",
+                                     "trainer.strategy.init_args.tensor_parallel_size=4")
+    assert status == 0 and "sharded over 1," in out
+
+
+def test_memory_plan_counts_the_hf_kv_cache_in_the_compute_dtype(capsys):
+    hf_one_gpu = ("trainer.devices=1", "trainer.strategy=auto", "model.init_args.rollout.backend=hf")
+    kv = {}
+    for precision in ("bf16-mixed", "32-true"):
+        status, out, _ = run_memory_plan(capsys, *hf_one_gpu, f"trainer.precision={precision}")
+        assert status == 0
+        kv[precision] = plan_rows(out)["HF generate KV cache"][1]
+    kv_bytes = 2 * 36 * 2 * 128 * 16 * 2048  # keys and values, 36 layers, 2 KV heads of 128, 16 x 2048 tokens
+    assert kv["bf16-mixed"] == pytest.approx(kv_bytes * 2 / 2**30, abs=0.01)
+    assert kv["32-true"] == pytest.approx(kv_bytes * 4 / 2**30, abs=0.01)
 
 
 # ------------------------------------------------------------------------------------------------ GPU bench
