@@ -9,7 +9,7 @@ Used by `PPOModule.configure_model` under Lightning's `ModelParallelStrategy`, w
 
 Each decoder layer is its own FSDP unit (parameters all-gathered layer by layer), then the root module; on one rank
 the root alone (nothing to shard). With `precision: bf16-mixed` the layers compute in bfloat16 while fp32 master
-weights and fp32 gradient reduction stay.
+weights and fp32 gradient reduction stay; the critic's value head is a unit of its own that computes in float32.
 """
 
 from __future__ import annotations
@@ -71,8 +71,15 @@ def shard_model(model: nn.Module, mesh, mixed_precision: bool = False, cpu_offlo
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    for unit in (*decoder_layers(model), model) if split else (model,):
-        fully_shard(unit, **kwargs)
+    units = [*decoder_layers(model), model] if split else [model]
+    head = getattr(model, "value_head", None)  # CriticModel: its own unit, so that bf16-mixed leaves it in float32
+    if mixed_precision and head is not None:
+        units.insert(-1, head)
+    for unit in units:
+        policy = kwargs.get("mp_policy")
+        if unit is head:
+            policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        fully_shard(unit, **{**kwargs, "mp_policy": policy} if policy else kwargs)
         unit.reshard_after_forward_default = kwargs["reshard_after_forward"]  # restored by `gathered`
     return model
 

@@ -54,11 +54,11 @@ class CriticModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
-        head = self.value_head
-        # float32 whatever autocast (bf16-mixed) or FSDP2's bf16 parameter cast would make of a plain head call
+        # In the head's dtype, float32 (under FSDP2 its own unit keeps it so: `shard_model`), whatever bf16-mixed
+        # autocast would make of it; called as a module so that FSDP2's hooks gather its parameters.
         with torch.autocast(hidden.device.type, enabled=False):
-            values = nn.functional.linear(hidden.float(), head.weight.float(), head.bias.float())
-        return values.squeeze(-1).clone()  # not a view: FSDP2 hooks its outputs
+            values = self.value_head(hidden.to(self.value_head.weight.dtype))
+        return values.float().squeeze(-1).clone()  # not a view: FSDP2 hooks its outputs
 
     @classmethod
     def from_pretrained(

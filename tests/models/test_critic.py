@@ -79,3 +79,25 @@ def test_value_head_runs_in_float32_under_bf16_autocast_and_a_bf16_weight(tiny_d
     head.to(torch.bfloat16)  # as FSDP2's MixedPrecisionPolicy casts every parameter for the forward pass
     with torch.no_grad():
         assert critic(input_ids, attention_mask).dtype == torch.float32  # no dtype mismatch error
+
+
+def test_value_head_stays_float32_under_fsdp2_bf16_mixed_precision(tiny_dir, tmp_path, monkeypatch):
+    """FSDP2's bf16 parameter cast of the root unit would round the head (bias 0.123456789 -> 0.12353515625)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lit_codegen.parallel import shard_model
+
+    critic = CriticModel.from_pretrained(str(tiny_dir))
+    with torch.no_grad():  # values = the bias alone, exactly, if the head computes in float32
+        critic.value_head.weight.zero_()
+        critic.value_head.bias.fill_(0.123456789)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        shard_model(critic, init_device_mesh("cpu", (1,)), mixed_precision=True)
+        with torch.no_grad():
+            values = critic(*_batch())
+    finally:
+        dist.destroy_process_group()
+    assert values.dtype == torch.float32
+    assert torch.all(values == torch.tensor(0.123456789, dtype=torch.float32))
