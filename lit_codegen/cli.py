@@ -12,6 +12,7 @@ from the model to the data module explicitly (`datamodule.connect(tokenizer)`) r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Sandbox workers score programs while the forward passes run; spinning OpenMP threads would starve them (measured:
 # HF generate 7-16 s instead of 0.8-1.4 s on 2 busy cores). Set before torch starts its thread pool.
@@ -68,6 +69,12 @@ class LitCodegenCLI(LightningCLI):
         """
         if self.trainer.limit_val_batches == 0:
             self.trainer.limit_val_batches = 1.0
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") == "last":  # Lightning only warns, then scores the untrained model
+            folders = [Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+            if folders and not any(any(folder.glob("last*.ckpt")) for folder in folders):
+                self.parser.error(f"--ckpt_path last: no last checkpoint in {', '.join(map(str, folders))}; give "
+                                  "--ckpt_path PATH of the checkpoint to score")
 
     def instantiate_classes(self) -> None:
         """Build model, data module and trainer, then hand the tokenizer to the data module.

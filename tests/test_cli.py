@@ -137,3 +137,12 @@ def test_export_reloads_and_generates_like_the_checkpoint(demo_run, tmp_path):
     critic = CriticModel.from_pretrained(str(out / "critic"))
     for name, param in critic.state_dict().items():
         assert torch.equal(param, state[f"critic.{name}"]), name
+
+
+def test_validate_with_ckpt_path_last_and_no_checkpoint_is_an_error(tmp_path, capsys):
+    """Lightning would warn and score the untrained model as if it were the run's."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(ROOT / "configs/demo_cpu.yaml"), "--trainer.default_root_dir",
+              str(tmp_path), "--model.init_args.warm_start_steps", "0", "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    assert f"no last checkpoint in {tmp_path / 'checkpoints'}" in capsys.readouterr().err
