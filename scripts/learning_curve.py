@@ -36,10 +36,11 @@ def run_seed(seed: int, out: Path, config: str, extra: list[str]) -> dict:
     root = out / f"seed{seed}"
     cmd = [sys.executable, "-m", "lit_codegen.cli", "fit", "--config", config, "--seed_everything", str(seed),
            "--trainer.default_root_dir", str(root), *extra]
+    earlier = set(root.rglob("metrics.csv"))  # a reused --out keeps older runs' logs (version_0, version_1, ...)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
-    metrics = next(root.rglob("metrics.csv"))
+    (metrics,) = set(root.rglob("metrics.csv")) - earlier  # this run's log, whatever order the folders list in
     val = read_series(metrics, "val/pass_rate")
     reward = read_series(metrics, "critic/score/mean")
     return {"seed": seed, "wall_s": wall, "val_first": val[0][1], "val_last": val[-1][1],
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--png", type=Path, default=None,
                         help="where to write the plot (default OUT/learning_curve.png)")
     args, extra = parser.parse_known_args()
+    # the runs start in the repository root; relative paths mean the caller's folder
+    args.out, args.config = args.out.resolve(), str(Path(args.config).resolve())
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_seed(seed, args.out, args.config, extra) for seed in args.seeds]
     for run in runs:
