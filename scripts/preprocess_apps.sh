@@ -6,6 +6,7 @@
 #   bash scripts/preprocess_apps.sh --difficulties introductory       # a subset
 #   bash scripts/preprocess_apps.sh --source problems.jsonl --local_dir data/mine   # a local APPS-format file
 #
+# Paths are relative to the current folder: run from the repository root, where the recipe looks for data/apps.
 # Arguments after the defaults override them (`python -m lit_codegen.data.preprocess --help` lists all).
 set -euo pipefail
 

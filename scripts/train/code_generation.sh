@@ -6,6 +6,8 @@
 #   bash scripts/train/code_generation.sh --trainer.max_steps 400 --model.init_args.rollout.n 4   # any override
 #   bash scripts/train/code_generation.sh --ckpt_path last        # resume the run in trainer.default_root_dir
 #
+# Run it from the repository root: the YAML's data_dir (data/apps) and default_root_dir (outputs/...) are relative to
+# the current folder, as the other scripts' paths are.
 # Every argument goes to `lit-codegen fit` after the config, so it overrides the YAML
 # (configs/ppo_qwen2.5_3b_apps.yaml). `python scripts/memory_plan.py --config ...` shows what fits per GPU.
 # The command runs as `python -m lit_codegen.cli fit` (the same CLI as `lit-codegen fit`); PYTHON picks the interpreter.
