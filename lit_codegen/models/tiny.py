@@ -4,7 +4,7 @@ It stands in for `Qwen/Qwen2.5-3B-Instruct` in tests and in the CPU demo: same a
 same ChatML special tokens and chat template, same tokenizer pipeline (Qwen's split regex + byte-level BPE), so every
 code path that takes a model name or path runs unchanged on it. Nothing is downloaded.
 
-    python -m lit_codegen.models.tiny --out /tmp/tiny            # ~1M parameters, ~1k vocabulary, a few seconds
+    python -m lit_codegen.models.tiny --out /tmp/tiny            # ~1M parameters, 710 tokens, a few seconds
     python -m lit_codegen.models.tiny --out /tmp/tiny --num_hidden_layers 4 --hidden_size 256
 
 Two traps this module avoids (both have tests):
@@ -237,7 +237,8 @@ def build_tiny_model(
 
     Args:
         out_dir: Directory to write (created; existing files are overwritten).
-        vocab_size: BPE vocabulary size (the embedding matrix has exactly the tokenizer's size).
+        vocab_size: Upper bound of the BPE vocabulary; the trainer stops when the corpus has no more merges (710
+            tokens on the bundled corpus), and the embedding matrix has exactly the tokenizer's size.
         hidden_size: Model width.
         intermediate_size: MLP width.
         num_hidden_layers: Transformer blocks.
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m lit_codegen.models.tiny --out DIR [...]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="Directory to write the model and tokenizer to.")
-    parser.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size.")
+    parser.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary bound (710 used)")
     parser.add_argument("--hidden_size", type=int, default=128, help="Model width.")
     parser.add_argument("--intermediate_size", type=int, default=512, help="MLP width.")
     parser.add_argument("--num_hidden_layers", type=int, default=4, help="Transformer blocks.")
