@@ -59,7 +59,8 @@ class PPOArgs:
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0
     """PPO iterations that update only the critic before the actor starts learning (N = exactly N such iterations;
-    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1)."""
+    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1). Ignored by `grpo`/`rloo`, which have no
+    critic (verl would let those iterations train nothing)."""
 
 
 @dataclass
@@ -191,3 +192,13 @@ def _check_algorithm_ranges(a: PPOArgs) -> None:
     if a.kl_target is not None and a.kl_coef == 0:
         raise ValueError("--model.algorithm.kl_target adapts kl_coef by multiplying it, so it needs "
                          "--model.algorithm.kl_coef > 0 to start from (0 stays 0)")
+
+
+def check_reward_template(reward: RewardArgs, template_type: str | None) -> None:
+    """Raise ValueError for a no-code penalty with the `base` template.
+
+    Base completions are plain code without a fence, so the penalty would hit every response alike.
+    """
+    if reward.no_code_penalty and template_type == "base":
+        raise ValueError("--model.reward.no_code_penalty needs the chat template (--data.template_type chat): base "
+                         "completions are plain code without a fenced block, so every response would be penalised")

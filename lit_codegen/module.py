@@ -31,9 +31,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args, check_reward_template
 from lit_codegen.callbacks import rank_batch_indices
-from lit_codegen.data.prompts import extract_program
+from lit_codegen.data.prompts import extract_program, has_code_block
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
@@ -103,6 +103,7 @@ class PPOModule(LightningModule):
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         """Check the batch sizes, then run the SFT warm start (rank zero builds it once, the others wait)."""
+        check_reward_template(self.reward_args, getattr(self.trainer.datamodule, "template_type", None))
         prompts = getattr(self.trainer.datamodule, "train_batch_size", None)
         if stage == "fit" and prompts and prompts * self.rollout_args.n < self.algo.mini_batch_size:
             rank_zero_warn(f"a PPO iteration has {prompts} x {self.rollout_args.n} = {prompts * self.rollout_args.n} "
@@ -241,17 +242,21 @@ class PPOModule(LightningModule):
         self.last_scores = scores.detach().cpu()  # this rank's rewards of the last iteration (for callbacks)
         # 4. advantages
         kl = ppo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask if ref_logprobs is not None else None
+        # the values this iteration uses (logged as such: the controller and the schedules step below)
+        metrics: dict[str, float] = {f"{name}/lr": opt.param_groups[0]["lr"]
+                                     for name, opt in zip(("actor", "critic"), self._raw_optimizers())}
+        if a.kl_coef > 0:
+            metrics["actor/kl_coef"] = self.kl_ctl.value
         advantages, returns = self._advantages(scores, values, kl, mask, roll)
         # 5. update
         exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                    values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
-        metrics: dict[str, float] = {}
         actor_schedule, *critic_schedule = _as_list(self.lr_schedulers())  # each advances when its model trains
         if self.uses_critic:
             with _timer(timing, "update_critic"):
                 metrics |= self._update_critic(exp, p_len)
             critic_schedule[0].step()
-        if self.ppo_iteration >= a.critic_warmup:
+        if self.ppo_iteration >= a.critic_warmup or not self.uses_critic:  # no critic, nothing to warm up
             with _timer(timing, "update_actor"):
                 metrics |= self._update_actor(exp, p_len)
             actor_schedule.step()
@@ -296,7 +301,7 @@ class PPOModule(LightningModule):
         """Terminal reward (N,): pass rate, plus the no-code penalty where a response has no code block."""
         scores = torch.tensor([res.pass_rate for res in results], dtype=torch.float32)
         if self.reward_args.no_code_penalty:
-            no_code = torch.tensor(["```" not in t for t in texts])  # the chat template asks for a fenced block
+            no_code = torch.tensor([not has_code_block(t) for t in texts])  # the chat template asks for one
             scores = scores + self.reward_args.no_code_penalty * no_code
         return scores
 
@@ -328,13 +333,13 @@ class PPOModule(LightningModule):
         stats = _Mean()
         for mb in self._minibatches(exp["seq"].shape[0]):
             opt.zero_grad(set_to_none=True)
-            norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
+            norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
             for idx in mb.split(a.micro_batch_size):
                 values = self._values(exp["seq"][idx], exp["attn"][idx], exp["pos"][idx], p_len, grad=True)
                 loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["mask"][idx],
                                                 a.value_clip, a.loss_agg, norm)
                 self.manual_backward(loss)
-                share = self._share(exp["mask"][idx], norm)
+                share = self._share(exp["mask"][idx], tokens)
                 logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * share})
             stats.add(**logs.sums, **{"critic/grad_norm": self._step(opt, self.critic)})
         return stats.result()
@@ -345,16 +350,18 @@ class PPOModule(LightningModule):
         stats = _Mean()
         for mb in self._minibatches(exp["seq"].shape[0]):
             opt.zero_grad(set_to_none=True)
-            norm, logs = self._normalizer(exp["mask"][mb]), _Sum()
+            norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
             for idx in mb.split(a.micro_batch_size):
                 m = exp["mask"][idx]
-                share = self._share(m, norm)
+                share = self._share(m, tokens)
                 logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
                                                              exp["pos"][idx], p_len, self.rollout_args.temperature)
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
                                            a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm)
                 logs.add(**{"actor/pg_loss": loss, "actor/pg_clipfrac": pg["clipfrac"] * share,
                             "actor/ppo_kl": pg["approx_kl"] * share})
+                if a.dual_clip is not None:  # how often the dual clip bounds a negative advantage's loss
+                    logs.add(**{"actor/pg_clipfrac_lower": pg["clipfrac_lower"] * share})
                 entropy = ppo.aggregate_loss(entropy_tokens, m, a.loss_agg, norm)  # always logged
                 if a.entropy_coef > 0:
                     loss = loss - a.entropy_coef * entropy
@@ -368,20 +375,18 @@ class PPOModule(LightningModule):
             stats.add(**logs.sums, **{"actor/grad_norm": self._step(opt, self.actor)})
         return stats.result()
 
-    def _loss_units(self, mask: torch.Tensor) -> torch.Tensor:
-        """What the loss averages over: valid tokens (`token-mean`) or non-empty sequences (`seq-mean`)."""
-        return mask.sum() if self.algo.loss_agg == "token-mean" else mask.bool().any(-1).sum()
-
     def _normalizer(self, mb_mask: torch.Tensor) -> float:
-        """Loss denominator of a whole mini-batch, so summed micro-batch losses equal the mini-batch loss."""
-        return float(self._loss_units(mb_mask))
+        """Loss denominator of a mini-batch (summed micro-batch losses = the mini-batch loss): tokens or sequences."""
+        units = mb_mask.sum() if self.algo.loss_agg == "token-mean" else mb_mask.bool().any(-1).sum()
+        return float(units)
 
-    def _share(self, micro_mask: torch.Tensor, normalizer: float) -> torch.Tensor:
+    @staticmethod
+    def _share(micro_mask: torch.Tensor, mb_tokens: torch.Tensor) -> torch.Tensor:
         """Weight of a micro-batch's token-mean metrics (clip fractions, ppo_kl) in the mini-batch's mean.
 
-        A device scalar: no host sync per micro-batch.
+        Its share of the mini-batch's valid tokens, whatever the loss aggregation. A device scalar: no host sync.
         """
-        return self._loss_units(micro_mask) / max(normalizer, 1.0)
+        return micro_mask.sum() / mb_tokens.clamp(min=1)
 
     def _minibatches(self, n: int) -> Iterator[torch.Tensor]:
         """Shuffled mini-batch indices for `ppo_epochs` passes over `n` sequences."""
@@ -416,12 +421,10 @@ class PPOModule(LightningModule):
             "response_length/mean": lengths.mean().item(),
             "response_length/clip_ratio": roll.truncated.float().mean().item(),
             "perf/throughput": n_tokens / timing["step"],
-            "actor/lr": self._raw_optimizers()[0].param_groups[0]["lr"],
             "step": float(self.ppo_iteration),  # the x-axis of every logger: PPO iterations
         }
-        if kl is not None:
+        if kl is not None and self.algo.kl_coef > 0:  # the KL in the reward (a KL loss alone logs actor/kl_loss)
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
-            metrics["actor/kl_coef"] = self.kl_ctl.value
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
         metrics |= self._pass_rate_by_difficulty(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()])

@@ -563,13 +563,17 @@ def explained_variance(values: Tensor, returns: Tensor, response_mask: Tensor) -
         response_mask: ``(B, T)``, 1 = response token, 0 = padding.
 
     Returns:
-        A scalar. When the returns have zero variance (or fewer than two valid tokens) it is 1 if the values match
-        the returns exactly and 0 otherwise, as scikit-learn's ``explained_variance_score`` (never NaN).
+        A scalar. When the returns have zero variance (up to float round-off, or fewer than two valid tokens) it is 1
+        if the values match the returns exactly and 0 otherwise, as scikit-learn's ``explained_variance_score``
+        (never NaN).
     """
     _check_same_shape(values=values, returns=returns, response_mask=response_mask)
     var_returns = masked_var(returns, response_mask)
     var_residual = masked_var(returns - values, response_mask)
-    if var_returns > 0:
+    # Zero up to round-off counts as zero: returns = advantages + values is rarely bit-exact, and dividing by a
+    # variance of 1e-15 (all rewards 0, the start of an APPS run) would give -1e13.
+    noise = (16 * torch.finfo(returns.dtype).eps) ** 2 * (1 + masked_mean(returns.square(), response_mask))
+    if var_returns > noise:
         return 1.0 - var_residual / var_returns
     exact = bool((masked_sum((returns - values).abs(), response_mask) == 0).item())
     return torch.tensor(1.0 if exact else 0.0, dtype=returns.dtype)

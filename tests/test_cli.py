@@ -43,6 +43,7 @@ def test_wrong_config_key_is_one_clear_error(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--data.init_args.train_batch_size", "0"], "--data.train_batch_size must be a whole number >= 1, got 0"),
     (["--model.init_args.dtype", "bfloat61"], "bfloat61"),
+    (["--model.init_args.reward.no_code_penalty", "-0.1"], "no_code_penalty needs the chat template"),  # base
     (["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy", "--trainer.devices", "2",
       "--trainer.strategy.init_args.data_parallel_size", "4", "--trainer.strategy.init_args.tensor_parallel_size", "1"],
      "data_parallel_size 4 x tensor_parallel_size 1 must equal --trainer.devices 2 x --trainer.num_nodes 1"),

@@ -102,6 +102,26 @@ def test_learning_rate_schedules_advance_only_when_their_model_trains():
     assert module._raw_optimizers()[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 2 / 4)  # 2nd warmup step next
 
 
+def test_logged_learning_rate_and_kl_coefficient_are_the_ones_the_iteration_used():
+    """Both step after the update; logging them afterwards showed the next iteration's values."""
+    L.seed_everything(0)
+    module, data = make(kl_target=0.01, kl_horizon=10, optim_kw={"warmup_steps": 2})
+    logged, log_iteration = [], module._log_iteration
+    module._log_iteration = lambda metrics, *rest: logged.append(dict(metrics)) or log_iteration(metrics, *rest)
+    trainer(2).fit(module, datamodule=data)
+    assert [m["actor/lr"] for m in logged] == pytest.approx([1e-2 * 0.5, 1e-2])  # warmup: half, then full
+    assert [m["critic/lr"] for m in logged] == pytest.approx([1e-2 * 0.5, 1e-2])
+    assert logged[0]["actor/kl_coef"] == 0.05 and logged[1]["actor/kl_coef"] != 0.05  # the start value, then adapted
+
+
+def test_critic_free_estimators_ignore_the_critic_warmup():
+    """Switching the demo config (critic_warmup 2) to GRPO must not leave the first iterations training nothing."""
+    L.seed_everything(0)
+    module, data = make(adv_estimator="grpo", n=2, critic_warmup=2)
+    trainer(1).fit(module, datamodule=data)
+    assert module.lr_schedulers().last_epoch == 1  # the actor's (only) schedule stepped: it trained in iteration 1
+
+
 def test_bad_settings_name_the_flag():
     with pytest.raises(ValueError, match="rollout.n"):
         PPOModule(algorithm=PPOArgs(adv_estimator="grpo"), rollout=RolloutArgs(n=1))
@@ -285,6 +305,15 @@ def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discardi
     assert len(engine.woken_with[0]) <= len(names)
 
 
+def test_a_no_code_penalty_needs_the_chat_template():
+    from lit_codegen.args import check_reward_template
+
+    with pytest.raises(ValueError, match="no_code_penalty needs the chat template"):
+        check_reward_template(RewardArgs(no_code_penalty=-0.1), "base")
+    check_reward_template(RewardArgs(no_code_penalty=-0.1), "chat")
+    check_reward_template(RewardArgs(), "base")
+
+
 def test_cosine_schedule_and_no_code_penalty_known_values():
     from types import SimpleNamespace
 
@@ -294,5 +323,36 @@ def test_cosine_schedule_and_no_code_penalty_known_values():
     assert [round(factor(s), 6) for s in (0, 1, 2, 7, 12, 20)] == [0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
     assert _lr_lambda(OptimArgs(warmup_steps=0))(50) == 1.0  # constant
     module, _ = make(reward_kw={"no_code_penalty": -0.1})
-    scores = module._scores([SimpleNamespace(pass_rate=0.5)] * 2, ["```python\nx = 1\n```", "x = 1"])
-    torch.testing.assert_close(scores, torch.tensor([0.5, 0.4]))
+    texts = ["```python\nx = 1\n```", "x = 1", "```text\nno code\n```", "```\nx = 1\n```"]
+    scores = module._scores([SimpleNamespace(pass_rate=0.5)] * 4, texts)
+    torch.testing.assert_close(scores, torch.tensor([0.5, 0.4, 0.4, 0.5]))  # a text block is no code block
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
+def test_token_mean_metrics_do_not_depend_on_the_micro_batch_size(loss_agg):
+    """Clip fractions and ppo_kl are means over tokens: micro-batching must not reweight them (it did under seq-mean,
+    where micro-batches were weighted by their sequence count)."""
+    import dataclasses
+
+    lengths = torch.tensor([3, 12, 5, 9, 12, 2, 7, 11])  # responses of different lengths in every micro-batch
+    logged = {}
+    for micro in (8, 2):
+        L.seed_everything(0)
+        module, data = make(mini=8, micro=micro, lr=3e-2, ppo_epochs=2, loss_agg=loss_agg, dual_clip=3.0)
+        generate, logged[micro] = module.generate, {}
+
+        def varied(batch, params, generate=generate):
+            roll = generate(batch, params)
+            keep = torch.arange(roll.response_mask.shape[1]) < lengths[: len(roll.response_mask), None]
+            return dataclasses.replace(roll, response_mask=roll.response_mask * keep)
+
+        def recording(update, out=logged[micro]):
+            return lambda exp, p_len: out.update(update(exp, p_len)) or out
+
+        module.generate = varied
+        module._update_actor, module._update_critic = recording(module._update_actor), recording(module._update_critic)
+        trainer(1).fit(module, datamodule=data)
+    keys = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower", "critic/vf_clipfrac", "actor/pg_loss")
+    assert logged[8]["actor/ppo_kl"] != 0 and logged[8]["actor/pg_clipfrac"] > 0  # the second epoch moved and clipped
+    for key in keys:
+        assert logged[2][key] == pytest.approx(logged[8][key], rel=1e-4, abs=1e-7), key

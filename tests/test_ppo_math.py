@@ -491,6 +491,15 @@ def test_explained_variance_constant_returns_never_nan():
     close(ppo.explained_variance(returns * 0.5, returns, mask), 0.0)
 
 
+def test_explained_variance_of_returns_equal_up_to_round_off_is_not_huge():
+    """All scores 0 (the start of an APPS run): returns = advantages + values equal only up to float32 round-off."""
+    torch.manual_seed(0)
+    values, mask = torch.rand(112, 40), torch.ones(112, 40)
+    returns = (values + 0.3) - values - 0.3  # 0 in exact arithmetic; float32 leaves ~1e-8 here and there
+    assert 0 < float(ppo.masked_var(returns, mask)) < 1e-12  # round-off, not signal
+    assert float(ppo.explained_variance(values, returns, mask)) == 0.0  # was -3.8e13
+
+
 def test_fixed_kl_controller():
     controller = ppo.FixedKLController(0.05)
     controller.update(current_kl=100.0, n_steps=64)

@@ -117,6 +117,11 @@ def _blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+def has_code_block(response: str) -> bool:
+    """Whether a response has a fenced block `extract_program` would take: tagged python, or untagged."""
+    return any(language in _PYTHON_TAGS or language == "" for language, _ in _blocks(response.splitlines()))
+
+
 def extract_program(response: str) -> str:
     """Extract the program from a model response: the last fenced python block, else the raw text.
 
