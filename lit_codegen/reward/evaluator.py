@@ -210,7 +210,7 @@ def check_limits(**limits) -> None:
             continue
         whole = name != "timeout"
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        if not ok or (whole and value != int(value)) or (name == "memory_mb" and value > _MAX_MEMORY_MB):
+        if not ok or (whole and not isinstance(value, int)) or (name == "memory_mb" and value > _MAX_MEMORY_MB):
             kind = "a positive number of seconds" if not whole else "a whole number >= 1"
             if name == "memory_mb":
                 kind += f" and at most {_MAX_MEMORY_MB}"

@@ -164,7 +164,8 @@ def test_a_function_taking_a_dict_with_int_keys_passes_in_strict_mode(evaluator)
 @pytest.mark.parametrize(
     "kwargs",
     [{"timeout": float("nan")}, {"timeout": 0}, {"memory_mb": 10**13}, {"memory_mb": 0}, {"output_limit_mb": -1},
-     {"max_processes": -1}, {"max_processes": 2.5}, {"workers": -1}, {"workers": 0}, {"max_tests": 0}],
+     {"max_processes": -1}, {"max_processes": 2.5}, {"workers": -1}, {"workers": 0}, {"workers": 2.0},
+     {"max_tests": 0}],
 )
 def test_settings_out_of_range_are_a_value_error_naming_them(kwargs):
     name = next(iter(kwargs))
