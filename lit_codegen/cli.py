@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lit_codegen.args import check_ppo_args, check_reward_template
 from lit_codegen.callbacks import PassRateValidation
 from lit_codegen.data.datamodule import check_sizes
+from lit_codegen.parallel import parallel_sizes
 
 # Field docstrings (`"""..."""` under a dataclass field / Args: sections) become `--help` text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -108,16 +109,8 @@ def _check_world_size(trainer_cfg) -> None:
     devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
     if not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in (devices, nodes)):
         return  # "auto", a device list: Lightning works it out
-    devices, nodes = int(devices), int(nodes)
-    dp, tp = strategy.init_args.data_parallel_size, strategy.init_args.tensor_parallel_size
-    dp = nodes if dp == "auto" else int(dp)  # Lightning's defaults for "auto"
-    tp = devices if tp == "auto" else int(tp)
-    if dp * tp != devices * nodes:
-        raise ValueError(
-            f"--trainer.strategy.init_args.data_parallel_size {dp} x tensor_parallel_size {tp} must equal "
-            f"--trainer.devices {devices} x --trainer.num_nodes {nodes}; set them together "
-            f"(e.g. --trainer.strategy.init_args.data_parallel_size {max(devices * nodes // tp, 1)})"
-        )
+    sizes = [strategy.init_args.data_parallel_size, strategy.init_args.tensor_parallel_size]
+    parallel_sizes(*(v if v == "auto" else int(v) for v in sizes), int(devices), int(nodes))
 
 
 def _root_dir_resolved(config, subcommand: str | None):

@@ -49,6 +49,24 @@ def compile_decoder_layers(model: nn.Module) -> nn.Module:
     return model
 
 
+def parallel_sizes(data_parallel_size, tensor_parallel_size, devices: int, num_nodes: int) -> tuple[int, int]:
+    """ModelParallelStrategy's (data, tensor) parallel sizes, with "auto" resolved as Lightning does it.
+
+    "auto" is the number of nodes for data parallel and the devices per node for tensor parallel. Raises ValueError
+    unless the product is devices x nodes, which the strategy needs (else every rank fails when it starts).
+    """
+    dp = num_nodes if data_parallel_size == "auto" else data_parallel_size
+    tp = devices if tensor_parallel_size == "auto" else tensor_parallel_size
+    if not (isinstance(dp, int) and isinstance(tp, int) and dp * tp == devices * num_nodes):
+        suggestion = devices * num_nodes // tp if isinstance(tp, int) and tp > 0 else devices * num_nodes
+        raise ValueError(
+            f"trainer.strategy.init_args.data_parallel_size {dp!r} x tensor_parallel_size {tp!r} must equal "
+            f"trainer.devices {devices} x trainer.num_nodes {num_nodes}; set them together "
+            f"(e.g. data_parallel_size {max(suggestion, 1)})"
+        )
+    return dp, tp
+
+
 def shard_model(model: nn.Module, mesh, mixed_precision: bool = False, cpu_offload: bool = False) -> nn.Module:
     """Apply `fully_shard` to every decoder layer and then to the whole model (in place; on one rank, the model only).
 

@@ -44,6 +44,7 @@ import yaml
 
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
 from lit_codegen.models.logprob_head import BLOCK_ELEMENTS
+from lit_codegen.parallel import parallel_sizes
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -197,11 +198,8 @@ class Recipe:
         dp_size = 1
         if sharded:  # Lightning's "auto": data parallel over the nodes, tensor parallel over each node's devices
             init = _mapping(strategy, "init_args", "trainer.strategy") if isinstance(strategy, dict) else {}
-            dp_size, tp_size = init.get("data_parallel_size", "auto"), init.get("tensor_parallel_size", "auto")
-            dp_size, tp_size = nodes if dp_size == "auto" else dp_size, devices if tp_size == "auto" else tp_size
-            if not (isinstance(dp_size, int) and isinstance(tp_size, int) and dp_size * tp_size == world):
-                raise ValueError(f"data_parallel_size {dp_size!r} x tensor_parallel_size {tp_size!r} must equal "
-                                 f"trainer.devices x trainer.num_nodes = {world} (ModelParallelStrategy)")
+            dp_size, _ = parallel_sizes(init.get("data_parallel_size", "auto"),
+                                        init.get("tensor_parallel_size", "auto"), devices, nodes)
         precision = str(trainer.get("precision", "32-true"))
         if precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

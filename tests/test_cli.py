@@ -46,7 +46,7 @@ def test_wrong_config_key_is_one_clear_error(capsys):
     (["--model.init_args.reward.no_code_penalty", "-0.1"], "no_code_penalty needs the chat template"),  # base
     (["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy", "--trainer.devices", "2",
       "--trainer.strategy.init_args.data_parallel_size", "4", "--trainer.strategy.init_args.tensor_parallel_size", "1"],
-     "data_parallel_size 4 x tensor_parallel_size 1 must equal --trainer.devices 2 x --trainer.num_nodes 1"),
+     "data_parallel_size 4 x tensor_parallel_size 1 must equal trainer.devices 2 x trainer.num_nodes 1"),
 ])
 def test_settings_that_would_fail_inside_the_run_are_one_parse_error(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

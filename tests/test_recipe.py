@@ -270,7 +270,8 @@ def test_memory_plan_bad_value_is_one_clear_error(capsys, override, words):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["trainer.num_nodes=2"], ["data_parallel_size 4", "= 8"]),  # Lightning: dp x tp must be devices x nodes
+    # Lightning: dp x tp must be devices x nodes
+    (["trainer.num_nodes=2"], ["data_parallel_size 4", "trainer.devices 4 x trainer.num_nodes 2"]),
     (["trainer.strategy.init_args.data_parallel_size=auto"], ["data_parallel_size 1"]),  # auto = num_nodes
     (["trainer.strategy.init_args.tensor_parallel_size=auto"], ["tensor_parallel_size 4"]),  # auto = devices
     (["model.init_args.rollout.n=0"], ["rollout.n"]),  # check_ppo_args
