@@ -21,14 +21,13 @@ import bz2
 import gzip
 import json
 import lzma
-import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from lit_codegen.reward.compare import MODES, parse_tests
-from lit_codegen.reward.evaluator import Evaluator
+from lit_codegen.reward.evaluator import Evaluator, check_limits
 from lit_codegen.reward.report import SCORE_BANDS, format_table, summarize
 
 
@@ -256,12 +255,12 @@ def _check_output_path(path: str | None, flag: str) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad options before any data is loaded or scored (one-line error, exit status 2)."""
-    if not (args.timeout > 0 and math.isfinite(args.timeout)):
-        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    counts = {"--memory_mb": args.memory_mb, "--workers": args.workers, "--max_problems": args.max_problems}
-    for flag, value in counts.items():
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
+    try:  # the Evaluator's own checks, before any data is loaded
+        check_limits(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    if args.max_problems is not None and args.max_problems < 1:
+        raise UsageError(f"--max_problems must be at least 1, got {args.max_problems}")
     if args.plot:
         from matplotlib.backend_bases import FigureCanvasBase
 

@@ -237,6 +237,7 @@ def test_output_and_plot_folders_are_created(tmp_path):
         ("--timeout", "-1"),
         ("--timeout", "nan"),
         ("--memory_mb", "0"),
+        ("--memory_mb", "99999999999"),  # past what RLIMIT_AS takes: the Evaluator's own limit, checked up front
         ("--workers", "-1"),
         ("--workers", "0"),
         ("--max_problems", "-1"),
