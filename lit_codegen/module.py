@@ -17,6 +17,7 @@ checkpoint frequencies are PPO iterations, as in verl.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import time
@@ -530,20 +531,10 @@ def _rng_states_of_all_ranks() -> list[dict]:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return [state]
     states = [None] * torch.distributed.get_world_size()
-    # as NumPy arrays: torch 2.13 cannot unpickle tensors that all_gather_object pickled
-    torch.distributed.all_gather_object(states, _map_tensors(state, lambda t: t.numpy()))
-    return [_map_tensors(s, torch.from_numpy, np.ndarray) for s in states]
-
-
-def _map_tensors(value, fn, kind: type = torch.Tensor):
-    """`value` with every `kind` inside its dicts, lists and tuples replaced by `fn(it)`."""
-    if isinstance(value, kind):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn, kind) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn, kind) for v in value)
-    return value
+    buffer = io.BytesIO()  # as checkpoint bytes: torch 2.13 cannot unpickle tensors that all_gather_object pickled
+    torch.save(state, buffer)
+    torch.distributed.all_gather_object(states, buffer.getvalue())
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in states]
 
 
 def _set_rng_state(state: dict) -> None:
