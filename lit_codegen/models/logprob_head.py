@@ -42,9 +42,11 @@ def block_stats(logits: Tensor, labels: Tensor, temperature: float) -> tuple[Ten
         (logprobs (n,), entropy (n,), logsumexp (n,)), all float32 (float64 for float64 logits).
     """
     z = logits.to(_float(logits.dtype)) / temperature
-    lse = torch.logsumexp(z, dim=-1)
-    probs = torch.exp(z - lse.unsqueeze(-1))
-    entropy = lse - (probs * z).sum(-1)
+    peak = z.amax(dim=-1, keepdim=True)
+    weights = torch.exp(z - peak)  # both sums below in one pass over the block: softmax = weights / total
+    total = weights.sum(-1)
+    lse = peak.squeeze(-1) + torch.log(total)
+    entropy = lse - (weights * z).sum(-1) / total  # H = lse - E_p[z]
     logprobs = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
     return logprobs, entropy, lse
 
@@ -75,8 +77,9 @@ def block_grad(logits: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, gra
     if grad_entropy is not None:
         grad_z = grad_z - probs * grad_entropy.unsqueeze(-1) * (z - (lse - entropy).unsqueeze(-1))
     if grad_logprobs is not None:
-        grad_z = grad_z - probs * grad_logprobs.unsqueeze(-1)
-        grad_z = grad_z.scatter_add(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
+        # the one-hot as a comparison, not a scatter: all elementwise, so compiled it is one pass writing the result
+        onehot = labels.unsqueeze(-1) == torch.arange(z.shape[-1], device=z.device)
+        grad_z = grad_z + (onehot.to(z.dtype) - probs) * grad_logprobs.unsqueeze(-1)
     return (grad_z / temperature).to(logits.dtype)
 
 
@@ -135,9 +138,29 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
             if grad_weight is not None:
-                grad_weight += grad_logits.T @ h
+                grad_weight = _add_matmul(grad_weight, grad_logits.T, h)
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         return grad_hidden, grad_weight, None, None, None, None
+
+
+_FP32_OUT_ADDMM: dict[torch.device, bool] = {}  # False once a device's addmm refused out_dtype=float32
+
+
+def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Add `a @ b` into `acc` in place and return it: `acc` (M, N) float32, `a` (M, K) and `b` (K, N) narrower.
+
+    On CUDA one cuBLAS call adds the float32 product straight into `acc` (`addmm(..., out_dtype=float32)`): no block
+    product rounded to bfloat16 and no separate add over the (V, H) accumulator per block. Elsewhere (CPU, or a torch
+    without that overload) the product is taken in `a`'s dtype and added.
+    """
+    if a.dtype != acc.dtype and acc.dtype == torch.float32 and _FP32_OUT_ADDMM.get(acc.device, acc.is_cuda):
+        try:
+            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError):  # no such overload here: remember, then take the general path
+            _FP32_OUT_ADDMM[acc.device] = False
+    return acc.add_(a @ b)
 
 
 def _rows(tensor: Tensor | None, rows: slice) -> Tensor | None:

@@ -5,8 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_codegen import ppo
+from lit_codegen.models import logprob_head
 from lit_codegen.models.logprob_head import (
     LogprobHead,
+    block_stats,
     install_logprob_head,
     linear_logprobs_entropy,
     response_logprobs,
@@ -54,6 +56,32 @@ def test_gradcheck_float64():
     labels = torch.tensor([0, 5, 2, 2])
     assert torch.autograd.gradcheck(
         lambda h, w: linear_logprobs_entropy(h, w, labels, 0.7, block_tokens=3), (hidden, weight))
+
+
+def test_block_stats_stay_finite_and_exact_for_huge_logits():
+    logits = torch.tensor([[3000.0, 2999.0, -5000.0, 0.0], [-1e4, -1e4, -1e4, -1e4]])  # exp() of these overflows
+    logprobs, entropy, lse = block_stats(logits, torch.tensor([1, 2]), temperature=1.0)
+    ref = logits.double()
+    ref_lse = torch.logsumexp(ref, -1)
+    ref_p = torch.softmax(ref, -1)
+    close = dict(rtol=0, atol=2e-3)  # float32 keeps ~4 decimals next to 1e4: z - lse cannot do better
+    torch.testing.assert_close(lse, ref_lse.float(), **close)
+    torch.testing.assert_close(logprobs, (ref[[0, 1], [1, 2]] - ref_lse).float(), **close)
+    torch.testing.assert_close(entropy, (-(ref_p * ref_p.clamp_min(1e-300).log()).sum(-1)).float(), **close)
+    torch.testing.assert_close(entropy[1], torch.log(torch.tensor(4.0)), **close)  # uniform row
+    assert torch.isfinite(torch.stack([logprobs, entropy, lse])).all()
+
+
+def test_weight_gradient_accumulates_in_float32_and_falls_back_where_addmm_has_no_out_dtype(monkeypatch):
+    torch.manual_seed(3)
+    acc = torch.randn(5, 4)
+    a, b = torch.randn(5, 3).bfloat16(), torch.randn(3, 4).bfloat16()
+    want = acc + a.float() @ b.float()
+    monkeypatch.setattr(logprob_head, "_FP32_OUT_ADDMM", {acc.device: True})  # claim the CUDA overload on CPU
+    got = logprob_head._add_matmul(acc.clone(), a, b)  # CPU has no addmm(out_dtype=...): the product in bf16, added
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    assert got.dtype == torch.float32
+    assert logprob_head._FP32_OUT_ADDMM[acc.device] is False  # remembered: not tried again
 
 
 def test_only_logprobs_used_gives_logprob_gradients():
