@@ -1,10 +1,12 @@
-"""FSDP2 (`fully_shard`) for actor, critic and reference, and per-layer `torch.compile` (`compile_decoder_layers`).
+"""FSDP2 for actor, critic and reference, per-layer `torch.compile`, and whole-or-nothing sharded checkpoints.
 
-Used by `PPOModule.configure_model` under Lightning's `ModelParallelStrategy`, which hands the module a device mesh:
+`shard_model` applies `fully_shard`, `compile_decoder_layers` compiles the decoder layers, and
+`AtomicModelParallelStrategy` is Lightning's `ModelParallelStrategy` with sharded checkpoints that are never
+half-written. `PPOModule.configure_model` shards under that strategy, which hands the module a device mesh:
 
     trainer:
       strategy:
-        class_path: lightning.pytorch.strategies.ModelParallelStrategy
+        class_path: lit_codegen.parallel.AtomicModelParallelStrategy
         init_args: {data_parallel_size: 4, tensor_parallel_size: 1}
 
 Each decoder layer is its own FSDP unit (parameters all-gathered layer by layer), then the root module; on one rank
@@ -14,10 +16,14 @@ weights and fp32 gradient reduction stay; the critic's value head is a unit of i
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 
@@ -128,3 +134,45 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
         for unit in units:
             unit.set_reshard_after_forward(getattr(unit, "reshard_after_forward_default", True), recurse=False)
             unit.reshard()
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's `ModelParallelStrategy` whose sharded checkpoints replace the previous one only once complete.
+
+    Lightning writes a sharded checkpoint (a `torch.distributed.checkpoint` directory) in place, so a job killed while
+    saving (preemption, a time limit) leaves a `last.ckpt/` that mixes two iterations and cannot resume. Here every
+    rank writes into `NAME.partial/`; once all ranks are done, rank 0 moves the old checkpoint to `NAME.old`, renames
+    the new one to `NAME` and deletes the old one. A kill before that leaves the previous checkpoint as it was (the
+    next save clears the `.partial` leftover); a kill between the two renames leaves it at `NAME.old`, which the next
+    save (or a rename by hand) puts back first. Same arguments as `ModelParallelStrategy`; single-file checkpoints
+    (`save_distributed_checkpoint=False`) are its own, already written to a temporary file and renamed.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        """Write the sharded checkpoint to `filepath` + `.partial` on every rank, then swap it in on rank 0."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        staging, previous = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+        if self.global_rank == 0:
+            if previous.exists() and not path.exists():  # killed between the two renames of an earlier save
+                previous.rename(path)
+            _remove(staging)
+            _remove(previous)
+        self.barrier("atomic_checkpoint_start")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("atomic_checkpoint_written")
+        if self.global_rank == 0:
+            if path.exists():
+                path.rename(previous)
+            staging.rename(path)
+            _remove(previous)
+        self.barrier("atomic_checkpoint_swapped")
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

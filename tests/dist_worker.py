@@ -2,7 +2,8 @@
 
 Trains the tiny PPO model for one epoch of the toy problems with the strategy named on the command line and writes,
 from every rank, the prompts it trained on, the rewards it logged, its adaptive KL coefficient and the moments of its
-whitened advantages, so the test can check the sharding and the cross-rank aggregation.
+whitened advantages, so the test can check the sharding and the cross-rank aggregation. With FSDP2 it also saves a
+sharded checkpoint (twice) through `AtomicModelParallelStrategy`.
 """
 
 import json
@@ -53,9 +54,9 @@ def main(strategy_name: str, out: Path) -> None:
                           val_batch_size=12)  # validation: 3 batches over 2 ranks
     data.connect(module.tokenizer)
     if strategy_name == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from lit_codegen.parallel import AtomicModelParallelStrategy
 
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        strategy = AtomicModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
         strategy = "ddp_find_unused_parameters_true"
     record = Record()
@@ -78,6 +79,9 @@ def main(strategy_name: str, out: Path) -> None:
     actor_sum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum())
                     for p in module.actor.parameters())
     fsdp_units = sum(_is_fsdp_unit(m) for m in module.actor.modules())
+    if strategy_name == "fsdp":  # twice: the second save replaces the first, both ranks' shards swapped in together
+        for _ in range(2):
+            trainer.save_checkpoint(out / "last.ckpt")
     result = {"rank": trainer.global_rank, "fsdp_units": fsdp_units, "problem_ids": record.problem_ids,
               "rewards": record.rewards, "local_scores": record.local_scores, "iterations": module.ppo_iteration,
               "global_step": trainer.global_step, "actor_sum": actor_sum, "val": record.val,

@@ -53,6 +53,11 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
     assert ranks[0]["fsdp_units"] == (5 if strategy == "fsdp" else 0)
     # gradients were synchronised: the replicas (or the gathered shards) end identical
     assert ranks[0]["actor_sum"] == pytest.approx(ranks[1]["actor_sum"], rel=1e-6)
+    if strategy == "fsdp":  # both ranks' shards of the sharded checkpoint, swapped in whole, no staging left
+        checkpoints = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("last.ckpt"))
+        assert checkpoints == ["last.ckpt"]
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"} <= {p.name for p in
+                                                                          (tmp_path / "last.ckpt").iterdir()}
 
 
 def test_two_process_resume_continues_each_ranks_random_streams(tmp_path):

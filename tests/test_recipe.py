@@ -47,7 +47,7 @@ def test_training_script_prints_the_recipe_with_the_seed_values_and_overrides(tm
     assert model["model"] == "Qwen/Qwen2.5-3B-Instruct"
     assert (trainer["max_epochs"], trainer["max_steps"]) == (5, -1)
     assert (trainer["devices"], trainer["num_nodes"], trainer["precision"]) == (4, 1, "bf16-mixed")
-    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert trainer["strategy"]["class_path"] == "lit_codegen.parallel.AtomicModelParallelStrategy"
     assert trainer["strategy"]["init_args"]["data_parallel_size"] == trainer["devices"] * trainer["num_nodes"]
     # train_batch_size is per rank: the seed's 64 prompts per iteration over 4 GPUs
     assert data["train_batch_size"] * trainer["devices"] * trainer["num_nodes"] == 64
