@@ -1,11 +1,20 @@
 """Shared test helpers (import as `from helpers import ...`; pytest puts tests/ on sys.path)."""
 
 import copy
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
+import torch
 import yaml
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.module import PPOModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +42,40 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True) -> su
     if check and out.returncode != 0:
         raise AssertionError(f"lit-codegen {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def one_process_group(monkeypatch):
+    """Room for Lightning's 1-process group (a free port; MASTER_* kept out of later tests), destroyed afterwards."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def tiny_sharded_ppo(max_steps: int = 1, strategy_class=ModelParallelStrategy, kl_coef: float = 0.0):
+    """The tiny PPO module, the toy-problem data and a 1-device CPU trainer under FSDP2 (no logger, no callbacks).
+
+    Returns:
+        (module, data module, trainer); seeded, so two calls train the same way.
+    """
+    L.seed_everything(0)
+    module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4, kl_coef=kl_coef),
+                       rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
+                       optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
+    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
+    data.connect(module.tokenizer)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        strategy=strategy_class(data_parallel_size=1, tensor_parallel_size=1))
+    return module, data, trainer

@@ -1,39 +1,19 @@
 """Export of a sharded (FSDP2 / ModelParallelStrategy) checkpoint directory to an HF model directory."""
 
-import socket
-
-import lightning as L
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForCausalLM
 
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
-from lit_codegen.data.datamodule import AppsDataModule
+from helpers import one_process_group, tiny_sharded_ppo
 from lit_codegen.export import export_checkpoint
 from lit_codegen.models.critic import CriticModel
-from lit_codegen.module import PPOModule
 
 
 def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path, monkeypatch):
-    # Lightning exports MASTER_ADDR/PORT for its 1-process group; keep them out of later tests' subprocesses.
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    L.seed_everything(0)
-    module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4),
-                       rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
-                       optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
-    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
-    data.connect(module.tokenizer)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))
-    try:
+    with one_process_group(monkeypatch):
+        module, data, trainer = tiny_sharded_ppo()
         trainer.fit(module, datamodule=data)
         trainer.save_checkpoint(tmp_path / "ckpt")
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     # one rank: the whole model is one FSDP unit (nothing to shard layer by layer)
     assert [type(m).__name__ for m in module.actor.modules() if isinstance(m, FSDPModule)] == ["FSDPQwen2ForCausalLM"]
     assert (tmp_path / "ckpt").is_dir()  # sharded: a torch.distributed.checkpoint directory
@@ -45,12 +25,6 @@ def test_sharded_checkpoint_exports_the_trained_actor_and_critic(tmp_path, monke
         assert torch.equal(value, actor[name]), name
     for name, value in CriticModel.from_pretrained(str(out / "critic")).state_dict().items():
         assert torch.equal(value, critic[name]), name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_export_of_a_missing_critic_fails_before_writing_anything(tmp_path):
@@ -66,27 +40,12 @@ def test_export_of_a_missing_critic_fails_before_writing_anything(tmp_path):
 
 def test_sharded_checkpoint_with_a_reference_policy_resumes(tmp_path, monkeypatch):
     """ModelParallelStrategy loads every key of the module, the frozen reference's included, when it resumes."""
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-
     def run(max_steps, ckpt_path=None):
-        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-        L.seed_everything(0)
-        module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4, kl_coef=0.05),
-                           rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
-                           optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
-        data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
-        data.connect(module.tokenizer)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0, strategy=ModelParallelStrategy(data_parallel_size=1,
-                                                                                tensor_parallel_size=1))
-        try:
+        with one_process_group(monkeypatch):
+            module, data, trainer = tiny_sharded_ppo(max_steps, kl_coef=0.05)
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
             if ckpt_path is None:
                 trainer.save_checkpoint(tmp_path / "ckpt")
-        finally:
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
         return module
 
     first = run(1)

@@ -1,22 +1,11 @@
 """Sharded (FSDP2) checkpoints are swapped in whole: a save that dies half-way leaves the previous checkpoint intact."""
 
-import socket
-
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import model_parallel
 
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
-from lit_codegen.data.datamodule import AppsDataModule
-from lit_codegen.module import PPOModule
+from helpers import one_process_group, tiny_sharded_ppo
 from lit_codegen.parallel import AtomicModelParallelStrategy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _snapshot(path):
@@ -36,24 +25,11 @@ def _dies_half_way(converted_state, path):
 @pytest.fixture
 def trained(tmp_path, monkeypatch):
     """A 1-iteration PPO run under the strategy (one process, gloo) with its checkpoint saved to tmp_path/last.ckpt."""
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # Lightning's 1-process group; keep it out of other tests
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    L.seed_everything(0)
-    module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=4),
-                       rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2),
-                       optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-2))
-    data = AppsDataModule(template_type="base", train_batch_size=4, val_batch_size=8)
-    data.connect(module.tokenizer)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        strategy=AtomicModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))
-    try:
+    with one_process_group(monkeypatch):
+        module, data, trainer = tiny_sharded_ppo(strategy_class=AtomicModelParallelStrategy)
         trainer.fit(module, datamodule=data)
         trainer.save_checkpoint(tmp_path / "last.ckpt")
         yield trainer, tmp_path / "last.ckpt"
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def test_a_save_killed_half_way_leaves_the_previous_checkpoint_as_it_was(trained, monkeypatch):
