@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_codegen.reward.compare import pick_tests
+from lit_codegen.reward.compare import is_stdin_text, pick_tests
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,6 @@ def _utf8(text: str, key: str) -> str:
     return text
 
 
-def _is_text_test(value: Any) -> bool:
-    """A standard-input test's input or output: a string, or a list of lines (strings)."""
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
-
-
 def parse_problem(record: dict[str, Any], source_split: str | None = None) -> AppsProblem:
     """Validate one record with the HF APPS fields and turn it into an `AppsProblem`.
 
@@ -202,7 +197,7 @@ def parse_problem(record: dict[str, Any], source_split: str | None = None) -> Ap
     if fn_name and not all(isinstance(args, list) for args in inputs):
         raise InvalidRecord("call_based_inputs_not_lists")
     # Standard-input tests feed text and compare printed text: `[1, 2]` or null is no test anyone can pass.
-    if not fn_name and not all(map(_is_text_test, inputs + outputs)):
+    if not fn_name and not all(map(is_stdin_text, inputs + outputs)):
         raise InvalidRecord("stdin_tests_not_text", "inputs and outputs must be strings or lists of strings")
 
     solutions = _parse_json_field(record.get("solutions") or [], "solutions_unparsable")

@@ -117,12 +117,15 @@ def parse_tests(tests: str | dict, max_tests: int | None = None) -> ParsedTests:
     return ParsedTests(inputs, outputs, fn_name, indices)
 
 
+def is_stdin_text(value) -> bool:
+    """Whether a standard-input test's input or output is text: a string, or a list of lines (strings)."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
+
+
 def _stdin_text(value, where: str) -> str:
     """A standard-input test's text: a string, or a list of lines joined with newlines."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(line, str) for line in value):
-        return "\n".join(value)
+    if is_stdin_text(value):
+        return value if isinstance(value, str) else "\n".join(value)
     raise ValueError(f"{where} of a standard-input problem must be a string or a list of strings, got {value!r:.80}")
 
 
