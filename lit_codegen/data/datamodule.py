@@ -105,13 +105,13 @@ def encode_prompts(texts: list[str], template_type: str, tokenizer: Any) -> list
     return tokenizer(texts, add_special_tokens=template_type == "base")["input_ids"]
 
 
-
 def check_sizes(**sizes: int) -> None:
     """Raise ValueError naming the first data-module size that is not a whole number >= 1 (`num_workers`: >= 0)."""
     for name, value in sizes.items():
         minimum = 0 if name == "num_workers" else 1
         if type(value) is not int or value < minimum:
             raise ValueError(f"--data.{name} must be a whole number >= {minimum}, got {value}")
+
 
 class PromptCollator:
     """Collate prompt examples into a LEFT-padded batch (prompts end where generation starts)."""
