@@ -320,7 +320,8 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
     # the compute dtype plus its float32 temporaries (eager; compiled they fuse away), and in the backward pass the
     # block's gradient and a float32 accumulator of the head's weight gradient.
     block = min(BLOCK_ELEMENTS, response_tokens * arch.vocab)
-    head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * (4 + compute_b)
+    # (each block's weight-gradient product is added into that accumulator inside its GEMM: no (V, H) temporary)
+    head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * 4
     if recipe.uses_critic:  # the critic's backbone keeps a decoder's activations; its value head is negligible
         add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", critic_acts,
             "c")

@@ -147,13 +147,15 @@ _FP32_OUT_ADDMM: dict[torch.device, bool] = {}  # False once a device's addmm re
 
 
 def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Add `a @ b` into `acc` in place and return it: `acc` (M, N) float32, `a` (M, K) and `b` (K, N) narrower.
+    """Add `a @ b` into `acc` in place and return it: `acc` (M, N), `a` (M, K) and `b` (K, N) in its dtype or narrower.
 
-    On CUDA one cuBLAS call adds the float32 product straight into `acc` (`addmm(..., out_dtype=float32)`): no block
-    product rounded to bfloat16 and no separate add over the (V, H) accumulator per block. Elsewhere (CPU, or a torch
-    without that overload) the product is taken in `a`'s dtype and added.
+    One GEMM that adds into `acc` (no (M, N) product alive beside it): `addmm_` for one dtype, and on CUDA for a
+    float32 `acc` with bf16/fp16 inputs `addmm(..., out_dtype=float32)`, so no block's product is rounded to bfloat16
+    first. Elsewhere (CPU, or a torch without that overload) the product is taken in `a`'s dtype and added.
     """
-    if a.dtype != acc.dtype and acc.dtype == torch.float32 and _FP32_OUT_ADDMM.get(acc.device, acc.is_cuda):
+    if a.dtype == acc.dtype:
+        return acc.addmm_(a, b)
+    if acc.dtype == torch.float32 and _FP32_OUT_ADDMM.get(acc.device, acc.is_cuda):
         try:
             return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
         except torch.OutOfMemoryError:
