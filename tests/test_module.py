@@ -354,7 +354,7 @@ def test_token_mean_metrics_do_not_depend_on_the_micro_batch_size(loss_agg):
         trainer(1).fit(module, datamodule=data)
     keys = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower", "critic/vf_clipfrac", "actor/pg_loss")
     assert logged[8]["actor/ppo_kl"] != 0 and logged[8]["actor/pg_clipfrac"] > 0  # the second epoch moved and clipped
-    # float32 summation order alone moves the second epoch's ppo_kl by up to 1e-4 (relative); weighting micro-batches
+    # float32 summation order alone moves the second epoch's ppo_kl by about 1e-4 (relative); weighting micro-batches
     # by their sequence count instead of their tokens moves these metrics by 0.8-8%
     for key in keys:
         assert logged[2][key] == pytest.approx(logged[8][key], rel=1e-3, abs=1e-7), key
