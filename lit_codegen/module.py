@@ -199,7 +199,7 @@ class PPOModule(LightningModule):
 
         engine = self.engine
         stale = self._vllm_stale or engine.weights_stale  # updated actor, or weights discarded by a level-2 sleep
-        engine.wake_up(iter_actor_params(self.actor) if stale else None)  # a collective when sharded
+        engine.wake_up(iter_actor_params(self.actor, engine.dtype) if stale else None)  # a collective if sharded
         self._vllm_stale = False
         roll = engine.generate(batch["input_ids"], batch["attention_mask"], params)
         engine.sleep()

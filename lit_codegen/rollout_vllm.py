@@ -8,7 +8,7 @@ vLLM is imported only inside this module's functions; nothing else in lit_codege
     roll = engine.generate(batch["input_ids"], batch["attention_mask"], SamplingParams(n=4))
     engine.sleep()                                                  # GPU: free the KV cache (and weights) to train
     ...                                                             # PPO update of the actor
-    engine.wake_up(iter_actor_params(actor))                        # weights back, new weights in, then KV cache
+    engine.wake_up(iter_actor_params(actor, engine.dtype))          # weights back, new weights in, then KV cache
 
 How it works:
 
@@ -18,12 +18,22 @@ How it works:
   (torch.distributed initialized), every engine joins the trainer's process group as vLLM's `external_launcher`
   backend (as verl's colocated rollout does): each engine knows its rank and sits on its rank's GPU. vLLM's default
   single-process backend would take every engine for rank 0 on `cuda:0`.
-- **Weight sync layer by layer.** `sync_weights` hands a generator of `(name, tensor)` pairs to vLLM's in-place
-  reload (`collective_rpc("reload_weights", weights_iterator=...)`), which copies each tensor into the engine's
-  existing storage (fusing q/k/v and gate/up as it goes). `iter_actor_params` gathers one FSDP2 shard at a time
-  (`DTensor.full_tensor()`), so at most one full parameter (plus the few that make up one fused vLLM layer) exists
-  outside the engine at any moment: never a full extra copy of the model. The prefix cache is reset afterwards, since
-  its KV blocks were computed with the old weights.
+- **Weight sync layer by layer, through the engine's own loader.** `sync_weights` hands a generator of
+  `(name, tensor)` pairs to vLLM's in-place reload (`collective_rpc("reload_weights", weights_iterator=...)`). That
+  reload is layerwise: once all of a layer's checkpoint tensors have arrived, it rebuilds the layer in its checkpoint
+  form, runs the layer's weight loaders (fusing q/k/v and gate/up) and then its post-load processing (the kernel
+  layout: on CPU, bf16 linear weights are repacked for AMX or oneDNN and the fused bias is kept in float32), and
+  copies the result into the engine's existing storage. So a sync ends in the state a fresh engine built from the
+  same weights starts in, whatever layout the kernels use. One thing the reload does not redo: the cast to the
+  engine's dtype, which a checkpoint load applies to every tensor first. Restored layers keep their *processed*
+  dtypes (a float32 bias stays float32), so a float32 actor's values would arrive unrounded where a fresh bf16 engine
+  has rounded them. `sync_weights` therefore casts every tensor to the engine's dtype itself: the engine receives
+  exactly the values a checkpoint load would give it (and the transient copy is half the size in bf16).
+  `iter_actor_params` gathers one FSDP2 shard at a time (`DTensor.full_tensor()`), so at most one full parameter
+  (plus the few that make up one vLLM layer) exists outside the engine at any moment: never a full extra copy of the
+  model. The prefix cache is reset afterwards, since its KV blocks were computed with the old weights. The contract
+  is tested as behaviour: a synced engine generates (tokens and log-probs, bit for bit) what a fresh engine built
+  from the same weights generates, in float32 and bfloat16, on both CPU GEMM paths, and on two FSDP2 ranks.
 - **Sleep / wake (CUDA only).** With `enable_sleep_mode`, `sleep()` discards the KV cache and, at the default level 2,
   the weights too (the next sync rewrites all of them, so keeping a CPU copy would only cost RAM); `wake_up()`
   re-allocates the weights first, loads the new ones, then the KV cache - so the trainer's memory is gone before
@@ -69,8 +79,9 @@ def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None) -> It
 
     Args:
         module: The actor, an HF causal LM (possibly `fully_shard`-ed, activation-checkpoint-wrapped or compiled).
-        dtype: Cast each tensor to this dtype before yielding (e.g. the engine's bf16, halving the transient memory);
-            None keeps the parameter's dtype (vLLM's loader casts while copying).
+        dtype: Cast each shard to this dtype before it is gathered (e.g. the engine's `VLLMRollout.dtype`, which
+            halves the gather's traffic and transient memory in bf16); None keeps the parameter's dtype
+            (`VLLMRollout.sync_weights` casts to the engine's dtype anyway).
 
     Yields:
         `(name, tensor)`: e.g. `("model.layers.0.self_attn.q_proj.weight", (H, H) tensor)`, detached, on the
@@ -79,10 +90,11 @@ def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None) -> It
     from torch.distributed.tensor import DTensor
 
     for name, param in module.named_parameters():
-        tensor = param.full_tensor() if isinstance(param, DTensor) else param
-        tensor = tensor.detach()
-        if dtype is not None:
+        tensor = param.detach()
+        if dtype is not None:  # cast the shard before the gather: in bf16 it moves and holds half of float32
             tensor = tensor.to(dtype)
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
         for prefix in WRAPPER_PREFIXES:
             name = name.replace(prefix, "")
         yield name, tensor
@@ -146,6 +158,7 @@ class VLLMRollout:
             kv_cache_gib = 1.0
         if kv_cache_gib is not None:
             engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         placement = _rank_placement(device)
         if placement is not None:
             engine_kwargs.setdefault("distributed_executor_backend", "external_launcher")
@@ -161,6 +174,10 @@ class VLLMRollout:
                 generation_config="vllm",  # our SamplingParams are complete: ignore the checkpoint's defaults
                 **engine_kwargs,
             )
+        if placement is None and not had_group and torch.distributed.is_initialized():
+            _groups_started_by_vllm.add(torch.distributed.group.WORLD)  # vLLM's own 1-rank world, not the trainer's
+        # The dtype a checkpoint load casts every tensor to (`auto` resolved): syncs cast to it too.
+        self.dtype: torch.dtype = self.llm.llm_engine.vllm_config.model_config.dtype
         # Sleep state (GPU only): what is released, and whether level-2 sleep discarded weights no sync has rewritten.
         self.weights_asleep = self.kv_asleep = self.weights_stale = False
 
@@ -240,10 +257,14 @@ class VLLMRollout:
     def sync_weights(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy new weights into the engine in place, one tensor at a time.
 
+        Every tensor is cast to the engine's dtype first, as a checkpoint load does (see the module docstring), so
+        the engine ends up exactly as a fresh engine built from the same weights would start.
+
         Args:
-            named_params: `(HF name, full tensor)` pairs, e.g. `iter_actor_params(actor)`; consumed lazily, so a
-                generator never holds more than the tensor being loaded (and the rest of its fused vLLM layer).
-                Names not in the checkpoint format raise inside vLLM; parameters left out keep their old values.
+            named_params: `(HF name, full tensor)` pairs in any dtype, e.g. `iter_actor_params(actor)`; consumed
+                lazily, so a generator never holds more than the tensor being loaded (and the rest of its vLLM
+                layer). Names not in the checkpoint format raise inside vLLM; parameters left out keep their old
+                values.
         """
         if self.weights_asleep:  # the weights need their memory back before they can be written
             self.llm.wake_up(tags=["weights"])
@@ -254,7 +275,7 @@ class VLLMRollout:
             nonlocal count
             for name, tensor in named_params:
                 count += 1
-                yield name, tensor
+                yield name, tensor.to(self.dtype)  # the checkpoint loader's cast; the reload keeps processed dtypes
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
         if count == 0:
@@ -295,19 +316,26 @@ class VLLMRollout:
             self.kv_asleep = False
 
 
+# Process groups that an engine of ours started itself: vLLM's single-process backend initializes a 1-rank world (and
+# leaves it up). A later engine in the same process must not take it for the trainer's ranks.
+_groups_started_by_vllm: set = set()
+
+
 def _rank_placement(device: torch.device | None) -> dict[str, str] | None:
     """The `RANK` / `LOCAL_RANK` that vLLM's `external_launcher` backend reads, or None outside a process group.
 
     Inside one (the trainer's ranks, even a single one), RANK is this process's rank in it and LOCAL_RANK the index of
     the GPU it trains on (which is what vLLM takes LOCAL_RANK for: it moves to `cuda:LOCAL_RANK`), or Lightning's
     LOCAL_RANK on CPU. Outside a process group vLLM's single-process backend always uses `cuda:0`, so another GPU is
-    refused with a clear error rather than silently sharing `cuda:0`.
+    refused with a clear error rather than silently sharing `cuda:0`. A group that an earlier engine started (vLLM's
+    single-process backend leaves its 1-rank world initialized) counts as no group.
     """
     if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
     on_gpu = device is not None and device.type == "cuda"
     gpu_index = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else 0
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    in_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not in_group or torch.distributed.group.WORLD in _groups_started_by_vllm:
         if gpu_index != 0:
             raise ValueError(
                 f"the vLLM engine can only use cuda:0 outside a torch.distributed process group, but the trainer is "

@@ -280,9 +280,9 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
         add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "eca")
 
     # Generation.
-    if recipe.rollout_backend == "vllm":  # weights are pushed one full (all-gathered) parameter at a time
-        add("Weight sync to vLLM (largest parameter)", f"embeddings {arch.vocab} x {arch.hidden} x {b} B",
-            arch.vocab * arch.hidden * b, "g")
+    if recipe.rollout_backend == "vllm":  # one full parameter at a time, gathered in the engine's dtype (bf16)
+        add("Weight sync to vLLM (largest parameter)", f"embeddings {arch.vocab} x {arch.hidden} x 2 B",
+            arch.vocab * arch.hidden * 2, "g")
     elif recipe.sharded:  # `parallel.gathered` all-gathers FSDP's shards; it is a no-op on an unsharded model
         add("Actor gathered for generation", f"{p_actor / 1e9:.2f} B x {compute_b} B (PPOModule.generate)",
             p_actor * compute_b, "g")

@@ -7,7 +7,9 @@ installed; `scripts/ci_vllm.sh` builds a venv with it and runs them:
     pytest -m vllm tests/test_rollout_vllm.py
 
 One engine serves the whole module (starting one takes ~10-30 s on 2 CPU cores). Tests that push other weights into
-it restore the tiny model's own weights before they return, so they do not depend on their order.
+it restore the tiny model's own weights before they return, so they do not depend on their order. Tests that need
+more engines (a synced one against a fresh one) run them in a helper process, `vllm_engine_worker.py`: deleting an
+in-process engine tears down vLLM's per-process state under the module's engine.
 The tests without the marker (`iter_actor_params` under FSDP2, the missing-vLLM error) run in the main suite.
 """
 
@@ -159,6 +161,47 @@ def test_weight_sync_follows_the_new_weights(engine, actor, trained_actor, token
     assert_same_rollout(engine.generate(*prompts, GREEDY), before)  # and back: syncing is not one-way
 
 
+def save_hf_model(model, tokenizer, out: Path) -> str:
+    """Write `model` as an HF directory a fresh engine can start from (weights, tokenizer, generation config)."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "generation_config.json").write_text(Path(resolve_model_path("tiny"), "generation_config.json").read_text())
+    return str(out)
+
+
+def run_engine_worker(tmp_path: Path, prompt_ids, prompt_mask, *args: str) -> dict:
+    """Run tests/vllm_engine_worker.py (engines built and deleted in a process of their own) and return its JSON."""
+    prompts, out = tmp_path / "prompts.json", tmp_path / "engines.json"
+    prompts.write_text(json.dumps({"input_ids": prompt_ids.tolist(), "attention_mask": prompt_mask.tolist()}))
+    worker = Path(__file__).with_name("vllm_engine_worker.py")
+    proc = subprocess.run([sys.executable, str(worker), "--prompts", str(prompts), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.vllm
+@needs_vllm
+@pytest.mark.parametrize(("dtype", "kernels"), [("float32", "native"), ("bfloat16", "native"), ("bfloat16", "no-amx")])
+def test_synced_engine_generates_what_a_fresh_engine_on_the_same_weights_generates(
+    dtype, kernels, trained_actor, tokenizer, prompts, tmp_path
+):
+    """The sync's contract, whatever layout the engine keeps its weights in: after `sync_weights(new)` (from the
+    trainer's float32 actor), greedy tokens and log-probs are bit for bit those of an engine built from `new` on disk.
+
+    `native` bf16 on an AMX CPU repacks every linear layer for AMX tiles and keeps the fused q/k/v bias in float32;
+    `no-amx` takes the oneDNN path of other x86 CPUs (on a CPU without AMX both cases take it)."""
+    new = save_hf_model(trained_actor, tokenizer, tmp_path / "new")
+    flags = ["--dtype", dtype, "--sync", new, "--fresh", new] + (["--no-amx"] if kernels == "no-amx" else [])
+    result = run_engine_worker(tmp_path, *prompts, *flags)
+    assert result["dtype"] == result["fresh_dtype"] == f"torch.{dtype}"
+    before, synced, fresh = result["before"], result["synced"], result["fresh"]
+    assert fresh["texts"] == ANSWERS, "the fresh engine should answer as the new weights were trained to"
+    assert before["response_ids"] != fresh["response_ids"], "the engine's first weights should answer differently"
+    assert synced["response_ids"] == fresh["response_ids"]
+    assert synced["logprobs"] == fresh["logprobs"]  # same values, same kernels: exactly equal
+
+
 @pytest.mark.vllm
 @needs_vllm
 def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
@@ -201,23 +244,33 @@ def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
 @pytest.mark.vllm
 @needs_vllm
 def test_two_ranks_each_sync_their_own_engine_from_fsdp2_shards(tmp_path):
-    """2 ranks (gloo), FSDP2, vLLM backend: each engine takes its own rank (on GPU: its own device, not cuda:0) and
-    after an update holds exactly the actor's gathered weights."""
+    """2 ranks (gloo), FSDP2, vLLM backend: each engine takes its own rank (on GPU: its own device, not cuda:0), and
+    after an update generates what a fresh engine built from the actor's gathered weights generates."""
     worker = Path(__file__).with_name("vllm_dist_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
            str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    for rank in (0, 1):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, result in enumerate(results):
         assert result["global_step"] == 2  # two PPO iterations, the second rolled out with synced weights
         # vLLM's default single-process backend would make both engines rank 0 / local rank 0 (cuda:0 on GPU)
         assert result["backend"] == "external_launcher"
         assert (result["engine_rank"], result["engine_local_rank"]) == (rank, rank)
         assert result["local_rank_env_kept"]  # Lightning reads LOCAL_RANK too: it is restored after the engine starts
-        assert result["weights_compared"] >= 4 * 6  # every layer's fused and plain projections and norms
-        assert result["error_before_sync"] > 0  # the last update moved the weights past the engine's copy
-        assert result["error_after_sync"] == 0  # the sync gathered every shard into the engine, bit for bit
+    # A fresh engine (same dtype as the module's: the checkpoint's, bf16) from the gathered weights rank 0 saved.
+    prompt_ids, prompt_mask = torch.tensor(results[0]["prompt_ids"]), torch.tensor(results[0]["prompt_mask"])
+    fresh = run_engine_worker(tmp_path, prompt_ids, prompt_mask, "--fresh", str(tmp_path / "actor"),
+                              "--max_new_tokens", "12")
+    assert fresh["fresh_dtype"] == results[0]["engine_dtype"] == "torch.bfloat16"
+    logprobs = torch.tensor(fresh["fresh"]["logprobs"])
+    for result in results:
+        synced = result["after_sync"]
+        assert synced["response_ids"] == fresh["fresh"]["response_ids"]
+        # one thread per rank there, two here: a different split of the same sums, so equal up to round-off
+        torch.testing.assert_close(torch.tensor(synced["logprobs"]), logprobs, atol=1e-5, rtol=0)
+        # the last update moved the weights past the engine's copy, and the sync carried the move
+        assert (torch.tensor(result["before_sync"]["logprobs"]) - logprobs).abs().max() > 1e-2
 
 
 # ---------------------------------------------------------------------------------------- without vLLM (main suite)

@@ -1,47 +1,51 @@
 """Worker for the 2-rank vLLM test in tests/test_rollout_vllm.py, launched by `torchrun --nproc_per_node 2` (CPU, gloo).
 
 Trains the tiny PPO model for two iterations under FSDP2 (ModelParallelStrategy) with the vLLM rollout backend, so
-every rollout after the first update pushes the actor's sharded weights into each rank's own engine. Then it writes,
-from every rank: which rank and local rank the engine's worker took, its executor backend, and the largest difference
-between the engine's weights and the actor's gathered weights (after one more sync, as the next rollout would do).
+every rollout after the first update pushes the actor's sharded weights into each rank's own engine. Then every rank
+scores fixed prompts greedily before and after one more sync (as the next rollout would do), rank 0 saves the
+actor's gathered weights as an HF folder, and each rank writes what it saw: which rank and local rank its engine's
+worker took, its executor backend, and the greedy tokens and log-probs. The test compares them with a fresh engine
+built from the saved folder: behaviour, not the engine's internal weight layout (which differs by CPU).
 """
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
+from transformers import AutoModelForCausalLM
 
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.data.toy import write_toy_parquet
+from lit_codegen.models.loading import resolve_model_path
 from lit_codegen.module import PPOModule
+from lit_codegen.rollout import SamplingParams
 from lit_codegen.rollout_vllm import iter_actor_params
 
-# vLLM fuses these HF projections into one parameter, stacked in this order.
-FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+PROMPTS = ["Read two integers a and b and print their sum.\n", "def add(a, b):\n", "Print the string reversed."]
+GREEDY = SamplingParams(greedy=True, max_new_tokens=12)
 
 
-def engine_weight_error(engine, actor_weights: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """Largest |engine - actor| over the engine's weights (fused ones rebuilt from the HF parts), and how many."""
-    engine_weights = engine.llm.collective_rpc(
-        lambda worker: {k: v.detach().clone() for k, v in worker.model_runner.get_model().state_dict().items()}
-    )[0]
-    error, compared = 0.0, 0
-    for name, value in engine_weights.items():
-        fused = next((f for f in FUSED if f".{f}." in name), None)
-        if fused is not None:
-            expected = torch.cat([actor_weights[name.replace(fused, part)] for part in FUSED[fused]])
-        elif name in actor_weights:
-            expected = actor_weights[name]
-        else:  # rotary caches and other buffers that are not weights
-            continue
-        value = value[: expected.shape[0]]  # vLLM pads the vocabulary rows of the embedding to a multiple of 64
-        error = max(error, float((value.float() - expected.to(value.dtype).float()).abs().max()))
-        compared += 1
-    return error, compared
+def greedy(engine, batch) -> dict:
+    """The engine's greedy response ids and their log-probs on `batch`, as lists."""
+    roll, logprobs = engine.generate_with_logprobs(batch["input_ids"], batch["attention_mask"], GREEDY)
+    return {"response_ids": roll.response_ids.tolist(), "logprobs": logprobs.tolist()}
+
+
+def save_gathered_actor(module: PPOModule, out: Path, rank: int) -> None:
+    """Gather the actor's FSDP2 shards (a collective: every rank iterates) and let rank 0 save them as an HF folder."""
+    weights = {name: tensor.clone() for name, tensor in iter_actor_params(module.actor)}
+    if rank != 0:
+        return
+    model = AutoModelForCausalLM.from_config(module.actor.config)
+    model.load_state_dict(weights, strict=False)  # tied embeddings appear once
+    model.save_pretrained(out)
+    module.tokenizer.save_pretrained(out)
+    shutil.copy(Path(resolve_model_path("tiny"), "generation_config.json"), out)
 
 
 def main(out: Path) -> None:
@@ -65,19 +69,24 @@ def main(out: Path) -> None:
     local_rank_before = os.environ.get("LOCAL_RANK")
     trainer.fit(module, datamodule=data)
     engine = module.engine
-    initial, _ = engine_weight_error(engine, {k: v.float() for k, v in iter_actor_params(module.actor)})
+    module.tokenizer.padding_side = "left"
+    batch = module.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    before = greedy(engine, batch)  # the weights of the last rollout, one update behind the actor
     # The next rollout pushes the last update's weights (a collective over both ranks' shards), as `generate` does.
     engine.wake_up(iter_actor_params(module.actor))
-    synced, compared = engine_weight_error(engine, {k: v.float() for k, v in iter_actor_params(module.actor)})
+    after = greedy(engine, batch)
+    save_gathered_actor(module, out / "actor", trainer.global_rank)
     placement = engine.llm.collective_rpc(lambda worker: (worker.rank, worker.local_rank))[0]
     config = engine.llm.llm_engine.vllm_config.parallel_config
     result = {
         "rank": trainer.global_rank, "global_step": trainer.global_step, "engine_rank": placement[0],
         "engine_local_rank": placement[1], "backend": config.distributed_executor_backend,
-        "local_rank_env_kept": os.environ.get("LOCAL_RANK") == local_rank_before,
-        "error_before_sync": initial, "error_after_sync": synced, "weights_compared": compared,
+        "local_rank_env_kept": os.environ.get("LOCAL_RANK") == local_rank_before, "engine_dtype": str(engine.dtype),
+        "prompt_ids": batch["input_ids"].tolist(), "prompt_mask": batch["attention_mask"].tolist(),
+        "before_sync": before, "after_sync": after,
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    torch.distributed.barrier()  # rank 0's folder is complete before any rank exits
 
 
 if __name__ == "__main__":
