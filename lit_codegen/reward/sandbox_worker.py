@@ -35,7 +35,6 @@ import os
 import pickle
 import resource
 import select
-import shutil
 import signal
 import stat
 import struct
@@ -142,8 +141,11 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+IPC_RMID = 0
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 LL_FS_V1 = (1 << 13) - 1
@@ -152,6 +154,66 @@ LL_NET_BIND_TCP, LL_NET_CONNECT_TCP = 1 << 0, 1 << 1
 LL_SCOPE_ABSTRACT_UNIX_SOCKET, LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
 SANDBOX_UID_BASE = 1_900_000_000
 READABLE_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/dev", "/proc")
+
+
+# Seccomp: the system calls a test may not make. The numbers differ by architecture.
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+AF_INET, AF_INET6 = 2, 10
+_SECCOMP_ARCH = {  # machine: (AUDIT_ARCH value, syscall numbers)
+    "x86_64": (0xC000003E, {
+        "socket": 41, "clone": 56, "unshare": 272, "clone3": 435, "add_key": 248, "request_key": 249, "keyctl": 250,
+        "io_uring_setup": 425, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+    }),
+    "aarch64": (0xC00000B7, {
+        "socket": 198, "clone": 220, "unshare": 97, "clone3": 435, "add_key": 217, "request_key": 218, "keyctl": 219,
+        "io_uring_setup": 425, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+    }),
+}
+# Denied outright: the kernel keyring (keys outlive the test and are shared by the uid: a channel between
+# programs), io_uring (can open sockets past the socket() rule), and kernel interfaces no program needs.
+_DENIED_SYSCALLS = ("add_key", "request_key", "keyctl", "io_uring_setup", "bpf", "perf_event_open", "userfaultfd")
+
+
+def _seccomp_filter() -> ctypes.Structure | None:
+    """A classic-BPF seccomp program for this architecture, or None where the numbers are not known.
+
+    It fails with EPERM: the keyring and the calls in `_DENIED_SYSCALLS`; `socket()` of any family but IPv4/IPv6
+    (those reach only the empty network namespace; unix sockets could reach a host service through a visible
+    socket file, vsock the hypervisor, netlink the kernel); `clone`/`unshare` asking for a new user namespace (the
+    kernel attack surface most privilege escalations need). `clone3` fails with ENOSYS, since its flags sit in memory
+    a filter cannot read; the C library then falls back to `clone`. Foreign-ABI calls (32-bit, x32) fail too.
+    """
+    arch = _SECCOMP_ARCH.get(os.uname().machine)
+    if arch is None:
+        return None
+    audit_arch, nr = arch
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JSET|K, BPF_RET|K
+    eperm, enosys, allow = SECCOMP_RET_ERRNO | errno.EPERM, SECCOMP_RET_ERRNO | errno.ENOSYS, SECCOMP_RET_ALLOW
+    arg0 = 16  # offsetof(struct seccomp_data, args[0]); its low 32 bits on a little-endian machine
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
+    if audit_arch == 0xC000003E:  # x32 system calls share the arch value, with bit 30 set in the number
+        prog += [(0x35, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # BPF_JMP|JGE|K
+    for name in _DENIED_SYSCALLS:
+        prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
+    for name in ("clone", "unshare"):  # flags are the first argument of both
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jset, 0, 1, CLONE_NEWUSER), (ret, 0, 0, eperm)]
+        prog += [(ret, 0, 0, allow)]
+    prog += [(jeq, 0, 4, nr["socket"]), (ld, 0, 0, arg0), (jeq, 2, 0, AF_INET), (jeq, 1, 0, AF_INET6)]
+    prog += [(ret, 0, 0, eperm)]
+    prog += [(ret, 0, 0, allow)]
+
+    class _Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class _Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
+
+    filters = (_Filter * len(prog))(*[_Filter(*insn) for insn in prog])
+    program = _Program(len(prog), filters)
+    program._keep = filters  # the array must outlive the structure that points at it
+    return program
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -251,12 +313,28 @@ class Sandbox:
         _prctl(PR_SET_DUMPABLE, 0)
         if full and root and self._try_unshare(CLONE_NEWNET):
             self.protections.append("network: empty network namespace (no interfaces but a down loopback)")
+        self.ipc_namespace = full and root and self._try_unshare(CLONE_NEWIPC)
+        self.mqueue_dir = None
         self.mount_namespace = full and root and self._setup_mounts()
         if self.mount_namespace:
             self.protections.append(
                 "filesystem: private mount namespace, size-limited tmpfs on /tmp, /var/tmp, "
-                "/dev/shm; non-public home directories hidden"
+                "/dev/shm; non-public home directories, /run (host service sockets) and the installed lit_codegen "
+                "package (its bundled problems) hidden; /proc shows a test only its own processes (hidepid)"
             )
+        if self.ipc_namespace:
+            self.protections.append(
+                "IPC: private IPC namespace per worker; every System V segment, queue and semaphore set"
+                + (" and POSIX message queue" if self.mqueue_dir else "")
+                + " is removed after every test"
+            )
+        self.seccomp = _seccomp_filter() if full else None
+        if self.seccomp is not None:
+            self.protections.append(
+                "seccomp: no kernel keyring, no new user namespaces, no sockets but IPv4/IPv6 (no unix, vsock or "
+                "netlink), no io_uring, bpf, perf_event_open or userfaultfd"
+            )
+        self.protections.append("test processes are the OOM killer's first choice (oom_score_adj 1000)")
         self.workdir = self._make_workdir()
         self.uid = None
         if full and root and all(_others_can_enter(d) for d in _python_dirs()):
@@ -311,6 +389,18 @@ class Sandbox:
                 if not os.path.isdir(path) or not _others_can_enter(path):
                     os.makedirs(path, mode=0o755, exist_ok=True)
                     _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            # Hidden after the re-exposure above (which may cover them): host services' sockets under /run (/var/run
+            # links there), and this package, which ships problems with their answers (the worker needs none of its
+            # files once it runs).
+            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            for hidden in ("/run", "/var/run", package):
+                if os.path.isdir(hidden) and not os.path.islink(hidden):
+                    _mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=755")
+            # a /proc of our own, where a process sees only its own uid's processes (the worker, root, sees all)
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
+            if self.ipc_namespace:  # the namespace's POSIX queues, listed for the cleanup after every test
+                self.mqueue_dir = tempfile.mkdtemp(prefix="litcg-mqueue-", dir="/tmp")
+                _mount("mqueue", self.mqueue_dir, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             return True
         except OSError as exc:
             print(f"sandbox_worker: mount namespace setup failed ({exc}); continuing without it", file=sys.stderr)
@@ -444,6 +534,8 @@ class Sandbox:
             os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
         self._kill_leftovers(pid)
+        if self.ipc_namespace:
+            self._remove_ipc_objects()
         out_fd = self.stdout_fd if fn_name is None else self.result_fd
         size = max(os.fstat(self.stdout_fd).st_size, os.fstat(self.result_fd).st_size)
         if timed_out:
@@ -491,6 +583,8 @@ class Sandbox:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             os._exit(EXIT_SETUP_FAILED)
+        with open("/proc/self/oom_score_adj", "w") as f:  # under memory pressure the kernel kills a test first
+            f.write("1000")
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         os.dup2(self.stdin_fd, 0)
@@ -518,6 +612,8 @@ class Sandbox:
             os.setresgid(self.uid, self.uid, self.uid)
             os.setresuid(self.uid, self.uid, self.uid)
         os.environ["HOME"] = os.environ["TMPDIR"] = self.workdir
+        if self.seccomp is not None:  # last: the setup above needs none of the denied calls, the program gets none
+            _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.seccomp), 0, 0), "seccomp")
 
     def _kill_leftovers(self, pid: int) -> None:
         """Kill and reap everything the test started: its process group, the sandbox uid, any reparented orphan."""
@@ -545,6 +641,27 @@ class Sandbox:
                 pass
             if attempt:
                 select.select([], [], [], 0.001)
+
+    def _remove_ipc_objects(self) -> None:
+        """Remove every System V object and POSIX message queue of the worker's IPC namespace (only tests use it)."""
+        for kind, remove in (
+            ("shm", lambda ident: _libc.shmctl(ident, IPC_RMID, None)),
+            ("msg", lambda ident: _libc.msgctl(ident, IPC_RMID, None)),
+            ("sem", lambda ident: _libc.semctl(ident, 0, IPC_RMID)),
+        ):
+            try:
+                with open(f"/proc/sysvipc/{kind}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:  # columns: key, id, ...
+                remove(int(row.split()[1]))
+        if self.mqueue_dir is not None:
+            for name in os.listdir(self.mqueue_dir):
+                try:
+                    os.unlink(os.path.join(self.mqueue_dir, name))
+                except OSError:
+                    pass
 
     def _kill_sandbox_uid(self) -> None:
         # Become the sandbox uid for one kill(-1): that signals exactly the processes of this uid, nothing else
@@ -576,24 +693,73 @@ class Sandbox:
 
 
 def _remove_tree(path: str) -> None:
-    """Delete a folder a test left behind, also when the test took the permissions away from folders in it.
+    """Delete a folder a test left behind, however deep, also when the test took the permissions away from it.
 
     Runs only when every process of the test is gone, so nothing can swap a folder for a symlink meanwhile; symlinks
-    are never followed.
+    are never followed. Iterative, with two descriptors open at a time: the subfolders of each emptied folder are
+    moved up to `path` itself and emptied in a later round, so neither depth (a test can nest thousands of folders)
+    nor path length limits it.
     """
     try:
-        os.chmod(path, 0o700)
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        try:
+            os.unlink(path)  # a file or a symlink, or already gone
+        except OSError:
+            pass
+        return
+    moved, previous = 0, None
+    try:
+        os.fchmod(top, 0o700)
+        while subfolders := sorted(e.name for e in os.scandir(top) if e.is_dir(follow_symlinks=False)):
+            if subfolders == previous:  # no progress (cannot happen as root): leave the rest
+                break
+            for name in subfolders:
+                moved = _empty_one_level(top, name, moved)
+            previous = subfolders
+        for entry in os.scandir(top):
+            os.unlink(entry.name, dir_fd=top)
     except OSError:
         pass
-    for folder, subfolders, _ in os.walk(path):  # top-down: each folder is opened up before os.walk lists it
-        for name in subfolders:
-            sub = os.path.join(folder, name)
-            try:
-                if not os.path.islink(sub):
-                    os.chmod(sub, 0o700)
-            except OSError:
-                pass
-    shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _empty_one_level(top: int, name: str, moved: int) -> int:
+    """Unlink the files in folder `name` of `top`, move its subfolders up into `top`, remove it; returns `moved`."""
+    try:
+        folder = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+    except OSError:
+        return moved
+    try:
+        os.fchmod(folder, 0o700)
+        for entry in list(os.scandir(folder)):
+            if entry.is_dir(follow_symlinks=False):
+                while True:  # a fresh name in `top`
+                    moved += 1
+                    try:
+                        os.rename(entry.name, f".litcg-{moved}", src_dir_fd=folder, dst_dir_fd=top)
+                        break
+                    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+                        continue
+                    except OSError as exc:
+                        if exc.errno != errno.ENOTEMPTY:
+                            raise
+            else:
+                os.unlink(entry.name, dir_fd=folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+    try:
+        os.rmdir(name, dir_fd=top)
+    except OSError:
+        pass
+    return moved
 
 
 def _tasks_of_uid(uid: int) -> int:

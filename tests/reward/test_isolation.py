@@ -1,0 +1,258 @@
+"""Hostile programs, second round: channels between programs, ways out of the sandbox, limits that bind.
+
+In PPO/GRPO the n samples of a prompt are scored back to back, so anything one program leaves behind that a later
+program can read lets one correct sample pay its siblings. These tests run the writer and the reader as separate
+`evaluate` calls on a one-worker evaluator (the worst case: the same worker, the same sandbox uid). Every attack is
+bounded (a few KiB, one socket, a few seconds) and removes what it made, so it cannot harm the machine even if the
+sandbox failed. Root-only protections (namespaces) are skipped with the reason elsewhere.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lit_codegen.reward import Evaluator
+
+SECRET = "918273645"
+READ_SECRET = {"inputs": ["1\n"], "outputs": [SECRET + "\n"]}
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root")
+# Syscall numbers for the ctypes programs (the sandbox's Python has no wrapper for these calls).
+SYSCALLS = {
+    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272},
+    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97},
+}.get(os.uname().machine)
+needs_known_arch = pytest.mark.skipif(SYSCALLS is None, reason="syscall numbers known for x86_64 and aarch64 only")
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    """One worker: the writer and the reader of a channel run in the same sandbox, one after the other."""
+    with Evaluator(workers=1, timeout=5.0, memory_mb=256, output_limit_mb=4) as ev:
+        ev.start()
+        yield ev
+
+
+def run(evaluator, program, tests=READ_SECRET):
+    (result,) = evaluator.evaluate([program], [tests])
+    return result
+
+
+def printed(evaluator, program) -> str:
+    """What the program printed on empty input (asked of the worker directly, as the evaluator does)."""
+    worker = evaluator._pool[0]
+    request = {"source": program, "fn_name": None, "inputs": [""]}
+    ((status, payload),) = worker.run(request, deadline=time.monotonic() + 60)
+    assert status == "ok", status
+    return payload.decode()
+
+
+@needs_known_arch
+def test_kernel_keyring_carries_nothing_to_the_next_program(one_worker):
+    nr = SYSCALLS
+    writer = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall({nr["add_key"]}, b"user", b"litcg-answer", b"{SECRET}", {len(SECRET)}, -4))  # @u: the uid's keyring
+"""
+    reader = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+key = libc.syscall({nr["request_key"]}, b"user", b"litcg-answer", None, 0)
+buf = ctypes.create_string_buffer(64)
+n = libc.syscall({nr["keyctl"]}, 11, key, buf, 64) if key > 0 else -1  # KEYCTL_READ
+if key > 0:
+    libc.syscall({nr["keyctl"]}, 21, key)  # KEYCTL_INVALIDATE: leave nothing behind even if the sandbox failed
+print(buf.raw[:n].decode() if n > 0 else "no key")
+"""
+    assert printed(one_worker, writer).strip() == "-1"  # add_key fails inside the sandbox
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+
+
+@needs_root
+def test_system_v_shared_memory_carries_nothing_to_the_next_program(one_worker):
+    writer = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+seg = libc.shmget(0x5EC2E7, 4096, 0o1666)  # IPC_CREAT | 0666, a fixed key the reader knows
+ctypes.memmove(libc.shmat(seg, None, 0), b"{SECRET}", {len(SECRET)})
+print(seg)
+"""
+    reader = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+seg = libc.shmget(0x5EC2E7, 0, 0)
+text = ctypes.string_at(libc.shmat(seg, None, 0), 9).decode() if seg >= 0 else "no segment"
+if seg >= 0:
+    libc.shmctl(seg, 0, None)  # IPC_RMID: leave nothing behind even if the sandbox failed
+print(text)
+"""
+    assert int(printed(one_worker, writer)) >= 0  # the program may use shared memory within its own test
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+    assert "0x005ec2e7" not in Path("/proc/sysvipc/shm").read_text()  # and nothing reached the host's namespace
+
+
+@needs_root
+def test_posix_message_queues_carry_nothing_to_the_next_program(one_worker):
+    writer = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+q = libc.mq_open(b"/litcg-answer", os.O_CREAT | os.O_RDWR, 0o666, None)
+print(q, libc.mq_send(q, b"{SECRET}", {len(SECRET)}, 0))
+"""
+    reader = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+q = libc.mq_open(b"/litcg-answer", os.O_RDONLY | os.O_NONBLOCK)
+buf = ctypes.create_string_buffer(8192)
+n = libc.mq_receive(q, buf, 8192, None) if q >= 0 else -1
+libc.mq_unlink(b"/litcg-answer")
+print(buf.raw[:n].decode() if n > 0 else "no queue")
+"""
+    printed(one_worker, writer)  # with Landlock the queue cannot even be created (EACCES); without, it is removed
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+
+
+def test_unix_socket_of_a_host_service_is_unreachable(one_worker, tmp_path):
+    """A host service listening on a pathname socket the sandbox can see (the issue found one under /run)."""
+    folder = Path("/run") if os.access("/run", os.W_OK) else tmp_path
+    path = folder / f"litcg-test-{os.getpid()}.sock"
+    os.chmod(tmp_path, 0o755)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    os.chmod(path, 0o666)
+    server.listen(1)
+    server.settimeout(8)
+    accepted = []
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            accepted.append(True)
+            conn.sendall(SECRET.encode() + b"\n")
+            conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    program = f"""
+import socket
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({str(path)!r})
+    print(s.recv(100).decode().strip())
+except OSError as exc:
+    print("blocked", exc.errno)
+"""
+    try:
+        result = run(one_worker, program)
+    finally:
+        server.close()
+        thread.join()
+        path.unlink()
+    assert result.outcomes == ["wrong_answer"] and not accepted
+
+
+def test_vsock_and_netlink_sockets_are_denied(one_worker):
+    program = """
+import socket
+made = []
+for family in (40, 16):  # AF_VSOCK (the hypervisor), AF_NETLINK (the kernel)
+    try:
+        socket.socket(family, socket.SOCK_DGRAM if family == 16 else socket.SOCK_STREAM).close()
+        made.append(family)
+    except OSError:
+        pass
+print(made)
+"""
+    assert printed(one_worker, program).strip() == "[]"
+    assert printed(one_worker, "import socket\nsocket.socket().close()\nprint('ok')").strip() == "ok"  # IPv4 is fine
+
+
+@needs_known_arch
+def test_new_user_namespaces_are_denied(one_worker):
+    program = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall({SYSCALLS["unshare"]}, 0x10000000), ctypes.get_errno())  # CLONE_NEWUSER
+"""
+    assert printed(one_worker, program).split() == ["-1", "1"]  # EPERM
+    threads = "import threading\nt = threading.Thread(target=print, args=('t',))\nt.start()\nt.join()"
+    assert printed(one_worker, threads) == "t\n"  # threads (clone3 falls back to clone) still work
+
+
+@needs_root
+def test_other_processes_are_invisible_in_proc(one_worker):
+    marker = f"litcg-marker-{os.getpid()}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    program = f"""
+import os
+found = []
+for pid in os.listdir("/proc"):
+    try:
+        with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+            if b"{marker}" in f.read():
+                found.append(pid)
+    except OSError:
+        pass
+print("found" if found else "hidden", len([p for p in os.listdir("/proc") if p.isdigit()]))
+"""
+    try:
+        assert printed(one_worker, program).split() == ["hidden", "1"]  # only the test's own process
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_test_processes_are_the_oom_killers_first_choice(one_worker):
+    assert printed(one_worker, "print(open('/proc/self/oom_score_adj').read().strip())") == "1000\n"
+
+
+def test_thousands_of_nested_folders_do_not_kill_the_worker(one_worker):
+    pid = one_worker._pool[0].proc.pid
+    deep = "import os\nfor i in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nos.chmod('.', 0o500)\nprint(1)"
+    assert run(one_worker, deep, {"inputs": [""], "outputs": ["1\n"]}).outcomes == ["passed"]
+    assert run(one_worker, "import os\nprint(os.listdir('.'))", {"inputs": [""], "outputs": ["[]\n"]}).passed
+    assert one_worker._pool[0].proc.pid == pid  # the cleanup in between did not crash it
+
+
+@needs_root
+def test_bundled_problems_of_an_installed_package_are_unreadable(tmp_path):
+    """A regular (non-editable) install puts the toy problems, answers included, in site-packages, which tests may
+    read; the worker hides the package. Checked with the package copied into a fresh venv's site-packages."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    package = Path(__file__).resolve().parents[2] / "lit_codegen"
+    shutil.copytree(package, Path(purelib) / "lit_codegen", ignore=shutil.ignore_patterns("__pycache__"))
+    toy = Path(purelib) / "lit_codegen" / "data" / "toy_problems.jsonl"
+    assert toy.is_file()
+    program = f"""
+try:
+    print(open({str(toy)!r}).read()[:20])
+except OSError as exc:
+    print("hidden", type(exc).__name__)
+"""
+    script = f"""
+import time
+from lit_codegen.reward import Evaluator
+with Evaluator(workers=1, timeout=5.0) as ev:
+    ev.start()
+    request = {{"source": {program!r}, "fn_name": None, "inputs": [""]}}
+    print(ev._pool[0].run(request, deadline=time.monotonic() + 60)[0][1].decode())
+"""
+    env = {"PATH": os.environ["PATH"], "PYTHONSAFEPATH": "1"}
+    out = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[0] == "hidden", out.stdout
