@@ -274,12 +274,15 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient():
 def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discarding_sleep():
     class FakeEngine:
         weights_stale = False
+        dtype = torch.bfloat16  # the engine's dtype: the actor's float32 weights are gathered in it
 
         def __init__(self):
-            self.woken_with = []
+            self.woken_with, self.dtypes = [], set()
 
         def wake_up(self, named_params):
-            self.woken_with.append(None if named_params is None else [name for name, _ in named_params])
+            params = None if named_params is None else list(named_params)
+            self.woken_with.append(None if params is None else [name for name, _ in params])
+            self.dtypes.update(tensor.dtype for _, tensor in params or [])
             self.weights_stale = False
 
         def generate(self, input_ids, attention_mask, params):
@@ -301,6 +304,7 @@ def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discardi
     module.generate(batch, module.train_sampling())
     names = [n for n, _ in module.actor.named_parameters()]
     assert [w is not None for w in engine.woken_with] == [True, False, True, True]
+    assert engine.dtypes == {torch.bfloat16}
     assert "lm_head.weight" in engine.woken_with[0] or "model.embed_tokens.weight" in engine.woken_with[0]
     assert len(engine.woken_with[0]) <= len(names)
 

@@ -278,6 +278,89 @@ def _python_dirs() -> list[str]:
     return [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
 
 
+class _TestCgroup:
+    """The cgroup this worker and its tests run in (root only): one memory limit and a fair CPU share per test.
+
+    The memory limit covers all of a test's processes together, page cache, memfd and shared memory included: tests
+    of one worker run one at a time, so the worker's group is the test's. The worker's own pages count too (they are
+    part of the limit); its `oom_score_adj` is 0 against the tests' 1000, so the OOM killer picks a test.
+    `RLIMIT_AS` binds per process only, and memfd or System V pages are outside it. Each worker's group has the
+    default CPU weight, so a test that forks 31 busy processes gets its worker's share of the CPUs, not 31 shares.
+    cgroup v1 (memory and cpu hierarchies) and v2 (unified, if the parent delegates memory and cpu) are supported;
+    elsewhere there is no group and `RLIMIT_AS` is the only memory limit.
+
+    Args:
+        name: The group's folder name (unique per worker).
+        memory_bytes: Memory limit of the group.
+    """
+
+    def __init__(self, name: str, memory_bytes: int):
+        self.dirs: list[str] = []  # the groups a test joins, one per hierarchy
+        self.oom_file, self.oom_key = None, "oom_kill"
+        paths = {}  # controller -> our cgroup path
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for controller in controllers.split(",") if controllers else [""]:
+                    paths[controller] = path
+        if os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):  # v2: one tree
+            parent = "/sys/fs/cgroup" + paths.get("", "/")
+            with open(os.path.join(parent, "cgroup.subtree_control")) as f:
+                if not {"memory", "cpu"} <= set(f.read().split()):
+                    raise OSError("the parent cgroup does not delegate the memory and cpu controllers")
+            group = self._make(parent, name)
+            self._write(group, "memory.max", memory_bytes)
+            self._write(group, "memory.swap.max", 0)
+            self.oom_file = os.path.join(group, "memory.events")
+        else:  # v1: one tree per controller
+            memory = self._make(f"/sys/fs/cgroup/memory{paths['memory']}", name)
+            self._write(memory, "memory.limit_in_bytes", memory_bytes)
+            if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):
+                self._write(memory, "memory.memsw.limit_in_bytes", memory_bytes)  # and no swap on top
+            self.oom_file = os.path.join(memory, "memory.oom_control")
+            self._make(f"/sys/fs/cgroup/cpu{paths['cpu']}", name)
+
+    def _make(self, parent: str, name: str) -> str:
+        for stale in os.listdir(parent):  # groups of workers that died without closing
+            if stale.startswith("litcg-") and stale[6:].isdigit() and not _alive(int(stale[6:])):
+                try:
+                    os.rmdir(os.path.join(parent, stale))
+                except OSError:
+                    pass
+        group = os.path.join(parent, name)
+        os.mkdir(group)
+        self.dirs.append(group)
+        return group
+
+    @staticmethod
+    def _write(group: str, knob: str, value: int) -> None:
+        with open(os.path.join(group, knob), "w") as f:
+            f.write(str(value))
+
+    def join(self) -> None:
+        """Move the calling process (the worker) into the groups; the tests it forks start in them."""
+        for group in self.dirs:
+            self._write(group, "cgroup.procs", os.getpid())
+
+    def oom_kills(self) -> int:
+        """How many processes the memory limit has killed so far."""
+        with open(self.oom_file) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == self.oom_key:
+                    return int(value)
+        return 0
+
+    def close(self) -> None:
+        """Leave the groups (for their parents) and remove them; the tests in them are gone by then."""
+        for group in reversed(self.dirs):
+            try:
+                self._write(os.path.dirname(group), "cgroup.procs", os.getpid())
+                os.rmdir(group)
+            except OSError:
+                pass
+
+
 class Sandbox:
     """The worker's state: detected protections, scratch directory, memory files, sandbox uid.
 
@@ -360,6 +443,19 @@ class Sandbox:
         gc.collect()
         gc.freeze()  # the pre-imported objects are permanent: a test's garbage collection never walks (or copies) them
         self.baseline_vm = self._vm_size()
+        self.cgroup, self.oom_kills = None, 0
+        if full and root:
+            # a test may dirty every page it shares with the worker, and allocate memory_mb on top
+            limit = self._rss() + (memory_mb << 20)
+            try:
+                self.cgroup = _TestCgroup(f"litcg-{self.pid}", limit)
+                self.cgroup.join()  # the worker itself: tests are forked into it (moving each test costs ~ms)
+                self.protections.append(
+                    f"cgroup: {limit >> 20} MiB of memory for all of a test's processes together (memfd and shared "
+                    "memory included; the interpreter's pages it touches count), CPU weight equal to other workers'"
+                )
+            except (OSError, KeyError, ValueError) as exc:
+                self.protections.append(f"no memory cgroup ({exc}): the memory limit binds per process only")
         self.log_fd = _high_fd(os.dup(2))
         self.devnull = _high_fd(os.open(os.devnull, os.O_RDWR))
         self.stdin_fd = _high_fd(os.memfd_create("stdin"))
@@ -470,6 +566,14 @@ class Sandbox:
                 pass
 
     @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    @staticmethod
     def _vm_size() -> int:
         with open("/proc/self/status") as f:
             for line in f:
@@ -548,7 +652,7 @@ class Sandbox:
                 return "timeout", None
             if sig == signal.SIGXFSZ:
                 return "output_limit", None
-            if usage.ru_maxrss * 1024 >= self.baseline_vm + (self.memory_mb << 20) * 0.9:
+            if usage.ru_maxrss * 1024 >= self.baseline_vm + (self.memory_mb << 20) * 0.9 or self._oom_killed():
                 return "memory_limit", None
             return "runtime_error", None
         code = os.WEXITSTATUS(status)
@@ -563,6 +667,13 @@ class Sandbox:
             EXIT_MEMORY_ERROR: "memory_limit",
             EXIT_OUTPUT_LIMIT: "output_limit",
         }.get(code, "runtime_error"), None
+
+    def _oom_killed(self) -> bool:
+        """True when the cgroup's memory limit killed a process since the last call."""
+        if self.cgroup is None:
+            return False
+        before, self.oom_kills = self.oom_kills, self.cgroup.oom_kills()
+        return self.oom_kills > before
 
     def _describe(self, pid: int) -> None:
         """Debugging aid (LITCG_SANDBOX_DEBUG=1): log where a timed-out test is stuck."""
@@ -688,8 +799,10 @@ class Sandbox:
                         pass
 
     def close(self) -> None:
-        """Remove the scratch folder and its parent."""
+        """Remove the scratch folder and its parent, and the cgroup."""
         _remove_tree(self.scratch_parent)
+        if self.cgroup is not None:
+            self.cgroup.close()
 
 
 def _remove_tree(path: str) -> None:
@@ -760,6 +873,17 @@ def _empty_one_level(top: int, name: str, moved: int) -> int:
     except OSError:
         pass
     return moved
+
+
+def _alive(pid: int) -> bool:
+    """True when a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _tasks_of_uid(uid: int) -> int:

@@ -256,3 +256,46 @@ with Evaluator(workers=1, timeout=5.0) as ev:
     out = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[0] == "hidden", out.stdout
+
+
+@needs_root
+def test_memory_files_count_against_the_memory_limit(one_worker):
+    """memfd pages are outside RLIMIT_AS: memory files held 659 MiB with memory_mb=256 before the memory cgroup.
+    (Each file is capped at the output limit, 4 MiB here, by RLIMIT_FSIZE; 100 of them hold 400 MiB.)"""
+    program = """
+import os
+files = []
+for i in range(100):
+    fd = os.memfd_create(f"m{i}")
+    assert os.write(fd, b"x" * (4 << 20)) == 4 << 20
+    files.append(fd)
+print(918273645)
+"""
+    assert run(one_worker, program).outcomes == ["memory_limit"]
+    assert run(one_worker, "print(918273645)").passed  # and the next test has its memory back
+
+
+@needs_root
+def test_memory_limit_binds_all_processes_of_a_test_together(one_worker):
+    """6 processes x 200 MiB (each under its own RLIMIT_AS) reached 1.2 GiB with memory_mb=256 before the cgroup."""
+    program = """
+import os, time
+children = []
+for i in range(6):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        block = bytearray(200 << 20)
+        for j in range(0, len(block), 4096):
+            block[j] = 1
+        os.write(w, b"1")
+        time.sleep(30)  # hold the memory (the test's processes are all killed when it ends)
+        os._exit(0)
+    os.close(w)
+    os.read(r, 1)
+    children.append(pid)
+all_held = all(os.waitpid(pid, os.WNOHANG)[0] == 0 for pid in children)  # none was killed meanwhile
+print(918273645 if all_held else "a child could not hold its memory")
+"""
+    assert run(one_worker, program).outcomes[0] in ("memory_limit", "wrong_answer")
