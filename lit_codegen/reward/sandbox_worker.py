@@ -47,6 +47,10 @@ import types
 # ----------------------------------------------------------------------------------------------------------------------
 # Protocol between evaluator and worker: 8-byte little-endian length, then a pickle.
 _HEADER = struct.Struct("<Q")
+# Between the worker and its template: a test's pid, then how it ended (wait status, user and system CPU seconds,
+# peak resident KiB).
+_PID = struct.Struct("<q")
+_REPORT = struct.Struct("<qddq")
 
 
 def send_message(fd: int, obj) -> None:
@@ -461,6 +465,12 @@ class Sandbox:
         self.stdin_fd = _high_fd(os.memfd_create("stdin"))
         self.stdout_fd = _high_fd(os.memfd_create("stdout"))
         self.result_fd = _high_fd(os.memfd_create("result"))
+        self.job_fd = _high_fd(os.memfd_create("job"))
+        self._start_template()
+        self.protections.append(
+            "tests are forked from a template process that never held a request or a reply: nothing of an earlier "
+            "program (its source, its outputs) is in a test's memory, and no frame of the worker is on its stack"
+        )
 
     # -- setup ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -581,6 +591,60 @@ class Sandbox:
                     return int(line.split()[1]) * 1024
         return 0
 
+    # -- the template -------------------------------------------------------------------------------------------------
+    def _start_template(self) -> None:
+        """Fork the template: a copy of the worker taken before any request, which forks every test on request.
+
+        The worker itself receives programs and holds the replies (earlier programs' outputs) in its heap, freed or
+        not; a test forked from it would inherit them, and a program scanning its own memory could print a sibling's
+        answer. The template only ever sees one-byte commands.
+        """
+        commands_r, commands_w = os.pipe()
+        reports_r, reports_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(commands_w)
+            os.close(reports_r)
+            try:
+                self._template_loop(commands_r, reports_w)
+            finally:
+                os._exit(0)
+        os.close(commands_r)
+        os.close(reports_w)
+        self.template_pid = pid
+        self.to_template, self.from_template = _high_fd(commands_w), _high_fd(reports_r)
+
+    def _template_loop(self, commands: int, reports: int) -> None:
+        """In the template: per `f` command fork a test, report its pid; per `w` reap it, report how it ended."""
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        self.pid = os.getpid()  # the tests' parent, which they check
+        while os.read(commands, 1) == b"f":
+            pid = os.fork()
+            if pid == 0:
+                self._run_child()  # never returns
+            os.write(reports, _PID.pack(pid))
+            if os.read(commands, 1) != b"w":  # the worker has opened its handle on the test: it may end now
+                return
+            _, status, usage = os.wait4(pid, 0)
+            os.write(reports, _REPORT.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
+
+    def _run_child(self) -> None:
+        """In a test's process: read the job the worker left in the job file, enter the sandbox, run the program."""
+        code = EXIT_SETUP_FAILED
+        try:
+            source, fn_name, test_input, cpu_limit = _PlainUnpickler(
+                io.BytesIO(os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0))
+            ).load()
+            self._enter_sandbox(cpu_limit)
+            code = _execute(source, fn_name, test_input, self.header_globals)
+        except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
+            try:
+                os.write(self.log_fd, f"sandbox_worker: test setup failed: {exc!r}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+
     # -- running tests -------------------------------------------------------------------------------------------------
     def run_program(self, source: str, fn_name: str | None, inputs: list) -> list[tuple[str, bytes | None]]:
         """Run one program on several test inputs, one sandboxed child per input.
@@ -614,20 +678,13 @@ class Sandbox:
             os.pwrite(self.stdin_fd, data, 0)
         self._clean_workdir()
         cpu_limit = math.ceil(self.timeout) + 1
-        pid = os.fork()
-        if pid == 0:  # child: never returns
-            code = EXIT_SETUP_FAILED
-            try:
-                self._enter_sandbox(cpu_limit)
-                code = _execute(source, fn_name, test_input, self.header_globals)
-            except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
-                try:
-                    os.write(self.log_fd, f"sandbox_worker: test setup failed: {exc!r}\n".encode())
-                except OSError:
-                    pass
-            finally:
-                os._exit(code)
-        pidfd = os.pidfd_open(pid)
+        job = pickle.dumps((source, fn_name, test_input, cpu_limit), protocol=pickle.HIGHEST_PROTOCOL)
+        os.ftruncate(self.job_fd, 0)
+        os.pwrite(self.job_fd, job, 0)
+        os.write(self.to_template, b"f")  # the template forks the test, which reads the job file
+        (pid,) = _PID.unpack(_read_exact(self.from_template, _PID.size))
+        pidfd = os.pidfd_open(pid)  # before the template may reap it: the pid cannot be reused meanwhile
+        os.write(self.to_template, b"w")
         try:
             timed_out = not select.select([pidfd], [], [], self.timeout)[0]
         finally:
@@ -636,7 +693,8 @@ class Sandbox:
             if os.environ.get("LITCG_SANDBOX_DEBUG"):
                 self._describe(pid)
             os.kill(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
+        status, utime, stime, maxrss = _REPORT.unpack(_read_exact(self.from_template, _REPORT.size))
+        usage = types.SimpleNamespace(ru_utime=utime, ru_stime=stime, ru_maxrss=maxrss)
         self._kill_leftovers(pid)
         if self.ipc_namespace:
             self._remove_ipc_objects()
@@ -743,13 +801,16 @@ class Sandbox:
                 return  # no children left at all
             try:
                 with open(children_file) as f:
-                    for child in f.read().split():
-                        try:
-                            os.kill(int(child), signal.SIGKILL)
-                        except OSError:
-                            pass
+                    others = [int(child) for child in f.read().split() if int(child) != self.template_pid]
             except OSError:
-                pass
+                others = []
+            if not others:
+                return  # the template alone is left (orphans of a test come back to the worker, its subreaper)
+            for child in others:
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
             if attempt:
                 select.select([], [], [], 0.001)
 
@@ -799,7 +860,9 @@ class Sandbox:
                         pass
 
     def close(self) -> None:
-        """Remove the scratch folder and its parent, and the cgroup."""
+        """Stop the template, remove the scratch folder and its parent, and the cgroup."""
+        os.close(self.to_template)  # the template reads end of file and exits
+        os.waitpid(self.template_pid, 0)
         _remove_tree(self.scratch_parent)
         if self.cgroup is not None:
             self.cgroup.close()
@@ -1035,7 +1098,8 @@ def main() -> None:
     if config is None:
         return
     sandbox = Sandbox(**config)
-    send_message(replies, {"pid": os.getpid(), "protections": sandbox.protections})
+    hello = {"pid": os.getpid(), "template_pid": sandbox.template_pid, "protections": sandbox.protections}
+    send_message(replies, hello)
     try:
         while (request := receive_message(requests)) is not None:
             send_message(replies, sandbox.run_program(request["source"], request["fn_name"], request["inputs"]))

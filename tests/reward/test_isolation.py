@@ -299,3 +299,40 @@ all_held = all(os.waitpid(pid, os.WNOHANG)[0] == 0 for pid in children)  # none 
 print(918273645 if all_held else "a child could not hold its memory")
 """
     assert run(one_worker, program).outcomes[0] in ("memory_limit", "wrong_answer")
+
+
+def test_a_test_inherits_no_earlier_replies_from_the_worker(one_worker):
+    """Tests used to be forked from the worker, whose heap held earlier replies: a program scanning its own memory
+    found a sibling's printed answers there. They are forked from a template that never held one."""
+    answer = "print(('MARKER-918273645' + chr(10)) * 2000, end='')"
+    assert printed(one_worker, answer).count("MARKER-918273645") == 2000
+    scanner = """
+import ctypes
+needle = ("MARK" + "ER-").encode() + str(918273644 + 1).encode()  # built here: at most a few copies are its own
+found = 0
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    if not fields[1].startswith("r") or fields[-1] in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
+        continue
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    for chunk in range(start, end, 1 << 24):
+        try:
+            found += ctypes.string_at(chunk, min(1 << 24, end - chunk)).count(needle)
+        except Exception:
+            pass
+print("leak" if found > 50 else "clean")
+"""
+    assert run(one_worker, scanner, {"inputs": [""], "outputs": ["clean\n"]}).outcomes == ["passed"]
+
+
+def test_no_frame_of_the_worker_is_reachable_from_a_test(one_worker):
+    """Walking up the stack used to reach the worker's request (every input of the program's tests)."""
+    program = """
+import sys
+frame, names = sys._getframe(), set()
+while frame is not None:
+    names |= set(frame.f_locals)
+    frame = frame.f_back
+print(sorted(names & {"request", "inputs", "results"}))
+"""
+    assert run(one_worker, program, {"inputs": [""], "outputs": ["[]\n"]}).outcomes == ["passed"]
