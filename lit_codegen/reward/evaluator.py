@@ -14,6 +14,7 @@ Usage::
 """
 
 import concurrent.futures
+import json
 import logging
 import math
 import os
@@ -34,6 +35,8 @@ from lit_codegen.reward.compare import MODES, ParsedTests, judge, parse_tests
 log = logging.getLogger(__name__)
 
 VERDICTS = ("passed", "wrong_answer", "timeout", "runtime_error", "compile_error", "memory_limit", "output_limit")
+# Strict-mode replies longer than REPLY_SLACK + REPLY_FACTOR x the expected answer are wrong without parsing.
+REPLY_SLACK, REPLY_FACTOR = 64 << 10, 16
 TESTS_PER_JOB = 8  # a program's tests are split into jobs of this size so that few long programs still spread out
 _WORKER_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -178,7 +181,10 @@ class _Batch:
                 status = "ok" if self.mode == "apps" else "runtime_error"
             if status == "ok":
                 try:
-                    ok = judge(payload, tests.outputs[job.start + k], tests.fn_name is not None, self.mode)
+                    expected = tests.outputs[job.start + k]
+                    ok = not self._too_long(payload, expected, tests.fn_name is not None) and judge(
+                        payload, expected, tests.fn_name is not None, self.mode
+                    )
                 except Exception:  # noqa: BLE001 - a judging bug must not hang the batch
                     log.exception("judging failed")
                     ok = False
@@ -190,6 +196,23 @@ class _Batch:
             finished = self.pending[job.index] == 0
         if finished:
             self.finish(job.index)
+
+    def _too_long(self, payload: bytes | None, expected, call_based: bool) -> bool:
+        """True when a strict-mode reply is far longer than any right answer could be: it is wrong unparsed.
+
+        Parsing is what costs the evaluator (16 MiB of 100,000-digit integers took 3.7 s of JSON parsing with the GIL
+        held; 16 MiB of short lines grew this process by 468 MiB), and a strict right answer differs from the expected
+        text only by trailing whitespace, number formatting or JSON spacing. So a reply longer than
+        `REPLY_SLACK + REPLY_FACTOR x` the expected answer is judged wrong without being parsed. `apps` mode keeps the
+        reference's rules (it ignores repeated lines), so it has no such bound.
+        """
+        if self.mode != "strict" or payload is None or len(payload) <= REPLY_SLACK:
+            return False
+        try:
+            size = len(json.dumps(expected)) if call_based else len(expected)
+        except ValueError:  # an expected integer beyond str()'s digit limit: no bound
+            return False
+        return len(payload.rstrip()) > REPLY_SLACK + REPLY_FACTOR * size
 
     def finish(self, index: int) -> None:
         outcomes = self.outcomes[index]

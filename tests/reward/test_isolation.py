@@ -336,3 +336,32 @@ while frame is not None:
 print(sorted(names & {"request", "inputs", "results"}))
 """
     assert run(one_worker, program, {"inputs": [""], "outputs": ["[]\n"]}).outcomes == ["passed"]
+
+
+def test_replies_far_longer_than_the_answer_are_judged_without_parsing(monkeypatch):
+    """Judging is the trusted side's cost: 16 MiB of huge integers took seconds of JSON parsing with the GIL held,
+    16 MiB of short lines hundreds of MiB. In strict mode a reply far longer than the expected answer is wrong
+    unparsed; a long right answer (trailing whitespace aside) is still parsed and passes."""
+    from lit_codegen.reward import evaluator as evaluator_module
+    from lit_codegen.reward.compare import parse_tests
+
+    parsed = []
+    real_judge = evaluator_module.judge
+    monkeypatch.setattr(evaluator_module, "judge", lambda payload, *a: parsed.append(len(payload)) or real_judge(
+        payload, *a))
+
+    def verdict(payload, tests, mode="strict"):
+        batch = evaluator_module._Batch([parse_tests(tests)], mode)
+        batch.pending[0] = 1
+        batch.deliver(evaluator_module._Job(batch, 0, 0, "", tests.get("fn_name"), tests["inputs"]), [("ok", payload)])
+        return batch.done.get_nowait()[1].outcomes[0]
+
+    huge_ints = ("[" + ", ".join(["9" * 100_000] * 20) + "]").encode()  # 2 MB of 100,000-digit integers
+    assert verdict(huge_ints, {"fn_name": "f", "inputs": [[1]], "outputs": [[1, 2]]}) == "wrong_answer"
+    short_lines = b"1\n" * (4 << 20)
+    assert verdict(short_lines, {"inputs": ["\n"], "outputs": ["1\n"]}) == "wrong_answer"
+    assert parsed == []  # neither was parsed
+    long_answer = "\n".join(str(i) for i in range(100_000)) + "\n"
+    assert verdict((long_answer + " \n" * 100_000).encode(), {"inputs": ["\n"], "outputs": [long_answer]}) == "passed"
+    assert verdict(short_lines, {"inputs": ["\n"], "outputs": ["1\n"]}, mode="apps") == "passed"  # the reference's rule
+    assert len(parsed) == 2
