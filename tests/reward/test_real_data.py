@@ -82,3 +82,26 @@ def test_mbpp_timing_dependent_problem_fails_only_by_timeout():
             assert r.outcomes[0] == "wrong_answer" and r.pass_rate == 0.0
         else:  # inputs 999 and 99 pass; 9999 passes or times out depending on the machine
             assert r.outcomes[0] == r.outcomes[2] == "passed" and r.outcomes[1] in ("passed", "timeout")
+
+
+def _real_sample():
+    """The 168 real APPS reference solutions with the original harness's outcomes, and their problems' tests."""
+    apps = require_data() / "apps"
+    problems = {row["problem_id"]: row["input_output"] for row in _load_jsonl(apps / "apps_real_sample.jsonl")}
+    solutions = _load_jsonl(apps / "apps_real_sample_solutions.jsonl")
+    return solutions, [problems[s["problem_id"]] for s in solutions]
+
+
+def test_apps_mode_reproduces_the_apps_harness_on_real_reference_solutions():
+    solutions, tests = _real_sample()
+    with Evaluator(workers=2, timeout=10.0, mode="apps") as ev:
+        results = ev.evaluate([s["solution"] for s in solutions], tests)
+    mismatches = [
+        (s["problem_id"], s["solution_index"], s["apps_harness_outcomes"], r.outcomes)
+        for s, r in zip(solutions, results)
+        if [o == "passed" for o in r.outcomes] != [o is True for o in s["apps_harness_outcomes"]]
+    ]
+    assert not mismatches, mismatches[:5]
+    assert len(results) == 168 and all(r.pass_rate == s["apps_harness_pass_rate"] for s, r in zip(solutions, results))
+    nonlocal_programs = [s for s in solutions if "nonlocal" in s["solution"]]
+    assert len(nonlocal_programs) == 7  # they compile only as the harness's function body
