@@ -4,10 +4,14 @@ Both functions here run in the evaluator process, never in the sandbox: the cand
 the expected outputs.
 
 ``strict`` (the training default): stdin/stdout problems pass when the printed text equals the expected
-text after removing trailing whitespace on every line and trailing empty lines; call-based problems pass
-when the returned value, serialised to JSON in the sandbox, equals the expected JSON value (tuples become
-lists; ``true`` is not ``1``; ``1`` equals ``1.0`` because JSON has one number type). APPS wraps Codewars
-outputs in a one-element list, so a one-element expected list also accepts its element.
+text after removing trailing whitespace on every line and trailing empty lines, except that numbers compare
+by value (:func:`numbers_equal`): ``2.75`` passes for ``2.750000000000000``, ``240.0`` for ``240``, and a
+number within an absolute or relative error of 1e-6 of an expected token written with a decimal point or an
+exponent (``1.1547005`` for ``1.1547005383792515``); line structure, spacing and every other token stay exact.
+Call-based problems pass when the returned value, serialised to JSON in the sandbox, equals the expected JSON
+value (tuples become lists; ``true`` is not ``1``; ``1`` equals ``1.0`` because JSON has one number type;
+an expected float also accepts a number within the same 1e-6). APPS wraps Codewars outputs in a one-element
+list, so a one-element expected list also accepts its element.
 
 ``apps`` reproduces the judging rules of the APPS reference harness (hendrycks/apps ``eval/testing_util.py``),
 for numbers comparable with papers. Its laxities, all reproduced on purpose:
@@ -21,13 +25,22 @@ for numbers comparable with papers. Its laxities, all reproduced on purpose:
 4. call-based: Python ``==`` (so ``True == 1``), the one-element-list unwrapping, dicts with int keys.
 """
 
+import decimal
 import json
 import math
 import random
+import re
 import zlib
 from dataclasses import dataclass
 
 MODES = ("strict", "apps")
+
+# strict: a number that is not an integer (written with a decimal point or an exponent) also accepts any number within
+# this absolute or relative error, the usual "1e-6" of problem statements and of judges' float checkers.
+NUMBER_TOLERANCE = 1e-6
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")  # canonical form only: "007" or "+7" are text, not numbers
+_DECIMAL = re.compile(r"-?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|-?[0-9]+[eE][+-]?[0-9]+")
+_SPACES = re.compile(r"(\s+)")
 
 # Integers in test data and returned values may be longer than the 4300 digits `int(str)` accepts by default (big
 # factorials); up to this many digits are read, in chunks (the cap bounds the quadratic cost of untrusted output).
@@ -177,7 +190,7 @@ def judge(payload: bytes | None, expected, call_based: bool, mode: str = "strict
             return False
         return _apps_call_equal(value, expected) if mode == "apps" else _strict_call_equal(value, expected)
     text = payload.decode("utf-8", errors="replace")
-    return _apps_text_equal(text, expected) if mode == "apps" else normalise_text(text) == normalise_text(expected)
+    return _apps_text_equal(text, expected) if mode == "apps" else strict_text_equal(text, expected)
 
 
 # -- strict ------------------------------------------------------------------------------------------------------------
@@ -186,23 +199,99 @@ def normalise_text(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
 
 
-def json_equal(a, b) -> bool:
-    """Equality of two JSON values: booleans are not numbers, numbers compare by value, dict keys exactly."""
+def strict_text_equal(text: str, expected: str) -> bool:
+    """The strict rule for printed output: :func:`normalise_text` equality, with numbers compared by value.
+
+    Both texts must have the same lines and, on every line, the same whitespace between tokens; a token that
+    differs must be a number equal to the expected one by :func:`numbers_equal`.
+
+    Args:
+        text: what the program printed.
+        expected: the expected output.
+
+    Returns:
+        True when the output is correct.
+    """
+    out, want = normalise_text(text), normalise_text(expected)
+    if out == want:
+        return True
+    out_lines, want_lines = out.split("\n"), want.split("\n")
+    if len(out_lines) != len(want_lines):
+        return False
+    for line, wanted in zip(out_lines, want_lines):
+        if line == wanted:
+            continue
+        parts, wanted_parts = _SPACES.split(line), _SPACES.split(wanted)  # tokens at even, whitespace at odd positions
+        if len(parts) != len(wanted_parts):
+            return False
+        for k, (part, wanted_part) in enumerate(zip(parts, wanted_parts)):
+            if part != wanted_part and (k % 2 or not numbers_equal(part, wanted_part)):
+                return False
+    return True
+
+
+def numbers_equal(token: str, expected: str) -> bool:
+    """Whether a printed token equals an expected token as a number (the strict rule for numbers).
+
+    A number is an integer in canonical form (``-12``; not ``007`` or ``+7``, which stay text) or a decimal written
+    with a point or an exponent (``2.75``, ``-.5``, ``1e-7``). Two numbers are equal when their exact decimal values
+    are (``2.750000000000000`` and ``2.75``; ``240.0`` and ``240``). A non-integer expected token also accepts a
+    number within an absolute or relative error of :data:`NUMBER_TOLERANCE` (``|x - y| <= 1e-6 * max(1, |y|)``).
+
+    Args:
+        token: the printed token.
+        expected: the expected token.
+
+    Returns:
+        True when both are numbers and equal by these rules.
+    """
+    if token == expected:
+        return True
+    if not all(_INTEGER.fullmatch(t) or _DECIMAL.fullmatch(t) for t in (token, expected)):
+        return False
+    try:
+        if decimal.Decimal(token) == decimal.Decimal(expected):
+            return True
+    except decimal.InvalidOperation:  # an exponent beyond what Decimal holds
+        return False
+    return not _INTEGER.fullmatch(expected) and _close(float(token), float(expected), NUMBER_TOLERANCE)
+
+
+def _close(value: float, expected: float, tolerance: float) -> bool:
+    """``|value - expected| <= tolerance * max(1, |expected|)``, both finite."""
+    if not (math.isfinite(value) and math.isfinite(expected)):
+        return False
+    return abs(value - expected) <= tolerance * max(1.0, abs(expected))
+
+
+def json_equal(a, b, tolerance: float = 0.0) -> bool:
+    """Equality of two JSON values: booleans are not numbers, numbers compare by value, dict keys exactly.
+
+    Args:
+        a: the returned value.
+        b: the expected value.
+        tolerance: a float in ``b`` also accepts a number of ``a`` within this absolute or relative error.
+    """
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
+        if a == b:
+            return True
+        try:
+            return isinstance(b, float) and tolerance > 0 and _close(float(a), b, tolerance)
+        except OverflowError:  # an int too large for a float is far from any float
+            return False
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(json_equal(x, y, tolerance) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k], tolerance) for k in a)
     return type(a) is type(b) and a == b
 
 
 def _strict_call_equal(value, expected) -> bool:
-    if json_equal(value, expected):
+    if json_equal(value, expected, NUMBER_TOLERANCE):
         return True
-    return isinstance(expected, list) and len(expected) == 1 and json_equal(value, expected[0])
+    return isinstance(expected, list) and len(expected) == 1 and json_equal(value, expected[0], NUMBER_TOLERANCE)
 
 
 # -- apps reference rules ----------------------------------------------------------------------------------------------

@@ -1056,25 +1056,49 @@ def _flush(*streams) -> None:
             pass
 
 
-def _compile(source: str, allow_top_level_return: bool):
+def _compile(source: str, stdin_program: bool):
     """Compile the program; None on a compile error.
 
-    APPS stdin solutions sometimes use a top-level ``return`` to stop early (the reference harness wraps
-    programs in a function). Only when plain compilation fails for that reason, the program is compiled
-    as the body of a function that is then called, like the reference does.
+    One fallback, for standard-input programs only: a program that does not compile as a module but does compile
+    as the APPS harness compiles every standard-input program (:func:`apps_function_form`) is run in that form. It
+    covers a top-level ``return``, ``nonlocal`` in module-level functions for module-level names, a top-level
+    ``yield``; inside the function, ``global`` then means the real module globals, as in the harness. A program
+    that compiles as a module always runs as one. Call-based programs are never wrapped (nor are they in the harness).
     """
     try:
         return compile(source, "solution.py", "exec")
-    except SyntaxError as exc:
-        if not allow_top_level_return or "'return' outside function" not in str(exc):
+    except SyntaxError:
+        if not stdin_program:
             return None
     except (ValueError, OverflowError, RecursionError, MemoryError):
         return None
-    body = "".join(" " + line for line in source.splitlines(keepends=True))
     try:
-        return compile("def __apps_main__():\n" + body + "\n", "solution_wrapped.py", "exec")
+        return compile(apps_function_form(source), "solution_wrapped.py", "exec")
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
         return None
+
+
+def apps_function_form(source: str) -> str:
+    """A standard-input program rewritten as the APPS harness runs it: the body of a function ``__apps_main__``.
+
+    As in hendrycks/apps ``eval/testing_util.py``: the program is split at newlines; the leading lines that start
+    with ``import `` or ``from `` stay at module level; every later line is indented by one tab (also lines inside
+    multi-line strings); the module gets ``stdin = sys.stdin`` and ``stdout = sys.stdout``. The caller calls
+    ``__apps_main__()`` after executing the module (the harness's function is called ``code``).
+
+    Args:
+        source: the program.
+
+    Returns:
+        The rewritten source.
+    """
+    head, body = [], []
+    for line in source.split("\n"):
+        if not body and line.startswith(("import ", "from ")):
+            head.append(line)
+        else:
+            body.append("\t" + line)
+    return "\n".join([*head, "stdin = sys.stdin", "stdout = sys.stdout", "def __apps_main__():", *body]) + "\n"
 
 
 def _resolve_function(module: types.ModuleType, fn_name: str, source: str):

@@ -2,8 +2,9 @@
 
 Throughput (default): tests/s on the MBPP-derived ground-truth programs, side by side in one run, for
 (1) our Evaluator with full isolation, (2) a naive runner starting one fresh interpreter per test, and
-(3) verl's ``prime_code`` (``compute_score(..., continuous=True)``, as verl calls it for code data), run in a
-separate Python <= 3.10 venv given by ``--verl_python`` (skipped with a message when unavailable):
+(3) verl's ``prime_code`` (``compute_score(..., continuous=True)``, as verl calls it for code data, with the tests in
+its own format: :func:`prime_code_tests`), run in a separate Python <= 3.10 venv given by ``--verl_python``
+(skipped with a message when unavailable):
 
     /root/.pyenv/versions/3.10.13/bin/python -m venv /tmp/verl_venv
     /tmp/verl_venv/bin/pip install verl==0.9.1 --no-deps && /tmp/verl_venv/bin/pip install numpy
@@ -121,6 +122,30 @@ def bench_naive(programs, tests, workers, timeout) -> tuple[float, float]:
     return wall, sum(sum(v) / len(v) for v in rates.values()) / len(rates)
 
 
+def prime_code_tests(spec: str | dict) -> str:
+    """APPS tests in the form verl's ``prime_code`` reads, as the JSON string it is given.
+
+    Standard-input tests are as in APPS. For call-based tests ``prime_code`` parses each input as one JSON-encoded
+    argument per line and each output as a JSON string (its ``testing_util.run_test``); APPS argument lists and
+    values fed as they are make every call-based test fail. Each output is also wrapped in a one-element list, the
+    form APPS stores Codewars outputs in: ``prime_code`` accepts the element, and its only rule for a returned list
+    of tuples (``[list(x) for x in output]``) compares with that element, so without the wrapping a correct
+    function returning tuples fails.
+
+    Args:
+        spec: the APPS ``input_output`` JSON string or parsed dict.
+
+    Returns:
+        The JSON string to pass as ``prime_code.compute_score``'s test cases.
+    """
+    spec = json.loads(spec) if isinstance(spec, str) else spec
+    if not spec.get("fn_name"):
+        return json.dumps(spec)
+    inputs = ["\n".join(json.dumps(arg) for arg in args) for args in spec["inputs"]]
+    outputs = [json.dumps([o]) for o in spec["outputs"]]
+    return json.dumps({"fn_name": spec["fn_name"], "inputs": inputs, "outputs": outputs})
+
+
 def bench_verl(programs, tests, workers, verl_python) -> tuple[float, float] | str:
     """verl prime_code in its own interpreter; returns (wall seconds, mean score) or the reason it was skipped."""
     if not verl_python or not Path(verl_python).exists():
@@ -138,7 +163,7 @@ def bench_verl(programs, tests, workers, verl_python) -> tuple[float, float] | s
     if find.returncode != 0:
         return f"skipped: verl not importable with {verl_python}"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([[p, t if isinstance(t, str) else json.dumps(t)] for p, t in zip(programs, tests)], f)
+        json.dump([[p, prime_code_tests(t)] for p, t in zip(programs, tests)], f)
     try:
         proc = subprocess.run(
             [verl_python, "-c", VERL_DRIVER, find.stdout.strip(), f.name, str(workers)], capture_output=True, text=True

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lit_codegen.reward.compare import json_equal, judge, normalise_text, parse_tests
+from lit_codegen.reward.compare import json_equal, judge, normalise_text, numbers_equal, parse_tests
 from lit_codegen.reward.report import SCORE_BANDS, format_table, score_band, score_bands, summarize
 
 
@@ -13,8 +13,62 @@ def test_strict_text_ignores_only_trailing_whitespace_and_trailing_empty_lines()
     assert judge(b"1 2\r\n3", "1 2\n3\n", call_based=False)
     assert not judge(b" 1 2\n3\n", "1 2\n3\n", call_based=False)  # leading space matters
     assert not judge(b"3\n1 2\n", "1 2\n3\n", call_based=False)
-    assert not judge(b"240.0\n", "240\n", call_based=False)
+    assert not judge(b"1  2\n3\n", "1 2\n3\n", call_based=False)  # so does the spacing between tokens
     assert normalise_text("a \n\nb\t\n\n") == "a\n\nb"
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("2.75", "2.750000000000000"),  # exact decimal value
+        ("240.0", "240"),
+        ("240", "240.0"),
+        ("1e5", "100000"),
+        ("-0.50", "-.5"),
+        ("1.1547005383792517", "1.1547005383792515"),  # within 1e-6 of a non-integer expected token
+        ("1.1547", "1.1547005383792515"),  # absolute error 5.4e-7
+        ("1000000.5", "1000000.4"),  # relative error 1e-7
+        ("0.0000009", "0.0"),
+    ],
+)
+def test_strict_compares_numbers_by_value(printed, expected):
+    assert judge(f"YES {printed}\n".encode(), f"YES {expected}\n", call_based=False)
+    assert numbers_equal(printed, expected)
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("240.0000001", "240"),  # no tolerance for an integer expected token
+        ("241", "240"),
+        ("1.155", "1.1547005383792515"),
+        ("1000001.5", "1000000.4"),  # relative error 1.1e-6
+        ("11", "0011"),  # not a canonical integer: text (a binary string, a time, ...)
+        ("11.0", "0011"),
+        ("7", "+7"),
+        ("1,5", "1.5"),  # a decimal comma is text
+        ("inf", "1e999"),
+        ("1e99999999999", "1e99999999998"),  # beyond what Decimal holds
+    ],
+)
+def test_strict_numbers_differing_in_value_or_not_numbers_are_wrong(printed, expected):
+    assert not judge(f"{printed}\n".encode(), f"{expected}\n", call_based=False)
+
+
+def test_strict_numbers_by_value_keep_lines_and_spacing_exact():
+    assert judge(b"2.50 3\n4.0\n", "2.5 3\n4\n", call_based=False)
+    assert not judge(b"2.50  3\n4.0\n", "2.5 3\n4\n", call_based=False)
+    assert not judge(b"2.5 3 4\n", "2.5 3\n4\n", call_based=False)
+    assert not judge(b"4\n2.5 3\n", "2.5 3\n4\n", call_based=False)
+
+
+def test_strict_call_based_floats_accept_the_same_tolerance():
+    assert judge(b"1.1547005383792517", 1.1547005383792515, call_based=True)
+    assert judge(b"[2.0000001, 3]", [[2.0, 3]], call_based=True)
+    assert not judge(b"3.0000001", 3, call_based=True)  # an integer expected value stays exact
+    assert not judge(b"2.00001", 2.0, call_based=True)
+    assert not judge(b"1" + b"0" * 400, 1.5, call_based=True)  # too large for a float: not close
+    assert not json_equal(2.0000001, 2.0) and json_equal(2.0000001, 2.0, tolerance=1e-6)
 
 
 def test_apps_text_reproduces_reference_laxities():

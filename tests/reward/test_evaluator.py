@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from lit_codegen.reward import VERDICTS, EvalResult, Evaluator
+from lit_codegen.reward.sandbox_worker import apps_function_form
 
 STDIN_ECHO_DOUBLE = {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]}
 
@@ -192,3 +193,43 @@ def test_a_nonzero_sys_exit_after_the_answer_is_a_runtime_error_in_strict_and_ju
                            ("apps", [["passed"] * 2, ["wrong_answer"] * 2, ["passed"] * 2])):
         with Evaluator(workers=1, mode=mode) as ev:
             assert [r.outcomes for r in ev.evaluate(programs, [STDIN_ECHO_DOUBLE] * 3)] == expected, mode
+
+
+# Standard-input programs that do not compile as a module but do compile as the APPS harness's function body, modelled
+# on real APPS reference solutions (problems 2015, 2050, 2382 use `nonlocal` for module-level names; 2287 returns).
+NONLOCAL = "n = int(input())\ndef double():\n    nonlocal n\n    n *= 2\ndouble()\nprint(n)\n"
+FUNCTION_BODY_PROGRAMS = {
+    "nonlocal": (NONLOCAL, "passed"),
+    "tab-indented nonlocal": (NONLOCAL.replace("    ", "\t"), "passed"),
+    # leading imports stay at module level, as in the harness: `import *` is not allowed inside a function
+    "leading star import": ("from heapq import *\nimport sys\n" + NONLOCAL, "passed"),
+    "late star import": (NONLOCAL + "from heapq import *\n", "compile_error"),  # indented into the function
+    "top-level return": ("n = int(input())\nif n:\n    print(2 * n)\n    return\nprint(0)\n", "passed"),
+    # inside the function, `global` means the module globals, where the program's top-level names are not
+    "global inside the wrapper": (NONLOCAL + "def show():\n    global n\n    print(n)\nshow()\n", "runtime_error"),
+    "not a function body either": ("nonlocal n\nprint(2 * int(input()))\n", "compile_error"),
+}
+
+
+@pytest.mark.parametrize("mode", ["strict", "apps"])
+def test_a_program_compiling_only_as_a_function_body_runs_as_the_apps_harness_runs_it(mode):
+    programs = [program for program, _ in FUNCTION_BODY_PROGRAMS.values()]
+    with Evaluator(workers=2, timeout=2.0, mode=mode) as ev:
+        results = ev.evaluate(programs, [STDIN_ECHO_DOUBLE] * len(programs))
+    got = {name: result.outcomes for name, result in zip(FUNCTION_BODY_PROGRAMS, results)}
+    assert got == {name: [verdict] * 2 for name, (_, verdict) in FUNCTION_BODY_PROGRAMS.items()}
+
+
+def test_call_based_programs_are_never_wrapped(evaluator):
+    """The harness runs call-based programs as a module: `nonlocal` for a module-level name is a compile error."""
+    program = "total = 0\ndef f(x):\n    nonlocal total\n    return x\n"
+    (result,) = evaluator.evaluate([program], [{"fn_name": "f", "inputs": [[1]], "outputs": [1]}])
+    assert result.outcomes == ["compile_error"]
+
+
+def test_apps_function_form_matches_the_harness_rewrite():
+    source = 'import sys\nfrom math import *\nx = 1\nimport os\ns = """a\nb"""\n'
+    assert apps_function_form(source) == (
+        'import sys\nfrom math import *\nstdin = sys.stdin\nstdout = sys.stdout\ndef __apps_main__():\n'
+        '\tx = 1\n\timport os\n\ts = """a\n\tb"""\n\t\n'
+    )
