@@ -49,6 +49,7 @@ def test_one_iteration_changes_every_trainable_param_and_not_the_reference():
     assert not any(p.requires_grad for p in module.ref.parameters())
 
 
+@pytest.mark.timeout(120)  # seconds each; if the step count stops advancing, max_steps is never reached
 @pytest.mark.parametrize("ppo_epochs,mini,micro", [(1, 8, 8), (2, 4, 2)])
 def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, micro):
     L.seed_everything(0)
