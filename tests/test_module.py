@@ -49,6 +49,7 @@ def test_one_iteration_changes_every_trainable_param_and_not_the_reference():
     assert not any(p.requires_grad for p in module.ref.parameters())
 
 
+@pytest.mark.timeout(120)  # seconds each; if the step count stops advancing, max_steps is never reached
 @pytest.mark.parametrize("ppo_epochs,mini,micro", [(1, 8, 8), (2, 4, 2)])
 def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, micro):
     L.seed_everything(0)
@@ -64,16 +65,29 @@ def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, m
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 def test_critic_free_estimators_train_without_a_critic(estimator):
     L.seed_everything(0)
-    module, data = make(adv_estimator=estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1)
+    module, data = make(adv_estimator=estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1, ppo_epochs=2)
     module.configure_model()
     module._evaluator = _StubEvaluator([1.0, 0.0] * 4)  # the untrained model's programs would all score 0: no signal
     before = {n: p.detach().clone() for n, p in module.actor.named_parameters()}
+    seen, update = [], module._update_actor
+
+    def recording_update(exp, p_len):
+        seen.append((exp, update(exp, p_len)))
+        return seen[-1][1]
+
+    module._update_actor = recording_update
     t = trainer(1)
     t.fit(module, datamodule=data)
     assert module.critic is None and module.ref is not None
     assert module.ppo_iteration == 1
     assert all(not torch.equal(before[n], p) for n, p in module.actor.named_parameters())  # the actor trained
-    assert torch.isfinite(t.callback_metrics["actor/kl_loss"])  # the KL loss term was added and logged
+    (exp, metrics), = seen
+    # every prompt's two samples scored 1 and 0: leave-one-out 1 - 0, or (1 - 0.5) / unbiased std 0.5 ** 0.5
+    a = 1.0 if estimator == "rloo" else 0.5 / (0.5**0.5 + 1e-6)
+    torch.testing.assert_close(exp["advantages"], torch.tensor([a, -a] * 4)[:, None] * exp["mask"])
+    # the KL loss (k3 to the reference) is 0 in epoch 1, where the actor is the reference, and positive in epoch 2
+    assert metrics["actor/kl_loss"] > 1e-6
+    assert float(t.callback_metrics["actor/kl_loss"]) == pytest.approx(metrics["actor/kl_loss"])
 
 
 def test_compiled_layers_and_head_train_like_eager():
@@ -271,18 +285,78 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient():
             torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-7)
 
 
+def test_each_optimizer_step_applies_only_its_own_mini_batch_gradient():
+    """With lr 0 the parameters stay put, so both epochs' mini-batch (the whole batch, reshuffled) has the same
+    gradient; a gradient left over from the previous optimizer step would double the second one."""
+    L.seed_everything(0)
+    module, data = make(kl_coef=0.0, lr=0.0, ppo_epochs=2, mini=8, micro=4)
+    module._evaluator = _StubEvaluator([1.0, 0.0] * 4)
+    grads, step = [], module._step
+
+    def record(optimizer, model):  # the gradients each optimizer step applies
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        return step(optimizer, model)
+
+    module._step = record
+    trainer(1).fit(module, datamodule=data)
+    assert len(grads) == 4  # critic epoch 1, 2, then actor epoch 1, 2
+    for first, second in ((grads[0], grads[1]), (grads[2], grads[3])):
+        assert first and first.keys() == second.keys()
+        for name, grad in first.items():
+            assert grad.abs().sum() > 0, name
+            torch.testing.assert_close(second[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_gae_returns_are_the_scores_and_advantages_the_whitened_score_minus_value():
+    """gamma = lam = 1 and no KL: every response token's return is its sequence's score (the critic's target), and
+    its advantage is score - value, whitened to zero mean and unit variance over the batch's response tokens."""
+    L.seed_everything(0)
+    module, data = make(kl_coef=0.0, n=2)
+    scores = [1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0]
+    module._evaluator = _StubEvaluator(scores)
+    _shorten_responses(module, torch.tensor([3, 12, 5, 9, 12, 2, 7, 11]))  # padding in most rows
+    seen = []
+    for name in ("_update_critic", "_update_actor"):
+        update = getattr(module, name)
+        setattr(module, name, lambda exp, p_len, update=update: seen.append(exp) or update(exp, p_len))
+    trainer(1).fit(module, datamodule=data)
+    assert len(seen) == 2 and seen[0] is seen[1]
+    exp = seen[0]
+    mask = exp["mask"].bool()
+    assert mask.sum(-1).tolist() == [3, 12, 5, 9, 12, 2, 7, 11]
+    returns = torch.tensor(scores)[:, None] * exp["mask"]
+    torch.testing.assert_close(exp["returns"], returns, msg=lambda m: f"returns are not the scores: {m}")
+    raw = (returns - exp["values"])[mask]
+    assert raw.mean().abs() > 0.1  # whitening has something to do
+    torch.testing.assert_close(exp["advantages"][mask], (raw - raw.mean()) / raw.std(), rtol=1e-4, atol=1e-5,
+                               msg=lambda m: f"advantages are not the whitened score - value: {m}")
+    assert torch.equal(exp["advantages"][~mask], torch.zeros(int((~mask).sum())))
+
+
+def _shorten_responses(module, lengths):
+    """Make `module.generate` cut response i after `lengths[i]` tokens (mask only), so rows differ in length."""
+    import dataclasses
+
+    generate = module.generate
+
+    def shortened(batch, params):
+        roll = generate(batch, params)
+        keep = torch.arange(roll.response_mask.shape[1]) < lengths[: len(roll.response_mask), None]
+        return dataclasses.replace(roll, response_mask=roll.response_mask * keep)
+
+    module.generate = shortened
+
+
 def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discarding_sleep():
     class FakeEngine:
         weights_stale = False
         dtype = torch.bfloat16  # the engine's dtype: the actor's float32 weights are gathered in it
 
         def __init__(self):
-            self.woken_with, self.dtypes = [], set()
+            self.woken_with = []
 
         def wake_up(self, named_params):
-            params = None if named_params is None else list(named_params)
-            self.woken_with.append(None if params is None else [name for name, _ in params])
-            self.dtypes.update(tensor.dtype for _, tensor in params or [])
+            self.woken_with.append(None if named_params is None else dict(named_params))
             self.weights_stale = False
 
         def generate(self, input_ids, attention_mask, params):
@@ -290,6 +364,9 @@ def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discardi
 
         def sleep(self):
             pass
+
+    def actor_weights():  # what the engine should hold: every actor parameter once, in the engine's dtype
+        return {n: p.detach().to(torch.bfloat16) for n, p in module.actor.named_parameters()}
 
     module, data = make()
     module.configure_model()
@@ -300,13 +377,17 @@ def test_vllm_engine_gets_the_actor_weights_after_an_update_or_a_weight_discardi
     module.generate(batch, module.train_sampling())  # nothing changed: no sync
     engine.weights_stale = True  # a level-2 sleep discarded the engine's weights
     module.generate(batch, module.train_sampling())
+    initial = actor_weights()
+    with torch.no_grad():
+        for p in module.actor.parameters():
+            p.add_(1.0)
     module._vllm_stale = True  # the actor was updated
     module.generate(batch, module.train_sampling())
-    names = [n for n, _ in module.actor.named_parameters()]
     assert [w is not None for w in engine.woken_with] == [True, False, True, True]
-    assert engine.dtypes == {torch.bfloat16}
-    assert "lm_head.weight" in engine.woken_with[0] or "model.embed_tokens.weight" in engine.woken_with[0]
-    assert len(engine.woken_with[0]) <= len(names)
+    for woken, expected in zip([engine.woken_with[i] for i in (0, 2, 3)], [initial, initial, actor_weights()]):
+        assert woken.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert woken[name].dtype == torch.bfloat16 and torch.equal(woken[name], tensor), name
 
 
 def test_a_no_code_penalty_needs_the_chat_template():

@@ -343,6 +343,19 @@ def test_policy_loss_seq_mean_and_asymmetric_clip():
     close(metrics["clipfrac"], 1 / 5)
 
 
+def test_policy_loss_clips_each_side_with_its_own_ratio():
+    """A tight lower and a loose upper bound: swapping clip_ratio_low and clip_ratio_high changes both tokens."""
+    logprobs = t([[1.3, 0.85]]).log().requires_grad_()
+    old, advantages, mask = torch.zeros(1, 2, dtype=D), t([[1.0, -1.0]]), torch.ones(1, 2, dtype=D)
+    loss, metrics = ppo.policy_loss(logprobs, old, advantages, mask, clip_ratio_low=0.1, clip_ratio_high=0.5)
+    # ratio 1.3 is inside [0.9, 1.5]: -1.3; ratio 0.85 with A < 0 clips at 0.9: max(0.85, 0.9) = 0.9
+    # (swapped, [0.5, 1.1]: -1.1 and 0.85, loss -0.125)
+    close(loss, (-1.3 + 0.9) / 2)
+    close(metrics["clipfrac"], 1 / 2)
+    loss.backward()
+    close(logprobs.grad, [[-1.3 / 2, 0.0]])  # d(-A * ratio) / d logprob = -A * ratio; the clipped token gets none
+
+
 def test_policy_loss_dual_clip():
     logprobs = t([[5.0, 2.0, 5.0]]).log().requires_grad_()
     old, advantages, mask = torch.zeros(1, 3, dtype=D), t([[-1.0, -1.0, 1.0]]), torch.ones(1, 3, dtype=D)

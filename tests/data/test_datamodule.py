@@ -9,10 +9,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from transformers import AutoTokenizer
 
+from lit_codegen.data.apps import load_apps
 from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, ResumableSampler, SFTDataModule, toy_data_dir
-from lit_codegen.data.preprocess import preprocess
+from lit_codegen.data.preprocess import preprocess, write_splits
 from lit_codegen.data.prompts import format_answer
-from lit_codegen.data.toy import read_toy_records
+from lit_codegen.data.toy import TOY_PROBLEMS, read_toy_records
 
 N_TOY = len(read_toy_records())
 N_TOY_SOLUTIONS = sum(len(r["solutions"]) for r in read_toy_records())
@@ -130,6 +131,23 @@ def test_preprocessed_apps_folder(tokenizer, shared_data, tmp_path):
     assert sorted(ids) == [1, 111, 2287, 2404, 4184]
     batch = next(iter(dm.train_dataloader()))
     assert all(json.loads(io)["inputs"] for io in batch["input_output"])
+
+
+def test_training_reads_train_parquet_and_validation_test_parquet(tokenizer, tmp_path):
+    """The toy files hold the same problems twice; here the splits differ: 20 problems to train on, 8 to validate."""
+    problems = load_apps(TOY_PROBLEMS).problems
+    write_splits({"train": problems[:20], "test": problems[20:]}, tmp_path, "chat")
+    train_ids, test_ids = [p.problem_id for p in problems[:20]], [p.problem_id for p in problems[20:]]
+    dm = apps_dm(tokenizer, data_dir=str(tmp_path), train_batch_size=4, val_batch_size=4)
+    assert sorted(i for batch in dm.train_dataloader() for i in batch["problem_id"]) == train_ids
+    assert [i for batch in dm.val_dataloader() for i in batch["problem_id"]] == test_ids
+    sft = sft_dm(tokenizer, data_dir=str(tmp_path), batch_size=64, shuffle=False)
+    for loader, split in ((sft.train_dataloader(), problems[:20]), (sft.val_dataloader(), problems[20:])):
+        batch = next(iter(loader))
+        assert len(batch["input_ids"]) == sum(len(p.solutions) for p in split)
+        start = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])  # the first answer: the split's first solution
+        answer = tokenizer.decode(batch["input_ids"][0, start:int(batch["attention_mask"][0].sum())])
+        assert answer == format_answer(split[0].solutions[0], "chat") + tokenizer.eos_token
 
 
 def test_toy_cache_is_in_the_project_cache_dir(tokenizer, tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ import socket
 import time
 
 import pytest
-from conftest import DATA, sandbox_leftovers
+
+from reward_helpers import DATA, sandbox_leftovers
 
 # The expected output is a number the program cannot compute without cheating.
 SECRET = {"inputs": ["1\n"], "outputs": ["918273645\n"]}

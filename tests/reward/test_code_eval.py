@@ -7,10 +7,10 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import require_data
 
 from lit_codegen.reward import code_eval
 from lit_codegen.reward.code_eval import build_parser, main, run
+from reward_helpers import require_data
 
 
 def _cli(*args):

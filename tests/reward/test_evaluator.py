@@ -75,6 +75,16 @@ def test_every_verdict_kind(evaluator):
     assert [r.outcomes for r in call] == [["wrong_answer"], ["runtime_error"]]  # a set is not JSON
 
 
+def test_pass_rate_divides_by_every_test_whatever_its_verdict(evaluator):
+    """Timeouts and errors are failed tests: one pass in four tests is 0.25 (not 1 / (passed + wrong) = 0.5)."""
+    program = "n = int(input())\nif n == 3:\n    raise ValueError\nwhile n == 4:\n    pass\nprint(2 if n == 1 else 0)"
+    tests = {"inputs": ["1\n", "2\n", "3\n", "4\n"], "outputs": ["2\n", "4\n", "6\n", "8\n"]}
+    (result,) = evaluator.evaluate([program], [tests])
+    assert result.outcomes == ["passed", "wrong_answer", "runtime_error", "timeout"]
+    assert result.n_passed == 1 and result.n_tests == 4 and not result.passed
+    assert result.pass_rate == 0.25
+
+
 def test_pass_rate_counts_every_test_and_cap_is_deterministic():
     tests = {"fn_name": "f", "inputs": [[i] for i in range(20)], "outputs": [i if i % 4 else -1 for i in range(20)]}
     with Evaluator(workers=2, timeout=2.0, max_tests=6) as capped, Evaluator(workers=1, timeout=2.0) as full:

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import require_data
 
 from lit_codegen.reward import Evaluator
+from reward_helpers import require_data
 
 
 def _load_jsonl(path):
