@@ -453,17 +453,19 @@ def policy_loss(
     Returns:
         ``(loss, metrics)``: scalar loss and detached scalar metrics, token-means over valid tokens:
         ``clipfrac`` (fraction of tokens where the clipped term is active), ``approx_kl`` (verl's ``ppo_kl``: the
-        k1 estimate ``mean(old_logprobs - logprobs)`` of KL(old || current)) and ``clipfrac_lower`` (fraction where
-        the dual clip is active; 0 without dual clip).
+        k1 estimate ``mean(old_logprobs - logprobs)`` of KL(old || current), with the log-ratio clamped to
+        ``[-20, 20]`` as for the ratio) and ``clipfrac_lower`` (fraction where the dual clip is active; 0 without
+        dual clip).
     """
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}.")
     # zeroed at padding: a non-finite value there would make the gradient NaN through the masked branches (0 * inf)
     old_logprobs, advantages = _zero_padding(old_logprobs, response_mask), _zero_padding(advantages, response_mask)
-    logratio = logprobs - old_logprobs
-    # Clamping before exp keeps a stale token from overflowing; the clip makes such tokens gradient-free anyway.
-    ratio = torch.exp(logratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+    # Clamped (as verl does) before exp, so a stale token cannot overflow (the clip makes such tokens gradient-free
+    # anyway), and before approx_kl, which is verl's ppo_kl of the same clamped log-ratio.
+    logratio = (logprobs - old_logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    ratio = torch.exp(logratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     loss_mat = torch.maximum(unclipped, clipped)
@@ -513,7 +515,9 @@ def value_loss(
     unclipped = (values - returns) ** 2
     if clip_range is None:
         return 0.5 * aggregate_loss(unclipped, response_mask, loss_agg, normalizer), values.new_zeros(())
-    values_clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    # V clamped into [V_old - eps, V_old + eps] (verl's clip_by_value): exactly V where the clip is inactive, so the
+    # clip fraction counts no token whose V_old + (V - V_old) merely rounds away from V.
+    values_clipped = torch.clamp(values, old_values - clip_range, old_values + clip_range)
     clipped = (values_clipped - returns) ** 2
     loss = 0.5 * aggregate_loss(torch.maximum(unclipped, clipped), response_mask, loss_agg, normalizer)
     clipfrac = masked_mean((clipped > unclipped).to(values.dtype), response_mask)

@@ -398,6 +398,23 @@ def test_loss_gradients_stay_finite_with_inf_and_nan_in_padding():
         assert torch.isfinite(values.grad).all() and (values.grad[pad] == 0).all()
 
 
+def test_value_clip_fraction_counts_no_token_the_clip_leaves_alone():
+    """verl parity: V_old + clamp(V - V_old) rounds one ulp away from V here and used to count as clipped."""
+    values = torch.tensor([[-0.05286094918847084]], requires_grad=True)
+    old_values, returns = torch.tensor([[-0.12007129192352295]]), torch.tensor([[-0.09094037115573883]])
+    loss, clipfrac = ppo.value_loss(values, old_values, returns, torch.ones(1, 1), clip_range=0.2)
+    assert clipfrac.item() == 0.0
+    assert loss.item() == pytest.approx(0.5 * (-0.05286094918847084 + 0.09094037115573883) ** 2, rel=1e-6)
+    loss.backward()
+    assert values.grad.item() == pytest.approx(-0.05286094918847084 + 0.09094037115573883, rel=1e-6)
+
+
+def test_approx_kl_uses_the_clamped_log_ratio_like_verl_ppo_kl():
+    logprobs, old_logprobs = torch.tensor([[-1.0, -50.0]]), torch.tensor([[-1.5, -2.0]])
+    _, metrics = ppo.policy_loss(logprobs, old_logprobs, torch.ones(1, 2), torch.ones(1, 2))
+    assert metrics["approx_kl"].item() == pytest.approx((-0.5 + 20.0) / 2)  # -(0.5) and -(-20), not -(-48)
+
+
 def test_value_loss_known_answer():
     values = t([[0.1, 0.5, -0.5], [1.0, 0.2, 7.0]])
     old_values = torch.zeros(2, 3, dtype=D)
