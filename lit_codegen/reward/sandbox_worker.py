@@ -615,9 +615,18 @@ class Sandbox:
         self.to_template, self.from_template = _high_fd(commands_w), _high_fd(reports_r)
 
     def _template_loop(self, commands: int, reports: int) -> None:
-        """In the template: per `f` command fork a test, report its pid; per `w` reap it, report how it ended."""
+        """In the template: per `f` command fork a test, report its pid; per `w` reap it, report how it ended.
+
+        What every test inherits is set up here once: `oom_score_adj` 1000 (under memory pressure the kernel kills a
+        test first) and the seccomp filter (the template and a test's setup need none of the calls it denies).
+        """
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         self.pid = os.getpid()  # the tests' parent, which they check
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+        if self.seccomp is not None:
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)  # needed without root; the template never executes a program
+            _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.seccomp), 0, 0), "seccomp")
         while os.read(commands, 1) == b"f":
             pid = os.fork()
             if pid == 0:
@@ -752,8 +761,6 @@ class Sandbox:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             os._exit(EXIT_SETUP_FAILED)
-        with open("/proc/self/oom_score_adj", "w") as f:  # under memory pressure the kernel kills a test first
-            f.write("1000")
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         os.dup2(self.stdin_fd, 0)
@@ -781,8 +788,6 @@ class Sandbox:
             os.setresgid(self.uid, self.uid, self.uid)
             os.setresuid(self.uid, self.uid, self.uid)
         os.environ["HOME"] = os.environ["TMPDIR"] = self.workdir
-        if self.seccomp is not None:  # last: the setup above needs none of the denied calls, the program gets none
-            _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.seccomp), 0, 0), "seccomp")
 
     def _kill_leftovers(self, pid: int) -> None:
         """Kill and reap everything the test started: its process group, the sandbox uid, any reparented orphan."""
