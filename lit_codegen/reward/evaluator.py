@@ -198,15 +198,16 @@ class _Batch:
             self.finish(job.index)
 
     def _too_long(self, payload: bytes | None, expected, call_based: bool) -> bool:
-        """True when a strict-mode reply is far longer than any right answer could be: it is wrong unparsed.
+        """True when a reply is far longer than any right answer could be: it is wrong unparsed.
 
         Parsing is what costs the evaluator (16 MiB of 100,000-digit integers took 3.7 s of JSON parsing with the GIL
-        held; 16 MiB of short lines grew this process by 468 MiB), and a strict right answer differs from the expected
-        text only by trailing whitespace, number formatting or JSON spacing. So a reply longer than
-        `REPLY_SLACK + REPLY_FACTOR x` the expected answer is judged wrong without being parsed. `apps` mode keeps the
-        reference's rules (it ignores repeated lines), so it has no such bound.
+        held; 16 MiB of short lines grew this process by 468 MiB), and a right answer differs from the expected one
+        only by trailing whitespace, number formatting or JSON spacing. So a reply longer than
+        `REPLY_SLACK + REPLY_FACTOR x` the expected answer is judged wrong without being parsed: in both modes for
+        call-based problems, in strict mode for printed output (`apps` mode ignores repeated lines, as the reference
+        does, so a long output can be right there).
         """
-        if self.mode != "strict" or payload is None or len(payload) <= REPLY_SLACK:
+        if (self.mode != "strict" and not call_based) or payload is None or len(payload) <= REPLY_SLACK:
             return False
         try:
             size = len(json.dumps(expected)) if call_based else len(expected)

@@ -357,7 +357,8 @@ def test_replies_far_longer_than_the_answer_are_judged_without_parsing(monkeypat
         return batch.done.get_nowait()[1].outcomes[0]
 
     huge_ints = ("[" + ", ".join(["9" * 100_000] * 20) + "]").encode()  # 2 MB of 100,000-digit integers
-    assert verdict(huge_ints, {"fn_name": "f", "inputs": [[1]], "outputs": [[1, 2]]}) == "wrong_answer"
+    for mode in ("strict", "apps"):  # a right call-based answer is about as long as the expected one in both modes
+        assert verdict(huge_ints, {"fn_name": "f", "inputs": [[1]], "outputs": [[1, 2]]}, mode) == "wrong_answer"
     short_lines = b"1\n" * (4 << 20)
     assert verdict(short_lines, {"inputs": ["\n"], "outputs": ["1\n"]}) == "wrong_answer"
     assert parsed == []  # neither was parsed
