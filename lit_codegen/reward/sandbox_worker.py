@@ -446,11 +446,11 @@ class Sandbox:
             self.header_globals["np"] = sys.modules["numpy"]
         gc.collect()
         gc.freeze()  # the pre-imported objects are permanent: a test's garbage collection never walks (or copies) them
-        self.baseline_vm = self._vm_size()
+        self.baseline_vm = self._status_bytes("VmSize")
         self.cgroup, self.oom_kills = None, 0
         if full and root:
             # a test may dirty every page it shares with the worker, and allocate memory_mb on top
-            limit = self._rss() + (memory_mb << 20)
+            limit = self._status_bytes("VmRSS") + (memory_mb << 20)
             try:
                 self.cgroup = _TestCgroup(f"litcg-{self.pid}", limit)
                 self.cgroup.join()  # the worker itself: tests are forked into it (moving each test costs ~ms)
@@ -576,18 +576,11 @@ class Sandbox:
                 pass
 
     @staticmethod
-    def _rss() -> int:
+    def _status_bytes(field: str) -> int:
+        """A size in bytes from /proc/self/status (`VmSize`, `VmRSS`), 0 when absent."""
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    @staticmethod
-    def _vm_size() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
         return 0
 
