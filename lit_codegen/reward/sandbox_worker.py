@@ -299,8 +299,8 @@ class _TestCgroup:
     """
 
     def __init__(self, name: str, memory_bytes: int):
-        self.dirs: list[str] = []  # the groups a test joins, one per hierarchy
-        self.oom_file, self.oom_key = None, "oom_kill"
+        self.dirs: list[str] = []  # the worker's groups, one per hierarchy
+        self.oom_file = None  # where the kernel counts the group's OOM kills (`oom_kill N`)
         paths = {}  # controller -> our cgroup path
         with open("/proc/self/cgroup") as f:
             for line in f:
@@ -351,7 +351,7 @@ class _TestCgroup:
         with open(self.oom_file) as f:
             for line in f:
                 key, _, value = line.partition(" ")
-                if key == self.oom_key:
+                if key == "oom_kill":
                     return int(value)
         return 0
 
