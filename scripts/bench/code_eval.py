@@ -182,17 +182,21 @@ def _rss_kb(pid: int) -> int:
 
 
 def _leftovers(ev: Evaluator) -> int:
-    """Processes started by this evaluator's workers that still exist (children or sandbox-uid processes)."""
+    """Processes started by this evaluator's workers that still exist (tests, their children or sandbox-uid
+    processes), not counting each worker's template (the long-lived process that forks the tests)."""
     workers = {w.proc.pid for w in ev._pool}
+    templates = {w.template_pid for w in ev._pool}
     sandbox_uids = {str(sandbox_worker.SANDBOX_UID_BASE + pid) for pid in workers}
     count = 0
     for entry in filter(str.isdigit, os.listdir("/proc")):
+        if int(entry) in templates:
+            continue
         try:
             with open(f"/proc/{entry}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        if int(fields["PPid"]) in workers or fields["Uid"].split()[0] in sandbox_uids:
+        if int(fields["PPid"]) in workers | templates or fields["Uid"].split()[0] in sandbox_uids:
             count += 1
     return count
 
