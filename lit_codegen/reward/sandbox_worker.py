@@ -407,7 +407,8 @@ class Sandbox:
             self.protections.append(
                 "filesystem: private mount namespace, size-limited tmpfs on /tmp, /var/tmp, "
                 "/dev/shm; non-public home directories, /run (host service sockets) and the installed lit_codegen "
-                "package (its bundled problems) hidden; /proc shows a test only its own processes (hidepid)"
+                "package (its bundled problems) hidden; /proc shows a test only its own processes (hidepid); /dev "
+                "holds null, zero, full, random, urandom and tty only (no GPU, disk or other device nodes)"
             )
         if self.ipc_namespace:
             self.protections.append(
@@ -485,6 +486,7 @@ class Sandbox:
         keep = {d: os.open(d, os.O_PATH | os.O_CLOEXEC) for d in _python_dirs()}
         try:
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            self._minimal_dev()
             for target, size in (("/tmp", "512m"), ("/var/tmp", "64m"), ("/dev/shm", "64m")):
                 if os.path.isdir(target):
                     _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
@@ -513,6 +515,29 @@ class Sandbox:
             return False
         finally:
             for fd in keep.values():
+                os.close(fd)
+
+    @staticmethod
+    def _minimal_dev() -> None:
+        """Replace /dev (in the worker's mount namespace) by one holding only the devices a program may use.
+
+        `null`, `zero`, `full`, `random`, `urandom` and `tty` are bound in from the real /dev, `fd` and the standard
+        streams are links into /proc, and `shm` is a folder for its tmpfs; every other node (GPUs, disks, `kvm`,
+        `kmsg`, `fuse`, ...) is out of reach.
+        """
+        names = [n for n in ("null", "zero", "full", "random", "urandom", "tty") if os.path.exists(f"/dev/{n}")]
+        nodes = {name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC) for name in names}
+        try:
+            _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
+            for name, fd in nodes.items():
+                os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
+                _mount(f"/proc/self/fd/{fd}", f"/dev/{name}", None, MS_BIND)
+            for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                                 ("stderr", "/proc/self/fd/2")):
+                os.symlink(target, f"/dev/{link}")
+            os.mkdir("/dev/shm", 0o1777)
+        finally:
+            for fd in nodes.values():
                 os.close(fd)
 
     def _make_workdir(self) -> str:

@@ -10,6 +10,7 @@ sandbox failed. Root-only protections (namespaces) are skipped with the reason e
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -146,6 +147,7 @@ def test_unix_socket_of_a_host_service_is_unreachable(one_worker, tmp_path):
     thread.start()
     program = f"""
 import socket
+import stat
 try:
     s = socket.socket(socket.AF_UNIX)
     s.connect({str(path)!r})
@@ -165,6 +167,7 @@ except OSError as exc:
 def test_vsock_and_netlink_sockets_are_denied(one_worker):
     program = """
 import socket
+import stat
 made = []
 for family in (40, 16):  # AF_VSOCK (the hypervisor), AF_NETLINK (the kernel)
     try:
@@ -366,3 +369,30 @@ def test_replies_far_longer_than_the_answer_are_judged_without_parsing(monkeypat
     assert verdict((long_answer + " \n" * 100_000).encode(), {"inputs": ["\n"], "outputs": [long_answer]}) == "passed"
     assert verdict(short_lines, {"inputs": ["\n"], "outputs": ["1\n"]}, mode="apps") == "passed"  # the reference's rule
     assert len(parsed) == 2
+
+
+@needs_root
+def test_only_a_few_device_nodes_are_visible(one_worker):
+    """GPU device nodes (`/dev/nvidia*` are usually world-read-writable), disks, kvm: a test sees none of them. Stood
+    for by a world-readable character device made here (the null device's numbers)."""
+    device = Path(f"/dev/litcg-test-{os.getpid()}")
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(device, 0o666)
+    program = f"""
+import os
+try:
+    os.close(os.open({str(device)!r}, os.O_RDONLY))
+    print("opened")
+except OSError as exc:
+    print(type(exc).__name__)
+print(sorted(os.listdir("/dev")))
+with open("/dev/null", "w") as f, open("/dev/urandom", "rb") as r:
+    f.write(str(len(r.read(8))))
+"""
+    try:
+        lines = printed(one_worker, program).splitlines()
+    finally:
+        device.unlink()
+    assert lines[0] == "FileNotFoundError"
+    assert eval(lines[1]) == sorted(["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty",
+                                     "urandom", "zero"])
