@@ -4,6 +4,7 @@ Run: `pytest tests/test_ppo_math.py`.
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -38,6 +39,13 @@ def test_masked_sum():
     close(ppo.masked_sum(X, MASK, dim=0), [5.0, 2.0, 0.0])
 
 
+def test_masked_sum_keeps_an_integer_dtype():
+    counts = X.long()
+    assert ppo.masked_sum(counts, MASK).dtype == torch.int64
+    assert ppo.masked_sum(counts, MASK).item() == 7
+    assert ppo.masked_sum(counts, MASK, dim=-1).tolist() == [3, 4, 0]
+
+
 def test_masked_mean_all_masked_row_is_zero():
     close(ppo.masked_mean(X, MASK), 7.0 / 3.0)
     close(ppo.masked_mean(X, MASK, dim=-1), [1.5, 4.0, 0.0])
@@ -59,6 +67,16 @@ def test_masked_var():
     close(ppo.masked_var(X, torch.zeros_like(MASK)), 0.0)  # nothing valid: 0, not NaN
     single = t([[1, 0, 0], [0, 0, 0], [0, 0, 0]])
     close(ppo.masked_var(X, single), 0.0)  # one value, unbiased: 0, not NaN
+
+
+def test_masked_var_and_moments_of_one_and_two_entries():
+    two, one = t([[1.0, 0.0, 7.0]]), t([[0.0, 0.0, 4.0]])
+    mask_two, mask_one = t([[1, 0, 1]]), t([[0, 0, 1]])
+    # values 1 and 7: mean 4, squared deviations 9 + 9 = 18, unbiased / 1, biased / 2
+    close(ppo.masked_var(two, mask_two), 18.0)
+    close(ppo.masked_var(two, mask_two, unbiased=False), 9.0)
+    close(torch.stack(ppo.moments_from_sums(ppo.masked_sums(two, mask_two))), [4.0, 18.0])
+    close(torch.stack(ppo.moments_from_sums(ppo.masked_sums(one, mask_one))), [4.0, 0.0])  # one value: var 0
 
 
 def test_masked_whiten():
@@ -85,6 +103,12 @@ def test_masked_sums_give_the_moments_of_the_whole_batch_from_its_parts():
     close(torch.stack(ppo.moments_from_sums(ppo.masked_sums(X, torch.zeros_like(MASK)))), [0.0, 0.0])
 
 
+def test_masked_whiten_with_float_moments_keeps_float64_precision():
+    x, mask = t([[0.3, 0.5, 99.0]]), t([[1, 1, 0]])
+    # (0.3 - 0.1) / 0.2 and (0.5 - 0.1) / 0.2, without a float32 round trip of 0.1 and 0.04 (an error of ~1e-8)
+    close(ppo.masked_whiten(x, mask, eps=0.0, moments=(0.1, 0.04)), [[1.0, 2.0, 0.0]], atol=1e-12)
+
+
 def test_masked_whiten_degenerate_masks():
     close(ppo.masked_whiten(X, torch.zeros_like(MASK)), torch.zeros(3, 3))
     single = t([[0, 0, 0], [0, 1, 0], [0, 0, 0]])
@@ -102,6 +126,14 @@ def test_aggregate_loss_modes():
         close(ppo.aggregate_loss(loss_mat, torch.zeros_like(mask), mode), 0.0)
     with pytest.raises(ValueError, match="loss aggregation"):
         ppo.aggregate_loss(loss_mat, mask, "sum")
+
+
+def test_aggregate_loss_defaults_to_token_mean_and_keeps_the_loss_dtype():
+    mask = t([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    close(ppo.aggregate_loss(X, mask), (1 + 2 + 3 + 4) / 4)
+    loss = ppo.aggregate_loss(X.to(torch.bfloat16), mask, "token-mean", normalizer=8.0)
+    assert loss.dtype == torch.bfloat16  # a float normalizer does not promote a bf16 loss to float32
+    assert loss.item() == 10 / 8
 
 
 def test_aggregate_loss_normalizer_makes_micro_batches_add_up():
@@ -210,6 +242,39 @@ def test_terminal_token_rewards_rejects_bad_input():
         ppo.terminal_token_rewards(t([1.0, 2.0]), PREFIX_MASK)
 
 
+def test_terminal_token_rewards_rejects_bad_input_with_its_message():
+    with pytest.raises(ValueError, match=re.escape("response_mask must be (B, T), got shape (3,).")):
+        ppo.terminal_token_rewards(SCORES, t([1, 1, 0]))
+    prefix_message = "response_mask must be a prefix mask per row (ones, then zeros); found a 1 after a 0."
+    with pytest.raises(ValueError, match="^" + re.escape(prefix_message) + "$"):
+        ppo.terminal_token_rewards(SCORES, t([[1, 0, 1], [1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match=re.escape("scores must be (B,) = (3,), got (2,).")):
+        ppo.terminal_token_rewards(t([1.0, 2.0]), PREFIX_MASK)
+    with pytest.raises(ValueError, match="Shape mismatch"):  # (3,) would broadcast against (3, 3)
+        ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_penalty=t([0.1, 0.2, 0.3]), kl_coef=0.5)
+
+
+def test_terminal_token_rewards_kl_needs_both_penalty_and_coefficient():
+    kl = t([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [1.0, 1.0, 1.0]])
+    plain = [[0.0, 0.0, 1.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    close(ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_penalty=kl), plain)  # kl_coef defaults to 0
+    close(ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_coef=0.5), plain)  # no penalty given
+    close(ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl_penalty=kl, kl_coef=1.0),
+          [[-0.1, -0.2, 1.0 - 0.3], [-0.4, 0.5 - 0.5, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_terminal_token_rewards_one_token_row_and_the_dtype_of_the_scores():
+    mask = t([[1, 0, 0], [1, 1, 1]])
+    rewards = ppo.terminal_token_rewards(t([0.1, 0.3]), mask)
+    assert rewards.dtype == torch.float64
+    close(rewards, [[0.1, 0.0, 0.0], [0.0, 0.0, 0.3]], atol=1e-15)  # a one-token row gets its score too
+    # float32 scores, float64 penalty: the rewards are float32, like the scores
+    rewards = ppo.terminal_token_rewards(t([0.1, 0.3], torch.float32), mask, kl_penalty=torch.ones(2, 3, dtype=D),
+                                         kl_coef=0.5)
+    assert rewards.dtype == torch.float32
+    close(rewards, [[-0.4, 0.0, 0.0], [-0.5, -0.5, -0.2]], atol=1e-7)
+
+
 VALUES = t([[0.2, 0.4, 0.6], [0.1, 0.3, 9.0], [5.0, 5.0, 5.0]])  # 9 and 5 sit on padding and must not matter
 
 
@@ -301,12 +366,22 @@ def test_rloo_advantages_known_answer():
     close(ppo.rloo_advantages(t([0.2, 0.6]), 2, torch.ones(2, 2, dtype=D)), [[-0.4, -0.4], [0.4, 0.4]])
 
 
+def test_group_advantages_take_the_dtype_of_the_scores():
+    advantages = ppo.rloo_advantages(t([0.25, 0.75], torch.float32), 2, torch.ones(2, 2, dtype=D))
+    assert advantages.dtype == torch.float32
+    close(advantages, [[-0.5, -0.5], [0.5, 0.5]])
+
+
 @pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages])
 def test_group_estimators_reject_bad_groups(estimator):
     with pytest.raises(ValueError, match="at least 2 samples"):
         estimator(t([1.0, 0.0]), 1, torch.ones(2, 3))
     with pytest.raises(ValueError, match="not a multiple"):
         estimator(t([1.0, 0.0, 1.0]), 2, torch.ones(3, 3))
+    with pytest.raises(ValueError, match=re.escape("scores must be (N,), got shape (2, 1).")):
+        estimator(t([[1.0], [0.0]]), 2, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=re.escape("response_mask (3, 2) does not match 2 scores.")):
+        estimator(t([1.0, 0.0]), 2, torch.ones(3, 2))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,6 +448,26 @@ def test_policy_loss_dual_clip():
         ppo.policy_loss(logprobs, old, advantages, mask, dual_clip=1.0)
 
 
+def test_policy_loss_dual_clip_just_above_one_and_at_the_bound():
+    logprobs = t([[5.0, 2.0, 5.0]]).log()
+    old, advantages, mask = torch.zeros(1, 3, dtype=D), t([[-1.0, -1.0, 1.0]]), torch.ones(1, 3, dtype=D)
+    # c = 1.5 is valid (> 1): both negative-advantage tokens are capped at 1.5
+    loss, metrics = ppo.policy_loss(logprobs, old, advantages, mask, dual_clip=1.5)
+    close(loss, (1.5 + 1.5 - 1.2) / 3)
+    close(metrics["clipfrac_lower"], 2 / 3)
+    # a token exactly at the bound (ratio 2 = c) is not counted, as verl's torch.gt; the loss is 2 either way
+    loss, metrics = ppo.policy_loss(t([[2.0]]).log(), torch.zeros(1, 1, dtype=D), t([[-1.0]]), torch.ones(1, 1),
+                                    dual_clip=2.0)
+    close(loss, 2.0)
+    close(metrics["clipfrac_lower"], 0.0)
+
+
+def test_policy_loss_normalizer_replaces_the_token_count():
+    logprobs = RATIOS.log()
+    loss, _ = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, normalizer=10.0)
+    close(loss, (-1.2 + 0.8 - 2.0 + 1.1 - 0.7) / 10)
+
+
 def test_policy_loss_all_masked_is_zero_without_nan():
     logprobs = RATIOS.log().requires_grad_()
     loss, metrics = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, torch.zeros_like(LOSS_MASK))
@@ -413,6 +508,10 @@ def test_approx_kl_uses_the_clamped_log_ratio_like_verl_ppo_kl():
     logprobs, old_logprobs = torch.tensor([[-1.0, -50.0]]), torch.tensor([[-1.5, -2.0]])
     _, metrics = ppo.policy_loss(logprobs, old_logprobs, torch.ones(1, 2), torch.ones(1, 2))
     assert metrics["approx_kl"].item() == pytest.approx((-0.5 + 20.0) / 2)  # -(0.5) and -(-20), not -(-48)
+    # and from above: log-ratio +30 is clamped to 20; with A < 0 the loss is -A * e^20
+    loss, metrics = ppo.policy_loss(t([[-1.0]]), t([[-31.0]]), t([[-1.0]]), torch.ones(1, 1))
+    close(metrics["approx_kl"], -20.0)
+    close(loss, math.exp(20.0), atol=1e-3)
 
 
 def test_value_loss_known_answer():
@@ -430,6 +529,18 @@ def test_value_loss_known_answer():
     close(clipfrac, 0.0)
     loss, _ = ppo.value_loss(values, old_values, returns, torch.zeros_like(LOSS_MASK))
     close(loss, 0.0)
+
+
+def test_value_loss_default_clip_and_normalizer():
+    values = t([[0.1, 0.5, -0.5], [1.0, 0.2, 7.0]])
+    old_values, returns = torch.zeros(2, 3, dtype=D), t([[0.0, 1.0, 0.0], [0.3, 0.0, 0.0]])
+    loss, clipfrac = ppo.value_loss(values, old_values, returns, LOSS_MASK)  # clip_range defaults to 0.2
+    close(loss, 0.5 * (0.01 + 0.64 + 0.25 + 0.49 + 0.04) / 5)
+    close(clipfrac, 1 / 5)
+    loss, _ = ppo.value_loss(values, old_values, returns, LOSS_MASK, normalizer=10.0)
+    close(loss, 0.5 * (0.01 + 0.64 + 0.25 + 0.49 + 0.04) / 10)
+    loss, _ = ppo.value_loss(values, old_values, returns, LOSS_MASK, clip_range=None, normalizer=10.0)
+    close(loss, 0.5 * (0.01 + 0.25 + 0.25 + 0.49 + 0.04) / 10)
 
 
 def naive_losses(logprobs, old_logprobs, advantages, values, old_values, returns, lengths, clip, dual_clip, vclip):
@@ -470,6 +581,37 @@ def test_losses_reject_mismatched_shapes():
         ppo.policy_loss(RATIOS, RATIOS, ADVANTAGES[:1], LOSS_MASK)
     with pytest.raises(ValueError, match="Shape mismatch"):
         ppo.value_loss(RATIOS, RATIOS, RATIOS, LOSS_MASK[:, :2])
+    row = RATIOS[:1]  # (1, 3) broadcasts against (2, 3): only the shape check can catch it
+    for i in range(4):
+        args = [RATIOS, RATIOS, ADVANTAGES, LOSS_MASK]
+        args[i] = args[i][:1]
+        with pytest.raises(ValueError, match="Shape mismatch"):
+            ppo.policy_loss(*args)
+        args = [RATIOS, RATIOS, RATIOS, LOSS_MASK]
+        args[i] = row if i < 3 else LOSS_MASK[:1]
+        with pytest.raises(ValueError, match="Shape mismatch"):
+            ppo.value_loss(*args)
+
+
+def test_results_stay_on_the_device_of_the_inputs_whatever_the_default_device():
+    """Constants are made on the inputs' device: with "meta" as the default device (standing in for
+    `torch.set_default_device("cuda")` with CPU inputs), a constant made on the default device would not mix."""
+    logprobs, old, mask, kl = RATIOS.log(), torch.zeros(2, 3, dtype=D), LOSS_MASK, torch.ones(3, 3, dtype=D)
+    whiten_x, whiten_mask = t([[0.3, 0.5]]), torch.ones(1, 2)
+    with torch.device("meta"):  # every input is made before, on the CPU
+        results = [
+            (ppo.masked_sum(X, MASK), 7.0),
+            (ppo.masked_whiten(whiten_x, whiten_mask, eps=0.0, moments=(0.1, 0.04)), [[1.0, 2.0]]),
+            (ppo.masked_whiten(X, MASK, eps=0.0)[2], [0.0, 0.0, 0.0]),
+            (ppo.terminal_token_rewards(SCORES, PREFIX_MASK)[1], [0.0, 0.5, 0.0]),
+            (ppo.terminal_token_rewards(SCORES, PREFIX_MASK, kl, 0.5)[1], [-0.5, 0.0, 0.0]),
+            (ppo.policy_loss(logprobs, old, ADVANTAGES, mask)[0], (-1.2 + 0.8 - 2.0 + 1.1 - 0.7) / 5),
+            (ppo.value_loss(old, old, old, mask, None)[0], 0.0),
+            (ppo.value_loss(old, old, old, mask, 0.2)[0], 0.0),
+        ]
+    for actual, expected in results:
+        assert actual.device.type == "cpu"
+        close(actual, expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -556,3 +698,11 @@ def test_adaptive_kl_controller_known_answer_and_exact_resume():
         assert resumed.value == controller.value
     with pytest.raises(ValueError, match="target > 0"):
         ppo.AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+def test_adaptive_kl_controller_small_target_and_horizon():
+    controller = ppo.AdaptiveKLController(init_kl_coef=0.1, target=0.5, horizon=1)  # both valid (> 0)
+    controller.update(current_kl=0.55, n_steps=1)  # error +0.1: x (1 + 0.1 * 1 / 1)
+    assert controller.value == pytest.approx(0.11, abs=1e-15)
+    with pytest.raises(ValueError, match="horizon > 0"):
+        ppo.AdaptiveKLController(0.1, target=0.5, horizon=0)
