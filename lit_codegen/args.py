@@ -53,8 +53,13 @@ class PPOArgs:
     """Horizon of the adaptive KL controller."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
-    loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
-    """How token losses are aggregated."""
+    loss_agg: Literal["token-mean", "seq-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
+    """How token losses are aggregated (verl's `loss_agg_mode`; `seq-mean` is its `seq-mean-token-mean`):
+    `token-mean` (DAPO), `seq-mean` (GRPO as published), `seq-mean-token-sum`, `seq-mean-token-sum-norm` (Dr. GRPO:
+    token sums over the constant `max_new_tokens`, then the mean over sequences). See `ppo.aggregate_loss`."""
+    grpo_norm_by_std: bool = True
+    """grpo: divide each group's centred scores by their standard deviation; False = Dr. GRPO (Liu et al. 2025),
+    which removes that per-question difficulty bias."""
     whiten_advantages: bool = True
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0

@@ -319,7 +319,7 @@ class PPOModule(LightningModule):
         if kl is not None:  # the group baselines compare whole-sequence rewards: score minus the summed KL penalty
             scores = scores - self.kl_ctl.value * ppo.masked_sum(kl, mask, dim=-1)
         if a.adv_estimator == "grpo":
-            advantages = ppo.grpo_advantages(scores, self.rollout_args.n, mask)
+            advantages = ppo.grpo_advantages(scores, self.rollout_args.n, mask, norm_by_std=a.grpo_norm_by_std)
         else:
             advantages = ppo.rloo_advantages(scores, self.rollout_args.n, mask)
         return advantages, advantages
@@ -377,9 +377,15 @@ class PPOModule(LightningModule):
         return stats.result()
 
     def _normalizer(self, mb_mask: torch.Tensor) -> float:
-        """Loss denominator of a mini-batch (summed micro-batch losses = the mini-batch loss): tokens or sequences."""
-        units = mb_mask.sum() if self.algo.loss_agg == "token-mean" else mb_mask.bool().any(-1).sum()
-        return float(units)
+        """Loss denominator of a mini-batch (summed micro-batch losses = the mini-batch loss).
+
+        Valid tokens for `token-mean`, non-empty sequences for the `seq-mean*` modes, times the constant
+        `max_new_tokens` for Dr. GRPO's `seq-mean-token-sum-norm`.
+        """
+        if self.algo.loss_agg == "token-mean":
+            return float(mb_mask.sum())
+        sequences = float(mb_mask.bool().any(-1).sum())
+        return sequences * self.rollout_args.max_new_tokens if self.algo.loss_agg.endswith("-norm") else sequences
 
     @staticmethod
     def _share(micro_mask: torch.Tensor, mb_tokens: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-LossAgg = Literal["token-mean", "seq-mean"]
+LossAgg = Literal["token-mean", "seq-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLKind = Literal["k1", "k2", "k3", "abs"]
 
 # exp() of a log-ratio beyond this overflows float16 and makes float32 gradients useless; see `kl_penalty`.
@@ -148,31 +148,45 @@ def moments_from_sums(sums: Tensor) -> tuple[Tensor, Tensor]:
 def aggregate_loss(
     loss_mat: Tensor, response_mask: Tensor, mode: LossAgg = "token-mean", normalizer: float | None = None
 ) -> Tensor:
-    """Reduce a per-token loss to a scalar.
+    """Reduce a per-token loss to a scalar (verl's ``agg_loss`` modes, for sequences with a valid token).
 
-    ``token-mean`` weighs every valid token of the batch equally (long responses count more);
-    ``seq-mean`` first averages within each sequence, then over sequences with at least one valid token.
+    - ``token-mean``: every valid token of the batch weighs the same (long responses count more; DAPO's choice).
+    - ``seq-mean``: the mean over sequences of each sequence's token mean (GRPO as published; verl's
+      ``seq-mean-token-mean``).
+    - ``seq-mean-token-sum``: the mean over sequences of each sequence's token sum.
+    - ``seq-mean-token-sum-norm``: Dr. GRPO (Liu et al. 2025): the token sums divided by one constant ``L`` instead of
+      each response's own length, then the mean over sequences, ``sum_i sum_t l_it / (N * L)``. ``L`` is the
+      response width ``T`` unless ``normalizer`` gives ``N * L`` (the trainer passes ``L = max_new_tokens``, constant
+      through training as the paper asks). verl's mode of the same name divides by ``L`` only, without the mean over
+      the ``N`` sequences: its loss is ``N`` times this one (a scale that the learning rate absorbs).
 
     Args:
         loss_mat: Per-token loss ``(B, T)``.
         response_mask: ``(B, T)``, 1 = response token, 0 = padding.
-        mode: ``"token-mean"`` or ``"seq-mean"``.
+        mode: One of the four modes above.
         normalizer: Denominator to use instead of this batch's count (valid tokens for ``token-mean``, non-empty
-            sequences for ``seq-mean``). Pass the mini-batch-wide count when accumulating gradients over
-            micro-batches, so that the summed micro-batch losses equal the mini-batch mean.
+            sequences for the ``seq-mean*`` modes, non-empty sequences x ``T`` for ``seq-mean-token-sum-norm``). Pass
+            the mini-batch-wide count when accumulating gradients over micro-batches, so that the summed micro-batch
+            losses equal the mini-batch's loss.
 
     Returns:
         Scalar loss; 0 when every position is masked.
     """
+    non_empty = response_mask.bool().any(dim=-1)  # (B,)
     if mode == "token-mean":
         total = masked_sum(loss_mat, response_mask)
-        count = response_mask.bool().sum() if normalizer is None else torch.tensor(normalizer)
+        count = response_mask.bool().sum()
     elif mode == "seq-mean":
-        non_empty = response_mask.bool().any(dim=-1)  # (B,)
         total = masked_sum(masked_mean(loss_mat, response_mask, dim=-1), non_empty)
-        count = non_empty.sum() if normalizer is None else torch.tensor(normalizer)
+        count = non_empty.sum()
+    elif mode == "seq-mean-token-sum":
+        total, count = masked_sum(loss_mat, response_mask), non_empty.sum()
+    elif mode == "seq-mean-token-sum-norm":
+        total, count = masked_sum(loss_mat, response_mask), non_empty.sum() * loss_mat.shape[-1]
     else:
-        raise ValueError(f"Unknown loss aggregation {mode!r}; expected 'token-mean' or 'seq-mean'.")
+        raise ValueError(f"Unknown loss aggregation {mode!r}; expected one of {LossAgg.__args__}.")
+    if normalizer is not None:
+        count = torch.tensor(normalizer)
     return total / count.clamp(min=1).to(device=total.device, dtype=total.dtype)
 
 
@@ -447,7 +461,7 @@ def policy_loss(
         clip_ratio_low: The ratio is clipped below at ``1 - clip_ratio_low``.
         clip_ratio_high: The ratio is clipped above at ``1 + clip_ratio_high`` (higher = "clip-higher").
         dual_clip: Dual-clip constant ``c > 1``; ``None`` disables it.
-        loss_agg: ``"token-mean"`` or ``"seq-mean"``, see `aggregate_loss`.
+        loss_agg: A mode of `aggregate_loss`.
         normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
 
     Returns:
@@ -504,7 +518,7 @@ def value_loss(
         returns: ``(B, T)`` targets (see `compute_gae`).
         response_mask: ``(B, T)``, 1 = response token, 0 = padding.
         clip_range: ``eps`` above; ``None`` = plain ``0.5 * (V - R)^2``.
-        loss_agg: ``"token-mean"`` or ``"seq-mean"``, see `aggregate_loss`.
+        loss_agg: A mode of `aggregate_loss`.
         normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
 
     Returns:

@@ -62,10 +62,12 @@ def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, m
     assert module.ppo_iteration == 3 and t.global_step == 3
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "dr-grpo"])
 def test_critic_free_estimators_train_without_a_critic(estimator):
     L.seed_everything(0)
-    module, data = make(adv_estimator=estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1, ppo_epochs=2)
+    dr_grpo = {"grpo_norm_by_std": False, "loss_agg": "seq-mean-token-sum-norm"} if estimator == "dr-grpo" else {}
+    module, data = make(adv_estimator="grpo" if dr_grpo else estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1,
+                        ppo_epochs=2, **dr_grpo)
     module.configure_model()
     module._evaluator = _StubEvaluator([1.0, 0.0] * 4)  # the untrained model's programs would all score 0: no signal
     before = {n: p.detach().clone() for n, p in module.actor.named_parameters()}
@@ -82,8 +84,9 @@ def test_critic_free_estimators_train_without_a_critic(estimator):
     assert module.ppo_iteration == 1
     assert all(not torch.equal(before[n], p) for n, p in module.actor.named_parameters())  # the actor trained
     (exp, metrics), = seen
-    # every prompt's two samples scored 1 and 0: leave-one-out 1 - 0, or (1 - 0.5) / unbiased std 0.5 ** 0.5
-    a = 1.0 if estimator == "rloo" else 0.5 / (0.5**0.5 + 1e-6)
+    # every prompt's two samples scored 1 and 0: leave-one-out 1 - 0, (1 - 0.5) / unbiased std 0.5 ** 0.5, or (Dr.
+    # GRPO) only centred
+    a = {"rloo": 1.0, "grpo": 0.5 / (0.5**0.5 + 1e-6), "dr-grpo": 0.5}[estimator]
     torch.testing.assert_close(exp["advantages"], torch.tensor([a, -a] * 4)[:, None] * exp["mask"])
     # the KL loss (k3 to the reference) is 0 in epoch 1, where the actor is the reference, and positive in epoch 2
     assert metrics["actor/kl_loss"] > 1e-6
@@ -413,7 +416,7 @@ def test_cosine_schedule_and_no_code_penalty_known_values():
     torch.testing.assert_close(scores, torch.tensor([0.5, 0.4, 0.4, 0.5]))  # a text block is no code block
 
 
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean", "seq-mean-token-sum-norm"])
 def test_token_mean_metrics_do_not_depend_on_the_micro_batch_size(loss_agg):
     """Clip fractions and ppo_kl are means over tokens: micro-batching must not reweight them (it did under seq-mean,
     where micro-batches were weighted by their sequence count)."""

@@ -493,6 +493,47 @@ def test_loss_gradients_stay_finite_with_inf_and_nan_in_padding():
         assert torch.isfinite(values.grad).all() and (values.grad[pad] == 0).all()
 
 
+def test_seq_mean_token_sum_modes_known_answer_and_published_formulas():
+    """seq-mean-token-sum: mean over sequences of token sums (verl); seq-mean-token-sum-norm: Dr. GRPO's
+    sum_i sum_t l_it / (N * L), L a constant (verl's mode of that name is N times this)."""
+    loss_mat = t([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum"), ((1 + 2 + 3) + (4 + 5)) / 2)
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum-norm"), ((1 + 2 + 3) + (4 + 5)) / (2 * 3))
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum-norm", normalizer=2 * 8), 15 / 16)  # L = 8
+    # the formulas as published, re-typed as loops
+    horizon = 8
+    rows = zip(loss_mat.tolist(), mask.tolist())
+    dr_grpo = sum(sum(x for x, m in zip(row, mrow) if m) / horizon for row, mrow in rows) / 2
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum-norm", normalizer=2 * horizon), dr_grpo)
+    verl_token_sum = torch.mean(torch.sum(loss_mat * mask, dim=-1))  # verl's agg_loss("seq-mean-token-sum")
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum"), verl_token_sum)
+    verl_norm = torch.sum(torch.sum(loss_mat * mask, dim=-1)) / mask.shape[-1]  # verl's, without the mean over N
+    close(ppo.aggregate_loss(loss_mat, mask, "seq-mean-token-sum-norm") * 2, verl_norm)
+    # an empty sequence neither adds nor counts; all masked gives 0
+    padded_mask = torch.cat([mask, torch.zeros(1, 3, dtype=D)])
+    padded_loss = torch.cat([loss_mat, t([[9.0, 9.0, 9.0]])])
+    close(ppo.aggregate_loss(padded_loss, padded_mask, "seq-mean-token-sum"), 15 / 2)
+    close(ppo.aggregate_loss(loss_mat, torch.zeros_like(mask), "seq-mean-token-sum-norm"), 0.0)
+    with pytest.raises(ValueError, match="seq-mean-token-sum-norm"):
+        ppo.aggregate_loss(loss_mat, mask, "token-sum")
+
+
+def test_policy_loss_micro_batches_sum_to_the_mini_batch_loss_in_every_mode():
+    """With the mini-batch's normalizer, the micro-batch losses add up to the mini-batch's loss (gradient
+    accumulation) in every aggregation mode."""
+    torch.manual_seed(0)
+    logprobs, old = -torch.rand(4, 5, dtype=D), -torch.rand(4, 5, dtype=D)
+    advantages = torch.randn(4, 5, dtype=D)
+    mask = t([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    for mode, norm in [("token-mean", 11.0), ("seq-mean", 4.0), ("seq-mean-token-sum", 4.0),
+                       ("seq-mean-token-sum-norm", 4.0 * 5)]:
+        whole, _ = ppo.policy_loss(logprobs, old, advantages, mask, loss_agg=mode)
+        parts = sum(ppo.policy_loss(logprobs[i], old[i], advantages[i], mask[i], loss_agg=mode, normalizer=norm)[0]
+                    for i in (slice(0, 2), slice(2, 4)))
+        close(parts, whole)
+
+
 def test_value_clip_fraction_counts_no_token_the_clip_leaves_alone():
     """verl parity: V_old + clamp(V - V_old) rounds one ulp away from V here and used to count as clipped."""
     values = torch.tensor([[-0.05286094918847084]], requires_grad=True)
