@@ -33,6 +33,9 @@ class PPOArgs:
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020; verl's `clip_ratio_c`, always 3.0 there);
     None disables it."""
+    policy_ratio: Literal["token", "sequence"] = "token"
+    """Importance ratio of the policy loss: per token (PPO) or the length-normalised ratio of the whole response
+    (`sequence` = GSPO, Zheng et al. 2025; use clip ratios of about 3e-4 / 4e-4 and `loss_agg: seq-mean`)."""
     value_clip: float | None = 0.2
     """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0

@@ -358,7 +358,8 @@ class PPOModule(LightningModule):
                 logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
                                                              exp["pos"][idx], p_len, self.rollout_args.temperature)
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
-                                           a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm)
+                                           a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm,
+                                           a.policy_ratio)
                 logs.add(**{"actor/pg_loss": loss, "actor/pg_clipfrac": pg["clipfrac"] * share,
                             "actor/ppo_kl": pg["approx_kl"] * share})
                 if a.dual_clip is not None:  # how often the dual clip bounds a negative advantage's loss

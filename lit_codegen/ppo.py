@@ -445,6 +445,7 @@ def policy_loss(
     dual_clip: float | None = None,
     loss_agg: LossAgg = "token-mean",
     normalizer: float | None = None,
+    ratio_level: Literal["token", "sequence"] = "token",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
 
@@ -452,6 +453,13 @@ def policy_loss(
     ``loss = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high))``.
     Dual clip bounds the loss of a negative advantage when the ratio explodes: for ``A < 0``,
     ``loss = min(loss, -A * dual_clip)``.
+
+    ``ratio_level="sequence"`` is GSPO (Zheng et al. 2025, its token form): every token of response ``i`` uses the
+    length-normalised sequence ratio ``s_i = exp(mean_t(logprobs - old_logprobs))`` as its value, with the gradient
+    of its own log-prob (``s_i * exp(logprob_t - sg(logprob_t))``), so the whole response is clipped together. Use it
+    with GSPO's much smaller clip ranges (3e-4 / 4e-4 in the paper) and ``loss_agg="seq-mean"``. With one PPO epoch
+    and one mini-batch the update is on-policy: every ratio is 1 and neither the clip range nor this choice changes
+    anything.
 
     Args:
         logprobs: ``(B, T)`` log-probs of the response tokens under the current policy (with gradient).
@@ -463,6 +471,7 @@ def policy_loss(
         dual_clip: Dual-clip constant ``c > 1``; ``None`` disables it.
         loss_agg: A mode of `aggregate_loss`.
         normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
+        ratio_level: ``"token"`` (PPO) or ``"sequence"`` (GSPO), see above.
 
     Returns:
         ``(loss, metrics)``: scalar loss and detached scalar metrics, token-means over valid tokens:
@@ -479,7 +488,13 @@ def policy_loss(
     # Clamped (as verl does) before exp, so a stale token cannot overflow (the clip makes such tokens gradient-free
     # anyway), and before approx_kl, which is verl's ppo_kl of the same clamped log-ratio.
     logratio = (logprobs - old_logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    ratio = torch.exp(logratio)
+    if ratio_level == "sequence":  # GSPO: each token carries its response's mean log-ratio, with its own gradient
+        seq_logratio = masked_mean(logratio, response_mask, dim=-1).detach().unsqueeze(-1)  # (B, 1)
+        ratio = torch.exp((logprobs - logprobs.detach() + seq_logratio).clamp(max=_MAX_LOG_RATIO))
+    elif ratio_level == "token":
+        ratio = torch.exp(logratio)
+    else:
+        raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}.")
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     loss_mat = torch.maximum(unclipped, clipped)

@@ -534,6 +534,29 @@ def test_policy_loss_micro_batches_sum_to_the_mini_batch_loss_in_every_mode():
         close(parts, whole)
 
 
+def test_gspo_sequence_ratio_known_answer_and_gradient():
+    """GSPO (Zheng et al. 2025): s_i = exp(mean_t log-ratio) clipped per response; the gradient of token t is
+    -A_i * s_i * d logprob_t / |y_i| under seq-mean (the paper's (1/G) sum_i s_i A_i (1/|y_i|) sum_t grad log pi)."""
+    old = t([[-1.0, -2.0, -1.5], [-0.5, -0.7, 0.0]])
+    logprobs = (old + t([[0.02, -0.01, 0.05], [0.3, 0.1, 0.0]])).requires_grad_(True)
+    mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = t([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
+    s1, s2 = math.exp((0.02 - 0.01 + 0.05) / 3), math.exp((0.3 + 0.1) / 2)  # 1.0202 and 1.2214
+    loss, metrics = ppo.policy_loss(logprobs, old, adv, mask, 0.2, 0.2, loss_agg="seq-mean", ratio_level="sequence")
+    # response 1: A > 0, s1 inside the clip -> -A * s1; response 2: A < 0, s2 > 1.2 -> max(-A s2, -A 1.2) = 2 * s2
+    close(loss, (-1.0 * s1 + 2.0 * s2) / 2)
+    close(metrics["clipfrac"], 0.0)  # clipped would be smaller than unclipped for response 2: not active
+    loss.backward()
+    expected = t([[-s1 / 3] * 3, [2.0 * s2 / 2, 2.0 * s2 / 2, 0.0]]) / 2
+    close(logprobs.grad, expected)
+    # a ratio past the clip on the paying side is clipped as a whole response
+    _, metrics = ppo.policy_loss(logprobs.detach(), old, -adv, mask, 0.2, 0.2, loss_agg="seq-mean",
+                                 ratio_level="sequence")
+    close(metrics["clipfrac"], 2 / 5)  # response 2 (2 tokens) of 5 valid tokens
+    with pytest.raises(ValueError, match="ratio_level"):
+        ppo.policy_loss(logprobs, old, adv, mask, ratio_level="seq")
+
+
 def test_value_clip_fraction_counts_no_token_the_clip_leaves_alone():
     """verl parity: V_old + clamp(V - V_old) rounds one ulp away from V here and used to count as clipped."""
     values = torch.tensor([[-0.05286094918847084]], requires_grad=True)
