@@ -645,15 +645,29 @@ class Sandbox:
         if self.seccomp is not None:
             _prctl(PR_SET_NO_NEW_PRIVS, 1)  # needed without root; the template never executes a program
             _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.seccomp), 0, 0), "seccomp")
+        try:  # fill the interpreter's lazy cache for wait4's arguments: the first test then inherits what later ones do
+            os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:  # the template has no child yet
+            pass
         while os.read(commands, 1) == b"f":
-            pid = os.fork()
-            if pid == 0:
-                self._run_child()  # never returns
-            os.write(reports, _PID.pack(pid))
-            if os.read(commands, 1) != b"w":  # the worker has opened its handle on the test: it may end now
+            if not self._fork_and_reap_test(commands, reports):
                 return
-            _, status, usage = os.wait4(pid, 0)
-            os.write(reports, _REPORT.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
+
+    def _fork_and_reap_test(self, commands: int, reports: int) -> bool:
+        """In the template: fork one test, report its pid, reap it, report how it ended; False when told to stop.
+
+        Its own frame, so nothing of one test (its pid, exit status, CPU time and memory, which the test controls)
+        is left in a live object of the template when the next test is forked.
+        """
+        pid = os.fork()
+        if pid == 0:
+            self._run_child()  # never returns
+        os.write(reports, _PID.pack(pid))
+        if os.read(commands, 1) != b"w":  # the worker has opened its handle on the test: it may end now
+            return False
+        _, status, usage = os.wait4(pid, 0)
+        os.write(reports, _REPORT.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
+        return True
 
     def _run_child(self) -> None:
         """In a test's process: read the job the worker left in the job file, enter the sandbox, run the program."""

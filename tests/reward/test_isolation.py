@@ -396,3 +396,46 @@ with open("/dev/null", "w") as f, open("/dev/urandom", "rb") as r:
     assert lines[0] == "FileNotFoundError"
     assert eval(lines[1]) == sorted(["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty",
                                      "urandom", "zero"])
+
+
+FINGERPRINT = """
+import collections, gc, os, resource, sys
+gc.unfreeze()  # the template freezes what it imported: count those objects too
+objects = gc.get_objects()
+print(len(objects), sorted(collections.Counter(map(type, objects)).items(), key=str))
+print(sorted(sys.modules), sorted(os.environ.items()), os.getcwd(), sorted(os.listdir(".")))
+print(sorted(os.listdir("/proc/self/fd")), os.getuid(), os.getgid(), os.getpgrp() == os.getpid())
+print([resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")])
+print(sorted(os.listdir("/dev/shm")), gc.isenabled(), print is __builtins__.print,
+      open("/proc/self/oom_score_adj").read())
+frame = sys._getframe().f_back  # the trusted frames below the program, and what they hold
+while frame is not None:
+    print(frame.f_code.co_name, sorted((name, repr(value)[:80]) for name, value in frame.f_locals.items()))
+    frame = frame.f_back
+"""
+# What a test inherits: the interpreter's objects (how many of each type), modules, environment, folders, open files,
+# ids, limits, and the locals of the trusted frames below the program. Printed by a program of the same source, so
+# everything the program itself makes is the same.
+
+
+def test_a_test_after_many_programs_inherits_what_a_test_of_a_fresh_worker_inherits():
+    """A test starts from the same state whatever ran before it: after many programs of every outcome (answers,
+    crashes, timeouts, leftovers in /tmp and /dev/shm, memory growth, a dict of modules imported) the state a test
+    inherits is the one a fresh worker's first test inherits."""
+    busy = [
+        "import numpy, json, re, fractions\nprint(sum(map(int, input().split())))",
+        "import os\nopen('/tmp/left', 'w').write('x' * 1000)\nopen('/dev/shm/left', 'w').write('y')\nprint(3)",
+        "import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)",
+        "x = [bytearray(1 << 20) for _ in range(100)]\nprint(len(x))",
+        "import os, time\nif os.fork() == 0:\n    time.sleep(30)\nprint(3)",
+        "while True: pass",
+        "import gc\ngc.disable()\nimport builtins\nbuiltins.print = None",
+        "def f(a, b): return a + b",
+    ]
+    tests = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
+    with Evaluator(workers=1, timeout=1.0, memory_mb=256) as ev:
+        fresh = printed(ev.start(), FINGERPRINT)
+        ev.evaluate(busy * 3, [tests] * len(busy) * 3)
+        after = printed(ev, FINGERPRINT)
+    assert after == fresh
+    assert fresh.splitlines()[4] == "[] True True 1000"  # and the program ran to the end
