@@ -26,8 +26,10 @@ for numbers comparable with papers. Its laxities, all reproduced on purpose:
 """
 
 import decimal
+import itertools
 import json
 import math
+import operator
 import random
 import re
 import zlib
@@ -331,7 +333,15 @@ def _floats(items) -> list[float] | None:
         return None
 
 
+# apps mode: outputs longer than this (beyond LONG_FACTOR x the expected output) are judged by
+# `_apps_long_text_equal`, in memory bounded by the expected output instead of the reply.
+LONG_SLACK, LONG_FACTOR = 64 << 10, 16
+_TOKEN = re.compile(r"\S+")  # the tokens of str.split(): re's \s is str.isspace
+
+
 def _apps_text_equal(text: str, expected: str) -> bool:
+    if len(text) > LONG_SLACK + LONG_FACTOR * len(expected):
+        return _apps_long_text_equal(text, expected)
     lines = text.splitlines()
     # 1. whole output / every line stripped (custom_compare_ in the reference)
     if "\n".join(lines).strip() == expected.strip() or "\n".join(x.strip() for x in lines).strip() == expected.strip():
@@ -355,3 +365,109 @@ def _apps_text_equal(text: str, expected: str) -> bool:
         }
     except ValueError:
         return False
+
+
+def _line_chunks(text: str, chunk: int = 1 << 16):
+    """`text.splitlines()` in pieces: lists of the lines of about `chunk` characters, cut just after a newline."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + chunk)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end].splitlines()
+        start = end
+
+
+def _lines(text: str):
+    """`text.splitlines()`, one line at a time."""
+    return itertools.chain.from_iterable(_line_chunks(text))
+
+
+def _capped_set(items, cap: int) -> frozenset | None:
+    """The set of `items`, or None as soon as it would hold more than `cap` elements."""
+    out = set()
+    for item in items:
+        out.add(item)
+        if len(out) > cap:
+            return None
+    return frozenset(out)
+
+
+def _token_sets(line: str, cap: int) -> tuple[frozenset | None, frozenset | None]:
+    """A line's set of tokens and of tokens rounded to 3 decimals; None for more than `cap` or a non-number token."""
+    tokens = _capped_set((m.group() for m in _TOKEN.finditer(line)), cap)
+    try:
+        rounded = _capped_set((round(float(m.group()), 3) for m in _TOKEN.finditer(line)), cap)
+    except ValueError:
+        rounded = None
+    return tokens, rounded
+
+
+def _apps_long_text_equal(text: str, expected: str) -> bool:
+    """`_apps_text_equal` for an output far longer than the expected one, without keeping its lines.
+
+    The reference's checks, each decided the same way: 1. and 2. need the output's lines to be few (the lines
+    between the first and the last one with content, or all lines, or the non-empty ones, as many as the expected
+    output has), so one pass counts them and a second keeps them only where a check could still pass; 3. compares
+    the set of per-line token sets, so each line's set is checked against the expected ones as it comes and only
+    the expected sets it matched are kept. 16 MiB of short lines took hundreds of MiB the other way.
+    """
+    exp_strip = expected.strip()
+    expected_lines = [x.strip() for x in expected.split("\n") if x]
+    exp_sets = {frozenset(x.split()) for x in expected_lines}
+    try:
+        exp_rounded = {frozenset(round(float(t), 3) for t in s) for s in exp_sets}
+    except ValueError:
+        exp_rounded = None  # an expected token is not a number: the rounded comparison raises, as in the reference
+    widest = max(map(len, exp_sets), default=0)
+    n_lines = n_nonempty = span_chars = 0
+    first = last = -1  # the first and the last line with content
+    seen_sets, seen_rounded = set(), (set() if exp_rounded is not None else None)
+    known = {}  # a few distinct lines -> (their token set, their rounded token set)
+    for lines in _line_chunks(text):  # whole chunks at a time (C loops): 16 MiB of lines is millions of them
+        stripped = list(map(str.strip, lines))
+        content = list(filter(None, stripped))
+        if content:
+            leading = len(stripped) - len(list(itertools.dropwhile(operator.not_, stripped)))
+            trailing = len(stripped) - len(list(itertools.dropwhile(operator.not_, reversed(stripped))))
+            first = n_lines + leading if first < 0 else first
+            last = n_lines + len(lines) - 1 - trailing
+            span_chars += sum(map(len, content))
+        n_lines += len(lines)
+        n_nonempty += len(lines) - lines.count("")
+        for line in set(content) if seen_sets is not None or seen_rounded is not None else ():
+            if line not in known:
+                tokens, rounded = _token_sets(line, widest)
+                if len(known) >= 4096:
+                    known.clear()
+                known[line] = tokens, rounded
+            tokens, rounded = known[line]
+            if seen_sets is not None:
+                if tokens in exp_sets:
+                    seen_sets.add(tokens)
+                else:
+                    seen_sets = None  # an output line no expected line matches
+            if seen_rounded is not None:
+                if rounded in exp_rounded:
+                    seen_rounded.add(rounded)
+                else:
+                    seen_rounded = None
+    # 3. set of per-line token sets, exact and rounded: every output set is an expected one, and every one appears
+    if seen_sets == exp_sets or (exp_rounded is not None and seen_rounded == exp_rounded):
+        return True
+    # 1. the lines with content, and those between them, joined: as long as the expected output at most
+    if first < 0:
+        return exp_strip == ""
+    if span_chars + (last - first) <= len(exp_strip):
+        span = [line for i, line in enumerate(_lines(text)) if first <= i <= last]
+        if "\n".join(span).strip() == exp_strip or "\n".join(x.strip() for x in span).strip() == exp_strip:
+            return True
+    # 2. as many lines, or non-empty lines, as the expected output has
+    if n_lines == len(expected_lines) and list(_lines(text)) == expected_lines:
+        return True
+    if n_nonempty != len(expected_lines):
+        return False
+    lines = [x for x in _lines(text) if x]
+    if lines == expected_lines:
+        return True
+    out_floats, exp_floats = _floats(lines), _floats(expected_lines)
+    return out_floats is not None and exp_floats is not None and _allclose(out_floats, exp_floats)

@@ -205,7 +205,7 @@ class _Batch:
         only by trailing whitespace, number formatting or JSON spacing. So a reply longer than
         `REPLY_SLACK + REPLY_FACTOR x` the expected answer is judged wrong without being parsed: in both modes for
         call-based problems, in strict mode for printed output (`apps` mode ignores repeated lines, as the reference
-        does, so a long output can be right there).
+        does, so a long output can be right there; `compare` judges it in bounded memory).
         """
         if (self.mode != "strict" and not call_based) or payload is None or len(payload) <= REPLY_SLACK:
             return False

@@ -167,3 +167,54 @@ def test_summarize_per_difficulty():
     assert summary["score_bands"] == {"Very Poor": 1, "Poor": 0, "Fair": 1, "Good": 0, "Excellent": 1}
     assert summary["tests_per_s"] == pytest.approx(2.5) and summary["protections"] == ["x"]
     assert "interview" in format_table(summary)
+
+
+def _random_text(rng, n_tokens: int) -> str:
+    """Tokens (numbers that round together, nan, words) joined by every kind of whitespace and line break."""
+    tokens = ["1", "2", "1.0", "1.0001", "1.00001", "2.0004", "-0", "nan", "inf", "a", "x y", "3e0", "0.9995", ""]
+    breaks = [" ", "\t", "\x0b", "\x0c", "\x1c", "\x1e", "\x1f", "\x85", "\xa0", "\u2028", "\u3000", "\r", "\r\n", "\n"]
+    return "".join(rng.choice(tokens) + rng.choice(breaks + ["\n", " "] * 7) for _ in range(n_tokens))
+
+
+def test_apps_judging_of_long_outputs_gives_the_verdicts_of_the_plain_rules(monkeypatch):
+    """Long outputs are judged in bounded memory by a second implementation of the reference's rules; on thousands
+    of random outputs (repeats of the answer among them, which pass) both give the same verdict."""
+    from lit_codegen.reward import compare
+
+    rng = __import__("random").Random(0)
+    verdicts = []
+    for _ in range(4000):
+        expected = _random_text(rng, rng.randint(0, 4))
+        printed = _random_text(rng, rng.randint(0, 12))
+        if rng.random() < 0.3:
+            printed = "\n" * rng.randint(0, 2) + (expected + rng.choice(["\n", " \n"])) * rng.randint(1, 4) + "  "
+        monkeypatch.setattr(compare, "LONG_SLACK", 10**9)  # the plain rules
+        plain = compare._apps_text_equal(printed, expected)
+        assert compare._apps_long_text_equal(printed, expected) == plain, (printed, expected)
+        verdicts.append(plain)
+    assert 500 < sum(verdicts) < 3500  # both verdicts are well represented
+
+
+@pytest.mark.parametrize(
+    ("printed", "passes"),
+    [
+        ("".join(f"{i}\n" for i in range(400_000)), False),  # distinct lines: one Python string each the plain way
+        ("\n" * (2 << 20) + "12 \n", True),  # blank lines, then the answer
+        ("12\n" * (1 << 20), True),  # the answer repeated: the reference ignores repeats
+        (" ".join(["12.0001", "12.0002"] * (1 << 18)) + "\n", True),  # equal to 12 after rounding to 3 decimals
+    ],
+)
+def test_apps_judging_of_a_long_output_stays_in_bounded_memory(printed, passes):
+    """Judging runs in the evaluator: 16 MiB of short lines took it 1.2 GiB the plain way. A long output is judged
+    in memory bounded by a small multiple of the reply's size (the decoded text and one chunk of it at a time),
+    whatever the reply holds."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        verdict = judge(printed.encode(), "12\n", call_based=False, mode="apps")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert verdict is passes
+    assert peak < 3 * len(printed) + (1 << 20)  # measured: 1.8-2.4x the reply (10-95x the plain way)
