@@ -210,9 +210,10 @@ def test_apps_judging_of_a_long_output_stays_in_bounded_memory(printed, passes):
     whatever the reply holds."""
     import tracemalloc
 
+    payload = printed.encode()
     tracemalloc.start()
     try:
-        verdict = judge(printed.encode(), "12\n", call_based=False, mode="apps")
+        verdict = judge(payload, "12\n", call_based=False, mode="apps")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
