@@ -158,16 +158,16 @@ def pick_tests(spec: dict, max_tests: int | None, original: str | dict | None = 
     count = len(spec["inputs"])
     if max_tests is None or count <= max_tests:
         return list(range(count))
-    seed = zlib.crc32(_canonical(spec, spec if original is None else original).encode())
+    seed = zlib.crc32(_canonical(spec, original).encode())
     return sorted(random.Random(seed).sample(range(count), max_tests))
 
 
-def _canonical(spec: dict, original: str | dict) -> str:
-    """The tests as sorted-key JSON (seeds the `max_tests` choice); the original text if an int is too long to print."""
+def _canonical(spec: dict, original: str | dict | None) -> str:
+    """Seed text of the `max_tests` choice: the tests as sorted-key JSON, else (an int too long to print) the text."""
     try:
         return json.dumps(spec, sort_keys=True)
     except ValueError:
-        return original if isinstance(original, str) else repr(sorted(spec))
+        return original if isinstance(original, str) else repr(sorted(spec))  # no text: the keys, a fixed seed
 
 
 def judge(payload: bytes | None, expected, call_based: bool, mode: str = "strict") -> bool:
@@ -197,8 +197,8 @@ def judge(payload: bytes | None, expected, call_based: bool, mode: str = "strict
 
 # -- strict ------------------------------------------------------------------------------------------------------------
 def normalise_text(text: str) -> str:
-    """Remove trailing whitespace of every line and trailing empty lines (CRLF counts as LF)."""
-    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
+    """Remove trailing whitespace of every line and trailing empty lines (CRLF counts as LF: the CR is trailing)."""
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n")
 
 
 def strict_text_equal(text: str, expected: str) -> bool:
@@ -336,6 +336,7 @@ def _floats(items) -> list[float] | None:
 # apps mode: outputs longer than this (beyond LONG_FACTOR x the expected output) are judged by
 # `_apps_long_text_equal`, in memory bounded by the expected output instead of the reply.
 LONG_SLACK, LONG_FACTOR = 64 << 10, 16
+LINE_CHUNK = 1 << 16  # characters of the output split into lines at a time
 _TOKEN = re.compile(r"\S+")  # the tokens of str.split(): re's \s is str.isspace
 
 
@@ -367,11 +368,11 @@ def _apps_text_equal(text: str, expected: str) -> bool:
         return False
 
 
-def _line_chunks(text: str, chunk: int = 1 << 16):
-    """`text.splitlines()` in pieces: lists of the lines of about `chunk` characters, cut just after a newline."""
+def _line_chunks(text: str):
+    """`text.splitlines()` in pieces: lists of the lines of about `LINE_CHUNK` characters, cut just after a newline."""
     start = 0
     while start < len(text):
-        end = text.find("\n", start + chunk)
+        end = text.find("\n", start + LINE_CHUNK)
         end = len(text) if end < 0 else end + 1
         yield text[start:end].splitlines()
         start = end
@@ -464,10 +465,8 @@ def _apps_long_text_equal(text: str, expected: str) -> bool:
     # 2. as many lines, or non-empty lines, as the expected output has
     if n_lines == len(expected_lines) and list(_lines(text)) == expected_lines:
         return True
-    if n_nonempty != len(expected_lines):
+    if n_nonempty != len(expected_lines):  # (non-empty lines equal to the expected ones passed 3. already)
         return False
     lines = [x for x in _lines(text) if x]
-    if lines == expected_lines:
-        return True
     out_floats, exp_floats = _floats(lines), _floats(expected_lines)
     return out_floats is not None and exp_floats is not None and _allclose(out_floats, exp_floats)

@@ -170,15 +170,18 @@ def test_summarize_per_difficulty():
 
 
 def _random_text(rng, n_tokens: int) -> str:
-    """Tokens (numbers that round together, nan, words) joined by every kind of whitespace and line break."""
-    tokens = ["1", "2", "1.0", "1.0001", "1.00001", "2.0004", "-0", "nan", "inf", "a", "x y", "3e0", "0.9995", ""]
+    """Tokens (numbers that round or are allclose together, nan, words) joined by every kind of whitespace."""
+    tokens = ["1", "2", "1.0", "1.0001", "1.00001", "2.0004", "-0", "nan", "inf", "a", "x y", "3e0", "0.9995", "",
+              "1000000", "1000005", "1e-08", "0"]
     breaks = [" ", "\t", "\x0b", "\x0c", "\x1c", "\x1e", "\x1f", "\x85", "\xa0", "\u2028", "\u3000", "\r", "\r\n", "\n"]
     return "".join(rng.choice(tokens) + rng.choice(breaks + ["\n", " "] * 7) for _ in range(n_tokens))
 
 
-def test_apps_judging_of_long_outputs_gives_the_verdicts_of_the_plain_rules(monkeypatch):
-    """Long outputs are judged in bounded memory by a second implementation of the reference's rules; on thousands
-    of random outputs (repeats of the answer among them, which pass) both give the same verdict."""
+@pytest.mark.parametrize("line_chunk", [1 << 16, 5])
+def test_apps_judging_of_long_outputs_gives_the_verdicts_of_the_plain_rules(monkeypatch, line_chunk):
+    """Long outputs are judged in bounded memory by a second implementation of the reference's rules, a chunk of
+    lines at a time; on thousands of random outputs (repeats of the answer among them, which pass), in one chunk or
+    in chunks of a few characters, both give the same verdict."""
     from lit_codegen.reward import compare
 
     rng = __import__("random").Random(0)
@@ -190,9 +193,34 @@ def test_apps_judging_of_long_outputs_gives_the_verdicts_of_the_plain_rules(monk
             printed = "\n" * rng.randint(0, 2) + (expected + rng.choice(["\n", " \n"])) * rng.randint(1, 4) + "  "
         monkeypatch.setattr(compare, "LONG_SLACK", 10**9)  # the plain rules
         plain = compare._apps_text_equal(printed, expected)
+        monkeypatch.setattr(compare, "LINE_CHUNK", line_chunk)
         assert compare._apps_long_text_equal(printed, expected) == plain, (printed, expected)
         verdicts.append(plain)
     assert 500 < sum(verdicts) < 3500  # both verdicts are well represented
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("\n\na\n  \nb\n\n\n", "a\n  \nb"),  # the whole output stripped (a blank expected line defeats the others)
+        ("a\n  \nb\n", "a\n  \nb"),  # the same, content from the first line on
+        ("\na \nb\n\n", "  \na\nb"),  # every line stripped
+        ("a\n\nb", "a\n \nb"),  # the lines as printed equal the stripped expected lines
+        ("1000001\n\n\n1e-08\n", "1000000\n0"),  # numpy.allclose (rtol 1e-5, atol 1e-8 at its edge); not rounded
+    ],
+)
+@pytest.mark.parametrize("long", ["plain", "one chunk", "a chunk per line"])
+def test_apps_rules_that_pass_an_output_alone(monkeypatch, printed, expected, long):
+    """Outputs that pass by exactly one of the reference's rules (the others reject them), by both implementations
+    (the long one with the output in one chunk and in a chunk per line); and the same output with a token changed
+    fails."""
+    from lit_codegen.reward import compare
+
+    monkeypatch.setattr(compare, "LONG_SLACK", 10**9 if long == "plain" else 0)
+    monkeypatch.setattr(compare, "LONG_FACTOR", 16 if long == "plain" else 0)
+    monkeypatch.setattr(compare, "LINE_CHUNK", 1 if long == "a chunk per line" else 1 << 16)
+    assert judge(printed.encode(), expected, call_based=False, mode="apps")
+    assert not judge(printed.replace("b", "c").replace("1e-08", "2e-08").encode(), expected, False, "apps")
 
 
 @pytest.mark.parametrize(
@@ -219,3 +247,85 @@ def test_apps_judging_of_a_long_output_stays_in_bounded_memory(printed, passes):
         tracemalloc.stop()
     assert verdict is passes
     assert peak < 3 * len(printed) + (1 << 20)  # measured: 1.8-2.4x the reply (10-95x the plain way)
+
+
+@pytest.mark.parametrize("digits", [4001, 8000, 9999, 100_000])
+def test_integers_longer_than_python_reads_are_parsed_exactly(digits):
+    """Expected outputs and returned values may hold integers longer than the 4300 digits `int(str)` reads; up to
+    100,000 digits are read exactly, in both signs, and one more digit is refused with the count named."""
+    import sys
+
+    from lit_codegen.reward.compare import loads_json
+
+    literal = "".join(str((7 * k + 3) % 10) for k in range(digits)).replace("0", "5", 1)
+    literal = ("1" + literal[1:]) if literal[0] == "0" else literal
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        value = int(literal)
+    finally:
+        sys.set_int_max_str_digits(previous)
+    assert loads_json(f"[{literal}, -{literal}, 7]") == [value, -value, 7]
+    with pytest.raises(ValueError, match="100001 digits"):
+        loads_json("1" * 100_001)
+
+
+def test_parse_tests_names_what_is_wrong_and_keeps_the_call_form():
+    with pytest.raises(ValueError, match="^tests must be a dict with equally long lists 'inputs' and 'outputs'$"):
+        parse_tests({"inputs": "1", "outputs": ["1"]})
+    with pytest.raises(ValueError, match="equally long lists 'inputs' and 'outputs'"):
+        parse_tests({"inputs": ["1"], "outputs": "1"})
+    with pytest.raises(ValueError, match="equally long lists"):
+        parse_tests(["not", "a", "dict"])
+    with pytest.raises(ValueError, match=r"outputs\[1\]"):
+        parse_tests({"inputs": ["1", "2"], "outputs": ["1", 2]})
+    with pytest.raises(ValueError, match=r"inputs\[0\]"):
+        parse_tests({"inputs": [3], "outputs": ["1"]})
+    call = parse_tests({"fn_name": "f", "inputs": [[1, 2], 5, {"a": 1}], "outputs": [3, 5, 1]})
+    assert call.fn_name == "f" and call.inputs == [[1, 2], [5], [{"a": 1}]]  # a non-list input is one argument
+
+
+def test_max_tests_picks_a_fixed_choice_seeded_by_the_tests():
+    """Known answers of the documented rule (CRC32 of the sorted-key JSON; of the original text when an integer is
+    too long to print): the same tests always give the same choice, whatever the key order."""
+    from lit_codegen.reward.compare import pick_tests
+
+    spec = {"inputs": [str(i) for i in range(10)], "outputs": [str(i) for i in range(10)], "fn_name": None}
+    assert pick_tests(spec, 3) == [3, 4, 9]
+    assert pick_tests(dict(reversed(list(spec.items()))), 3) == [3, 4, 9]
+    assert pick_tests(spec, 10) == pick_tests(spec, None) == list(range(10))
+    big = "9" * 5000  # json.dumps refuses it: the original text seeds the choice
+    text = '{"fn_name": "f", "inputs": [[1], [2], [3], [4]], "outputs": [' + big + ", 1, 2, 3]}"
+    reordered = '{"inputs": [[1], [2], [3], [4]], "fn_name": "f", "outputs": [' + big + ", 1, 2, 3]}"
+    assert parse_tests(text, 2).indices == [0, 3]
+    assert parse_tests(reordered, 2).indices == [0, 2]
+    huge = {"fn_name": "f", "inputs": [[1], [2], [3], [4]], "outputs": [10**5000, 1, 2, 3]}  # and no text: fixed
+    assert pick_tests(huge, 2) == pick_tests(dict(huge, outputs=[10**5000 + 1, 1, 2, 3]), 2) == [1, 2]
+
+
+def test_json_values_compare_by_kind_and_value():
+    from lit_codegen.reward.compare import json_equal
+
+    assert json_equal("a", "a") and json_equal(None, None) and json_equal([1, [2.0]], [1.0, [2]])
+    assert not json_equal("a", "b") and not json_equal(True, 1) and not json_equal(True, False)
+    assert not json_equal("1.5", 1.5, 1e-6)  # a string is not a number, even one that parses as one
+    assert not json_equal([1, 2], [1, 2, 3]) and not json_equal({"a": 1}, ["a"]) and not json_equal(["a"], {"a": 1})
+    assert json_equal({"a": [1.0000001]}, {"a": [1.0]}, 1e-6)  # the tolerance reaches nested values
+    assert not json_equal({"a": 1}, {"b": 1})
+    assert not json_equal(2**53 + 1, float(2**53))  # no tolerance: exact, though float(2**53 + 1) == 2**53
+    assert not json_equal(1.0, float("inf"), 1e-6) and not json_equal(float("inf"), 1.0, 1e-6)  # inf is close to none
+    assert json_equal(float("inf"), float("inf"), 1e-6)
+
+
+def test_strict_judging_edge_cases():
+    assert not judge(b"a\n2\n", "a\n3\n", call_based=False)  # a later line differs after an equal one
+    assert judge(b"TAX\n", "TAX", call_based=False) and not judge(b"TA\n", "TAX", call_based=False)
+    assert normalise_text("TAX \n\n") == "TAX" and normalise_text("a\r\nb\r\n\r\n") == "a\nb"
+    assert judge(b"12\n", "12\n", call_based=False) and not judge(b"12\n12\n", "12\n", call_based=False)  # strict
+    for mode in ("strict", "apps"):
+        assert not judge(b"\xff\xfeabc", "abc", call_based=False, mode=mode)  # undecodable bytes are replaced
+        assert not judge(b"{not json", [1], call_based=True, mode=mode)
+        assert not judge(None, "abc", call_based=False, mode=mode)
+    assert numbers_equal("5", "5") and numbers_equal("0.000001", "0.0") and not numbers_equal("0.0000015", "0.0")
+    huge = "1e99999999999999999999999999"  # beyond Decimal's exponents: not compared, not equal
+    assert not numbers_equal(huge, huge + "0")
