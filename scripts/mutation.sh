@@ -1,16 +1,65 @@
 #!/usr/bin/env bash
-# Mutation testing of the PPO math with mutmut 3 (not part of CI): every small change mutmut makes to
-# lit_codegen/ppo.py (an operator, a constant, a dropped argument) is run against tests/test_ppo_math.py; a mutant
-# that no test fails ("survived") is a bug the suite would let through, or an equivalent change.
+# Mutation testing with mutmut 3 (not part of CI): every small change mutmut makes to a module (an operator, a
+# constant, a dropped argument) is run against that module's fast tests; a mutant that no test fails ("survived") is
+# a bug the suite would let through, or an equivalent change.
 #
-# Settings: the [mutmut] section of setup.cfg (module and tests). Work and results: mutants/ (git-ignored).
-#   scripts/mutation.sh                                   all mutants of the configured module
-#   scripts/mutation.sh 'lit_codegen.ppo.x_policy_loss*'  only the mutants of one function
-#   MUTMUT_CHILDREN=4 scripts/mutation.sh                 more parallel test processes (default 2)
-# Then: `mutmut show NAME` prints a survivor's diff. Needs `pip install mutmut` (3.x).
+#   scripts/mutation.sh TARGET [MUTANT_GLOB ...]
+#     TARGET: ppo          lit_codegen/ppo.py                 tests/test_ppo_math.py
+#             compare      lit_codegen/reward/compare.py      tests/reward/test_compare.py
+#             datamodule   lit_codegen/data/datamodule.py     tests/data/test_datamodule.py
+#             evaluator    lit_codegen/reward/evaluator.py    tests/reward/test_evaluator.py; scoring only
+#             module       lit_codegen/module.py              tests/test_module.py; advantage/update wiring only
+#     MUTANT_GLOB: only these mutants, e.g. 'lit_codegen.ppo.x_policy_loss*'
+#   MUTMUT_CHILDREN=4 scripts/mutation.sh ppo    more parallel test processes (default 2)
+#
+# mutmut reads its settings from setup.cfg in the folder it runs in, so each target runs in a folder of its own,
+# .mutation/TARGET/ (git-ignored): a copy of lit_codegen/ and tests/ and a setup.cfg that is this repo's with the
+# target's [mutmut] section. Its results stay there: `cd .mutation/TARGET && python -m mutmut show NAME`.
+# Needs `pip install mutmut` (3.x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "$@"
+target="${1:?usage: scripts/mutation.sh ppo|compare|datamodule|evaluator|module [MUTANT_GLOB ...]}"
+shift
+globs=("$@")
+case "$target" in
+  ppo) module=lit_codegen/ppo.py; tests="tests/test_ppo_math.py" ;;
+  compare) module=lit_codegen/reward/compare.py
+    tests="tests/reward/test_compare.py" ;;
+  datamodule) module=lit_codegen/data/datamodule.py; tests="tests/data/test_datamodule.py" ;;
+  evaluator) module=lit_codegen/reward/evaluator.py; tests="tests/reward/test_evaluator.py"
+    # the scoring: verdicts from replies, pass rates, limits checks; not the process plumbing
+    [ ${#globs[@]} -gt 0 ] || globs=("lit_codegen.reward.evaluator.x?_Batch?*" "lit_codegen.reward.evaluator.x?EvalResult?*"
+                                    "lit_codegen.reward.evaluator.x_check_limits__mutmut_*") ;;
+  module) module=lit_codegen/module.py; tests="tests/test_module.py"
+    # the advantage and update wiring: rewards -> advantages/returns -> the PPO losses and optimizer steps
+    # (mutmut names a method's mutants lit_codegen.module.x?PPOModule?METHOD__mutmut_N)
+    [ ${#globs[@]} -gt 0 ] || for method in _scores _advantages _update_critic _update_actor _normalizer _share \
+        _minibatches _step; do globs+=("lit_codegen.module.x?PPOModule?${method}__mutmut_*"); done ;;
+  *) echo "unknown target '$target' (ppo, compare, datamodule, evaluator or module)" >&2; exit 2 ;;
+esac
+
+work=".mutation/$target"
+mkdir -p "$work"
+rm -rf "$work/lit_codegen" "$work/tests" "$work/mutants"  # a fresh run: mutmut keeps old verdicts when tests change
+cp -r lit_codegen tests "$work/"
+python - "$work/setup.cfg" "$module" "$tests" <<'PY'
+import configparser
+import sys
+
+path, module, tests = sys.argv[1:]
+config = configparser.ConfigParser(interpolation=None)
+config.read("setup.cfg")
+config["mutmut"] = {
+    "source_paths": "lit_codegen/",
+    "only_mutate": module,
+    "pytest_add_cli_args_test_selection": "\n" + "\n".join(tests.split()),
+    "pytest_add_cli_args": "\n-p\nno:cacheprovider",
+}
+with open(path, "w") as f:
+    config.write(f)
+PY
+cd "$work"
+python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${globs[@]}"
 python -m mutmut export-cicd-stats >/dev/null
 python - <<'PY'
 import json
