@@ -337,7 +337,6 @@ class AppsDataModule(_TokenizedDataModule):
             # Its own generator: otherwise every iter() draws a seed from the global RNG, which would shift the
             # sampling RNG of a resumed run (and of a run that validates) away from a straight run's.
             generator=torch.Generator().manual_seed(self.seed),
-            drop_last=False,
             num_workers=self.num_workers,
             collate_fn=PromptCollator(pad_token_id(self.tokenizer)),
         )
@@ -441,8 +440,8 @@ class SFTDataModule(_TokenizedDataModule):
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            drop_last=False,
+            # its own generator, shuffled or not: an iter() without one draws a seed from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             collate_fn=SFTCollator(pad_token_id(self.tokenizer)),
         )

@@ -275,3 +275,159 @@ def test_data_modules_run_under_a_lightning_trainer(tokenizer, tmp_path, dm):
     )
     trainer.fit(module, datamodule=dm)
     assert len(module.seen) == 4  # 2 training + 2 validation batches
+
+
+# -- error messages, settings and plumbing, each with its exact value (mutation testing found them unchecked) --------
+def test_errors_name_the_problem_and_the_fix(tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from lit_codegen.data.datamodule import check_sizes, pad_token_id, prompt_texts
+
+    missing = tmp_path / "nothing"
+    with pytest.raises(FileNotFoundError) as err:
+        read_split_of(missing)
+    assert str(err.value) == (
+        f"{missing / 'train.parquet'} not found: create it with `python -m lit_codegen.data.preprocess --local_dir "
+        f"{missing}` or leave data_dir unset to use the bundled toy problems"
+    )
+    with pytest.raises(ValueError, match=r"^the tokenizer has neither a pad token nor an EOS token; set tokenizer\."):
+        pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+    assert pad_token_id(SimpleNamespace(pad_token_id=3, eos_token_id=7)) == 3
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7
+    for no_template in (SimpleNamespace(), SimpleNamespace(chat_template=None)):
+        with pytest.raises(ValueError, match=r"^template_type='chat' needs a tokenizer with a chat template; use "):
+            prompt_texts([{"prompt": []}], "chat", no_template)
+    check_sizes(num_workers=0, train_batch_size=1)
+    for sizes, message in [
+        ({"num_workers": -1}, "--data.num_workers must be a whole number >= 0, got -1"),
+        ({"batch_size": 0}, "--data.batch_size must be a whole number >= 1, got 0"),
+        ({"max_length": 1.5}, "--data.max_length must be a whole number >= 1, got 1.5"),
+        ({"max_length": True}, "--data.max_length must be a whole number >= 1, got True"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            check_sizes(**sizes)
+        assert str(err.value) == message
+    for module, name in [(AppsDataModule, "max_prompt_length"), (AppsDataModule, "train_batch_size"),
+                         (AppsDataModule, "val_batch_size"), (AppsDataModule, "num_workers"),
+                         (SFTDataModule, "max_length"), (SFTDataModule, "batch_size"), (SFTDataModule, "num_workers")]:
+        with pytest.raises(ValueError, match=f"^--data.{name} must be"):
+            module(**{name: -1})
+    for module in (AppsDataModule, SFTDataModule):
+        with pytest.raises(RuntimeError) as err:
+            module().setup("fit")
+        assert str(err.value) == (
+            f"{module.__name__}.setup() ran before connect(tokenizer): hand the model's tokenizer to the data module "
+            "first (the lit-codegen CLI does this automatically)"
+        )
+        dm = module()
+        dm.tokenizer = tokenizer
+        with pytest.raises(RuntimeError, match=r"^call setup\(\) before asking for the train dataloader$"):
+            dm.train_dataloader()
+    dm = SFTDataModule()
+    dm.tokenizer = SimpleNamespace(eos_token_id=None, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"^SFT needs a tokenizer with an EOS token \(the answer must teach"):
+        dm.setup("fit")
+    with pytest.raises(ValueError, match=r"^no training example: 56 \(problem, solution\) pairs, none within max_"):
+        sft_dm(tokenizer, max_length=5)
+
+
+def read_split_of(data_dir):
+    from lit_codegen.data.datamodule import read_split
+
+    return read_split(data_dir, "train", ["problem_id"], "chat")
+
+
+def test_a_split_is_read_with_only_the_asked_columns_and_its_template_named(tokenizer, tmp_path):
+    write_splits({"train": load_apps(TOY_PROBLEMS).problems[:3], "test": []}, tmp_path / "chat", "chat")
+    assert read_split_of(tmp_path / "chat") == [{"problem_id": 9000}, {"problem_id": 9001}, {"problem_id": 9002}]
+    write_splits({"train": load_apps(TOY_PROBLEMS).problems[:3], "test": []}, tmp_path / "base", "base")
+    with pytest.raises(ValueError) as err:
+        read_split_of(tmp_path / "base")
+    assert str(err.value) == (
+        f"{tmp_path / 'base' / 'train.parquet'} was written with template_type 'base' but the data module has "
+        "template_type='chat': set the data module's template_type to match, or re-run "
+        "`python -m lit_codegen.data.preprocess --template_type chat`"
+    )
+
+
+def test_prompts_get_special_tokens_only_under_the_base_template(tokenizer, monkeypatch):
+    """The chat template writes its own special tokens; a base prompt gets the tokenizer's (e.g. a BOS)."""
+    from lit_codegen.data import datamodule
+    from lit_codegen.data.datamodule import encode_prompts, prompt_texts
+
+    calls = []
+
+    def fake(texts, add_special_tokens):
+        calls.append(add_special_tokens)
+        return {"input_ids": [[len(t)] for t in texts]}
+
+    assert encode_prompts(["ab", "c"], "base", fake) == [[2], [1]] and calls == [True]
+    assert encode_prompts(["ab"], "chat", fake) == [[2]] and calls == [True, False]
+    row = {"prompt": [{"role": "user", "content": "hi"}], "raw_prompt": "raw"}
+    assert prompt_texts([row], "base", tokenizer) == ["raw"]
+    (chat,) = prompt_texts([row], "chat", tokenizer)
+    assert isinstance(chat, str) and chat.endswith("<|im_start|>assistant\n")
+    seen = []
+    real = datamodule.encode_prompts
+    monkeypatch.setattr(datamodule, "encode_prompts", lambda t, kind, tok: seen.append(kind) or real(t, kind, tok))
+    apps_dm(tokenizer, template_type="base")
+    sft_dm(tokenizer, template_type="base")
+    assert seen == ["base"] * 4  # train and test of each module
+
+
+def test_batches_are_long_tensors():
+    from lit_codegen.data.datamodule import PromptCollator, SFTCollator
+
+    rest = {"problem_id": 1, "input_output": "", "difficulty": ""}
+    prompts = PromptCollator(0)([{"input_ids": [5, 6], "index": 3, **rest}, {"input_ids": [7], "index": 4, **rest}])
+    assert prompts["input_ids"].tolist() == [[5, 6], [0, 7]] and prompts["attention_mask"].tolist() == [[1, 1], [0, 1]]
+    assert prompts["index"].tolist() == [3, 4]
+    sft = SFTCollator(0)([{"input_ids": [5, 6, 8], "prompt_length": 1}, {"input_ids": [7], "prompt_length": 1}])
+    assert sft["labels"].tolist() == [[IGNORE_INDEX, 6, 8], [IGNORE_INDEX] * 3]
+    for batch in (prompts, sft):
+        assert all(t.dtype == torch.long for t in batch.values() if isinstance(t, torch.Tensor))
+
+
+def test_sampler_known_orders():
+    """Epoch e shuffles with seed + e; a set padded by wrapping around to a multiple of the world size (5 over 3
+    ranks: 6); a set smaller than a batch is one batch per epoch."""
+    sampler = ResumableSampler(5, 4, True, seed=7)
+    for epoch in range(3):
+        assert list(sampler) == torch.randperm(5, generator=torch.Generator().manual_seed(7 + epoch)).tolist()
+    shards = [ResumableSampler(5, 1, False, seed=0, world_size=3, rank=r).order(0) for r in range(3)]
+    assert shards == [[0, 3], [1, 4], [2, 0]]
+    resumed = ResumableSampler(3, 4, True, seed=7, start_batch=1)  # one batch per epoch: starts at epoch 1
+    assert list(resumed) == torch.randperm(3, generator=torch.Generator().manual_seed(8)).tolist()
+
+
+def test_defaults_are_the_recipe_s():
+    apps, sft = AppsDataModule(), SFTDataModule()
+    assert (apps.max_prompt_length, apps.train_batch_size, apps.val_batch_size) == (512, 64, 64)
+    assert (apps.num_workers, apps.shuffle, apps.seed) == (0, True, 0)
+    assert (sft.max_length, sft.batch_size, sft.num_workers, sft.shuffle, sft.seed) == (512, 16, 0, True, 0)
+
+
+def test_loaders_resume_where_the_trainer_is_and_leave_the_global_rng_alone(tokenizer):
+    """The training loader starts at the model's PPO iteration on this rank's shard; validation is every prompt in
+    file order on every rank; iterating any loader draws nothing from the global RNG (a resumed run's sampling would
+    shift); SFT shuffles from its seed."""
+    from types import SimpleNamespace
+
+    dm = apps_dm(tokenizer, train_batch_size=4, val_batch_size=5, seed=3, num_workers=0)
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(ppo_iteration=5), world_size=2, global_rank=1)
+    straight = ResumableSampler(N_TOY, 4, True, 3, start_batch=5, world_size=2, rank=1)
+    assert epoch_order(dm.train_dataloader()) == list(straight)
+    assert epoch_order(dm.val_dataloader()) == list(range(N_TOY))
+    sft_a, sft_b = sft_dm(tokenizer, seed=1, batch_size=4), sft_dm(tokenizer, seed=1, batch_size=4)
+    unshuffled = sft_dm(tokenizer, shuffle=False, batch_size=4)
+    first = [b["input_ids"].tolist() for b in sft_a.train_dataloader()]
+    assert first == [b["input_ids"].tolist() for b in sft_b.train_dataloader()]
+    assert first != [b["input_ids"].tolist() for b in unshuffled.train_dataloader()]
+    assert [b["input_ids"].tolist() for b in unshuffled.train_dataloader()] == [
+        b["input_ids"].tolist() for b in unshuffled.val_dataloader()]  # the toy data writes both splits alike
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), sft_a.train_dataloader(), sft_a.val_dataloader()):
+        list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert dm.train_dataloader().num_workers == 0 and AppsDataModule(num_workers=2).num_workers == 2
