@@ -8,7 +8,8 @@
 #             compare      lit_codegen/reward/compare.py      tests/reward/test_compare.py
 #             datamodule   lit_codegen/data/datamodule.py     tests/data/test_datamodule.py
 #             evaluator    lit_codegen/reward/evaluator.py    tests/reward/test_evaluator.py; scoring only
-#             module       lit_codegen/module.py              tests/test_module.py; advantage/update wiring only
+#             module       lit_codegen/module.py              tests/test_module.py but its two minutes-long tests;
+#                                                                advantage/update wiring only
 #     MUTANT_GLOB: only these mutants, e.g. 'lit_codegen.ppo.x_policy_loss*'
 #   MUTMUT_CHILDREN=4 scripts/mutation.sh ppo    more parallel test processes (default 2)
 #
@@ -31,6 +32,7 @@ case "$target" in
     [ ${#globs[@]} -gt 0 ] || globs=("lit_codegen.reward.evaluator.x?_Batch?*" "lit_codegen.reward.evaluator.x?EvalResult?*"
                                     "lit_codegen.reward.evaluator.x_check_limits__mutmut_*") ;;
   module) module=lit_codegen/module.py; tests="tests/test_module.py"
+    deselect="not compiled_layers and not max_steps_counts"  # minutes each; what they check is not this wiring
     # the advantage and update wiring: rewards -> advantages/returns -> the PPO losses and optimizer steps
     # (mutmut names a method's mutants lit_codegen.module.x?PPOModule?METHOD__mutmut_N)
     [ ${#globs[@]} -gt 0 ] || for method in _scores _advantages _update_critic _update_actor _normalizer _share \
@@ -42,22 +44,36 @@ work=".mutation/$target"
 mkdir -p "$work"
 rm -rf "$work/lit_codegen" "$work/tests" "$work/mutants"  # a fresh run: mutmut keeps old verdicts when tests change
 cp -r lit_codegen tests "$work/"
-python - "$work/setup.cfg" "$module" "$tests" <<'PY'
+python - "$work/setup.cfg" "$module" "$tests" "${deselect:-}" <<'PY'
 import configparser
 import sys
 
-path, module, tests = sys.argv[1:]
+path, module, tests, deselect = sys.argv[1:]
 config = configparser.ConfigParser(interpolation=None)
 config.read("setup.cfg")
 config["mutmut"] = {
     "source_paths": "lit_codegen/",
     "only_mutate": module,
     "pytest_add_cli_args_test_selection": "\n" + "\n".join(tests.split()),
-    "pytest_add_cli_args": "\n-p\nno:cacheprovider",
+    "pytest_add_cli_args": "\n-p\nno:cacheprovider" + (f"\n-k\n{deselect}" if deselect else ""),
 }
 with open(path, "w") as f:
     config.write(f)
 PY
+if [ "$target" = module ]; then
+  # mutmut's wrapper around a mutated __init__ hides its arguments from save_hyperparameters (which reads the
+  # caller's frame): PPOModule.__init__ is left unmutated, so that the tests can build a module at all
+  python - "$work/lit_codegen/module.py" <<'PY'
+import re
+import sys
+
+path = sys.argv[1]
+source = open(path).read()
+source, n = re.subn(r"(\n    def __init__\(\n(?:        .*\n)*?    \) -> None:)\n", r"\1  # pragma: no mutate block\n", source, 1)
+assert n == 1, "PPOModule.__init__ not found"
+open(path, "w").write(source)
+PY
+fi
 cd "$work"
 python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${globs[@]}"
 python -m mutmut export-cicd-stats >/dev/null

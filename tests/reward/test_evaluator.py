@@ -243,3 +243,90 @@ def test_apps_function_form_matches_the_harness_rewrite():
         'import sys\nfrom math import *\nstdin = sys.stdin\nstdout = sys.stdout\ndef __apps_main__():\n'
         '\tx = 1\n\timport os\n\ts = """a\n\tb"""\n\t\n'
     )
+
+
+# -- scoring of replies, without processes: the verdict a test gets from what its process returned ---------------------
+def deliver(mode, tests, statuses):
+    """The verdicts `_Batch` gives one program's replies (`statuses`: (status, payload) per test)."""
+    from lit_codegen.reward.compare import parse_tests
+    from lit_codegen.reward.evaluator import _Batch, _Job
+
+    parsed = parse_tests(tests, None)
+    batch = _Batch([parsed], mode)
+    batch.pending[0] = 1
+    batch.deliver(_Job(batch, 0, 0, "", parsed.fn_name, parsed.inputs), statuses)
+    index, result = batch.done.get_nowait()
+    assert index == 0 and result.n_tests == len(statuses)
+    return result.outcomes
+
+
+def test_replies_are_judged_by_the_batch_s_mode_and_an_exit_only_in_apps():
+    tests = {"inputs": ["", ""], "outputs": ["12\n", "12\n"]}
+    statuses = [("ok", b"12\n12\n"), ("exited", b"12\n")]  # a repeat the reference ignores; sys.exit(1) after it
+    assert deliver("apps", tests, statuses) == ["passed", "passed"]
+    assert deliver("strict", tests, statuses) == ["wrong_answer", "runtime_error"]
+    assert deliver("strict", tests, [("timeout", None), ("ok", b"12\n")]) == ["timeout", "passed"]
+
+
+def test_a_reply_past_the_bound_is_wrong_unparsed_in_strict_and_for_calls():
+    """Strict: a printed reply longer than REPLY_SLACK + REPLY_FACTOR x the expected answer (trailing whitespace
+    aside) is wrong, even one the rules would accept; apps judges long printed output (it ignores repeats) but bounds
+    call-based replies the same way, with the JSON of the expected value as its size."""
+    from lit_codegen.reward.evaluator import REPLY_SLACK
+
+    padded = b"12" + b" " * (REPLY_SLACK + 100) + b"\n3"  # equal line by line once each line is stripped
+    assert deliver("strict", {"inputs": [""], "outputs": ["12\n3"]}, [("ok", padded)]) == ["wrong_answer"]
+    assert deliver("apps", {"inputs": [""], "outputs": ["12\n3"]}, [("ok", padded)]) == ["passed"]
+    assert deliver("strict", {"inputs": [""], "outputs": ["12\n3"]}, [("ok", padded + b" " * 10**5)]) == [
+        "wrong_answer"]
+    long_answer = "7" * (REPLY_SLACK + 10)  # longer than the slack, within the bound: judged, and right
+    assert deliver("strict", {"inputs": [""], "outputs": [long_answer]}, [("ok", long_answer.encode() + b"\n")]) == [
+        "passed"]
+    spaced = b"[1," + b" " * (REPLY_SLACK + 100) + b"2]"  # JSON that parses to the expected value
+    for mode in ("strict", "apps"):
+        calls = {"fn_name": "f", "inputs": [[0]], "outputs": [[1, 2]]}
+        assert deliver(mode, calls, [("ok", spaced)]) == ["wrong_answer"]
+        assert deliver(mode, calls, [("ok", b"[1, 2]")]) == ["passed"]
+
+
+@pytest.mark.parametrize("call_based", [False, True])
+def test_the_reply_bound_at_its_edge(call_based):
+    from lit_codegen.reward.evaluator import REPLY_FACTOR, REPLY_SLACK, _Batch
+
+    expected = [1, 2, 3] if call_based else "abcd"
+    size = len("[1, 2, 3]") if call_based else 4  # the JSON of a value; a printed answer's own length
+    bound = REPLY_SLACK + REPLY_FACTOR * size
+    for mode in ("strict", "apps"):
+        batch = _Batch([], mode)
+        judged = mode == "strict" or call_based
+        assert batch._too_long(b"x" * bound + b" \n\t", expected, call_based) is False
+        assert batch._too_long(b"x" * (bound + 1), expected, call_based) is judged
+        assert batch._too_long(None, expected, call_based) is False
+    assert _Batch([], "strict")._too_long(b"x" * bound * 2, 10**5000, True) is False  # no bound without a size
+
+
+def test_a_judging_error_is_a_logged_wrong_answer(monkeypatch, caplog):
+    from lit_codegen.reward import evaluator
+
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(evaluator, "judge", broken)
+    assert deliver("strict", {"inputs": [""], "outputs": ["1\n"]}, [("ok", b"1\n")]) == ["wrong_answer"]
+    assert "judging failed" in caplog.text and "RuntimeError: bug" in caplog.text
+
+
+def test_limit_messages_name_the_setting_and_its_range():
+    from lit_codegen.reward.evaluator import _MAX_MEMORY_MB, check_limits
+
+    check_limits(workers=None, max_tests=None, memory_mb=_MAX_MEMORY_MB, timeout=0.5)
+    for limits, message in [
+        ({"timeout": 0}, "timeout must be a positive number of seconds, got 0"),
+        ({"workers": 0}, "workers must be a whole number >= 1, got 0"),
+        ({"memory_mb": 0}, f"memory_mb must be a whole number >= 1 and at most {_MAX_MEMORY_MB}, got 0"),
+        ({"memory_mb": _MAX_MEMORY_MB + 1},
+         f"memory_mb must be a whole number >= 1 and at most {_MAX_MEMORY_MB}, got {_MAX_MEMORY_MB + 1}"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            check_limits(**limits)
+        assert str(err.value) == message
