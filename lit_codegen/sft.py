@@ -278,7 +278,7 @@ def _source_stamp(module) -> str:
 
 
 def _data_stamp(data_dir: str | None, builtin_task: str = "toy") -> str:
-    """What identifies the training data for the cache key: the bundled task's source, or train.parquet's size and mtime.
+    """What identifies the training data for the cache key: a bundled task's source, or train.parquet's size and mtime.
 
     The toy problems are a file; the procedural task is a pure function of its module's code (and the prompt
     templates, stamped separately), so that code is its stamp.

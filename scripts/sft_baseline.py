@@ -26,7 +26,7 @@ import yaml
 from lit_codegen.data.datamodule import AppsDataModule, SFTDataModule
 from lit_codegen.data.prompts import extract_program
 from lit_codegen.metrics import PassRateMetrics
-from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from lit_codegen.models.loading import load_tokenizer, resolve_model_path
 from lit_codegen.reward import Evaluator
 from lit_codegen.rollout import HFRollout, SamplingParams
 from lit_codegen.sft import SFTModule, sft_warm_start
@@ -50,7 +50,7 @@ def pass_rate(model, tokenizer, loader, evaluator: Evaluator, max_new_tokens: in
 
 
 def run_seed(config: dict, seed: int, lr: float, batch_size: int) -> dict:
-    """Continue SFT from the demo's warm start for the PPO run's compute; held-out and train curves per PPO iteration."""
+    """Continue SFT from the demo's warm start for the PPO run's compute; held-out and train curves per iteration."""
     model_cfg, data_cfg = config["model"]["init_args"], config["data"]["init_args"]
     val_cfg, algo, rollout = config["validation"], model_cfg["algorithm"], model_cfg["rollout"]
     template, task = data_cfg["template_type"], data_cfg["builtin_task"]

@@ -3,7 +3,8 @@
 Both read `DIR/train.parquet` and `DIR/test.parquet` written by `python -m lit_codegen.data.preprocess` (validation
 uses test.parquet); `data_dir=None` uses a bundled task, `builtin_task`: `toy` (`lit_codegen.data.toy`, the same 28
 problems in both files) or `procedural` (`lit_codegen.data.procedural`, generated, with a held-out test split of new
-combinations). The tokenizer is handed over explicitly with `connect(tokenizer)` after the model is built (LightningCLI does it, see `lit_codegen.cli`).
+combinations). The tokenizer is handed over explicitly with `connect(tokenizer)` after the model is built
+(LightningCLI does it, see `lit_codegen.cli`).
 
 Prompt text: `template_type="chat"` renders the `prompt` messages with the tokenizer's chat template (generation
 prompt appended); `"base"` uses the `raw_prompt` column (the APPS completion prompt). It must be the template the

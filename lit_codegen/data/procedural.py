@@ -15,9 +15,9 @@ phrased in wordings (sentence frame x operation phrase) and formats that are eac
 problems never share a statement or an (operations, constants) combination (`tests/data/test_procedural.py`).
 
 Part of the training problems (`sft_fraction`, spread evenly over the file) carry their reference program in
-`solutions`: those are what the SFT warm start learns from. The others have `solutions: []` (as many APPS problems do) and are seen only by PPO, which
-needs tests only. Every problem's reference program is kept by the generator (`ProceduralProblem.program`) and
-passes its tests.
+`solutions`: those are what the SFT warm start learns from. The others have `solutions: []` (as many APPS problems
+do) and are seen only by PPO, which needs tests only. Every problem's reference program is kept by the generator
+(`ProceduralProblem.program`) and passes its tests.
 
 Everything is a pure function of `seed` (no data file in git, nothing downloaded):
 

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 from lit_codegen.data.apps import load_apps
 from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, ResumableSampler, SFTDataModule, toy_data_dir
 from lit_codegen.data.preprocess import preprocess, write_splits
-from lit_codegen.data.prompts import format_answer
 from lit_codegen.data.procedural import generate as generate_procedural
+from lit_codegen.data.prompts import format_answer
 from lit_codegen.data.toy import TOY_PROBLEMS, read_toy_records
 
 N_TOY = len(read_toy_records())
