@@ -69,9 +69,9 @@ def plot(runs: list[dict], path: Path, baseline: list[dict] | None = None) -> No
             ax_t.plot(steps, values, marker="o", color=line.get_color(), label=f"PPO seed {run['seed']}")
     for run in baseline or []:
         steps, values = zip(*run["held_out"])
-        ax_v.plot(steps, values, marker="x", linestyle="--", label=f"SFT only, seed {run['seed']}")
+        ax_v.plot(steps, values, marker="x", linestyle="--", color="0.35", label=f"SFT only, seed {run['seed']}")
         steps, values = zip(*run["train"])
-        ax_t.plot(steps, values, marker="x", linestyle="--", label=f"SFT only, seed {run['seed']}")
+        ax_t.plot(steps, values, marker="x", linestyle="--", color="0.35", label=f"SFT only, seed {run['seed']}")
     ax_r.set(title="training reward (sampled programs)", xlabel="PPO iteration", ylim=(0, 1.02))
     ax_v.set(title="HELD-OUT problems: val/pass_rate (greedy)", xlabel="PPO iteration", ylim=(0, 1.02))
     ax_t.set(title="training problems: val/train_pass_rate (greedy)", xlabel="PPO iteration", ylim=(0, 1.02))

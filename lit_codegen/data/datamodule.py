@@ -379,10 +379,9 @@ class AppsDataModule(_TokenizedDataModule):
         """
         if "train" not in self.datasets:
             raise RuntimeError("call setup('fit') before asking for the train_eval dataloader")
-        subset = self.datasets["train"][:limit]
-        sampler = ResumableSampler(len(subset), self.val_batch_size, shuffle=False, seed=self.seed)
-        return DataLoader(subset, batch_size=self.val_batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=PromptCollator(pad_token_id(self.tokenizer)))
+        sampler = ResumableSampler(min(limit, len(self.datasets["train"])), self.val_batch_size, shuffle=False,
+                                   seed=self.seed)
+        return self._loader("train", self.val_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation prompts (test.parquet), in file order, every batch on every rank.

@@ -169,7 +169,9 @@ def test_procedural_task_trains_on_its_training_split_and_validates_on_held_out(
         p.problem_id for p in task.train)
     assert [i for batch in dm.val_dataloader() for i in batch["problem_id"]] == [p.problem_id for p in task.held_out]
     # the training-problem pass rate's prompts: the first N training problems in file order, validation-sized batches
+    rng = torch.get_rng_state()
     batches = list(dm.train_eval_dataloader(70))
+    assert torch.equal(torch.get_rng_state(), rng)  # scoring it must not shift the run's sampling RNG
     assert [len(b["problem_id"]) for b in batches] == [50, 20]
     assert [i for b in batches for i in b["problem_id"]] == [p.problem_id for p in task.train[:70]]
     sft = sft_dm(tokenizer, template_type="base", builtin_task="procedural", batch_size=512, shuffle=False)
