@@ -237,7 +237,7 @@ class _TokenizedDataModule(LightningDataModule):
         self.template_type = template_type
         self.builtin_task = builtin_task
         self.tokenizer: Any = None
-        self._toy_written = False
+        self._builtin_written = False
 
     def connect(self, tokenizer: Any) -> None:
         """Hand over the model's tokenizer (a transformers tokenizer); call before `setup`."""
@@ -270,11 +270,11 @@ class _TokenizedDataModule(LightningDataModule):
         raise NotImplementedError
 
     def _read(self, split: str, columns: list[str]) -> list[dict[str, Any]]:
-        if self.data_dir is None and not self._toy_written:
+        if self.data_dir is None and not self._builtin_written:
             # Rewritten on every setup so the cache never lags behind the installed package; the writes are atomic
             # and identical on every rank, so ranks may race.
             BUILTIN_TASKS[self.builtin_task](self.resolved_data_dir, self.template_type)
-            self._toy_written = True
+            self._builtin_written = True
         return read_split(self.resolved_data_dir, split, columns, self.template_type)
 
 

@@ -1,7 +1,8 @@
 """Procedurally generated APPS-format problems whose held-out split is new combinations, not copies.
 
-The CPU demo's task family: each problem applies one or two integer operations with small constants to an integer
-`x`, as a standard-input program or as a call-based function. The statement fully determines the program: the
+The CPU demo's task family: each problem applies one integer operation with a one-digit constant to an integer `x`
+(or two in a row: `generate(seed, two_step=N)` adds N such problems; the demo uses none), as a standard-input program
+or as a call-based function. The statement fully determines the program: the
 operation words, the constants and the function name all appear in it, so a model can learn to copy and compose::
 
     Read an integer x and print x times 7.          ->  print(int(input())*7)
