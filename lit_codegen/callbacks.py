@@ -5,6 +5,8 @@ Prompts are sharded over ranks batch by batch (batch i goes to rank i mod world 
 with no batch left still generates once per round, because sharded models need every rank in each forward pass) and
 the torchmetrics states are summed across ranks, so every rank computes the same numbers; rank zero logs them.
 A table of sample generations goes to the logger (a wandb table, or `val_samples.jsonl` next to the CSV metrics).
+With `train_problems=N` the first N training problems are scored the same way on the same schedule and logged as
+`val/train_pass_rate` and `val/train_strict_accuracy`: the training curve beside the held-out one.
 """
 
 from __future__ import annotations
@@ -40,16 +42,22 @@ class PassRateValidation(Callback):
         before_training: Validate the initial policy before the first iteration.
         at_end: Validate after the last iteration.
         num_samples_logged: Sample generations per validation written to the logger.
+        train_problems: Also score the first N training problems (file order) at every validation, logged as
+            `val/train_pass_rate` and `val/train_strict_accuracy` (0 = off; needs a data module with
+            `train_eval_dataloader`, as `AppsDataModule`).
     """
 
     def __init__(
         self, every_n_iterations: int = 200, before_training: bool = True, at_end: bool = True,
-        num_samples_logged: int = 8,
+        num_samples_logged: int = 8, train_problems: int = 0,
     ) -> None:
+        if train_problems < 0:
+            raise ValueError(f"--validation.train_problems must be >= 0, got {train_problems}")
         self.every_n_iterations = every_n_iterations
         self.before_training = before_training
         self.at_end = at_end
         self.num_samples_logged = num_samples_logged
+        self.train_problems = train_problems
         self._last_validated: int | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -74,9 +82,22 @@ class PassRateValidation(Callback):
         if self._last_validated == it:  # idempotent: hooks can fire twice for one iteration
             return {}
         self._last_validated = it
-        metrics, samples = pl_module.val_metrics, []
+        samples = []
+        values = self._score(trainer, pl_module, trainer.datamodule.val_dataloader(), samples)
+        if self.train_problems:
+            train = self._score(trainer, pl_module, trainer.datamodule.train_eval_dataloader(self.train_problems), [])
+            values |= {"val/train_pass_rate": train["val/pass_rate"],
+                       "val/train_strict_accuracy": train["val/strict_accuracy"]}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        self._log(trainer, values, samples, it)
+        return values
+
+    def _score(self, trainer: Trainer, pl_module: LightningModule, loader, samples: list[dict]) -> dict[str, float]:
+        """`val/*` metrics of one set of prompts; appends up to `num_samples_logged` generations to `samples`."""
+        it = pl_module.ppo_iteration
+        metrics = pl_module.val_metrics
         metrics.reset()
-        batches = list(trainer.datamodule.val_dataloader())
+        batches = list(loader)
         for i in rank_batch_indices(len(batches), trainer.world_size, trainer.global_rank):
             batch = pl_module.transfer_batch_to_device(batches[i if i >= 0 else 0], pl_module.device, 0)
             if i < 0:  # no batch left for this rank: generate anyway, sharded models need every rank's forward passes
@@ -91,8 +112,6 @@ class PassRateValidation(Callback):
                                 "response": roll.texts[j], "pass_rate": res.pass_rate, "outcomes": res.outcomes})
         values = metrics.compute()  # every rank must reach this: the states are summed across ranks
         metrics.reset()
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
-        self._log(trainer, values, samples, it)
         return values
 
     @rank_zero_only

@@ -28,6 +28,7 @@ def tiny_demo_config(path: Path, validate_every: int = 10, checkpoint_every: int
     model["algorithm"].update(mini_batch_size=16, micro_batch_size=8, critic_warmup=1)
     cfg["data"]["init_args"]["train_batch_size"] = 4
     cfg["validation"]["every_n_iterations"] = validate_every
+    cfg["validation"]["train_problems"] = 8
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"]["every_n_train_steps"] = checkpoint_every

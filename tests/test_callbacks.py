@@ -19,14 +19,16 @@ def test_schedule_before_every_n_and_at_the_end_of_the_last_epoch(tmp_path):
                        rollout=RolloutArgs(n=1, max_new_tokens=8), reward=RewardArgs(workers=1, max_tests=2))
     data = AppsDataModule(template_type="base", train_batch_size=14, val_batch_size=28)  # 2 iterations per epoch
     data.connect(module.tokenizer)
-    callback = PassRateValidation(every_n_iterations=3, before_training=True, at_end=True, num_samples_logged=2)
+    callback = PassRateValidation(every_n_iterations=3, before_training=True, at_end=True, num_samples_logged=2,
+                                  train_problems=5)
     validated, validate = [], callback.validate
 
     def recording(trainer, pl_module):
         values = validate(trainer, pl_module)
         if values:  # an iteration already validated returns {}
             validated.append(pl_module.ppo_iteration)
-            assert values["val/num_programs"] == 28
+            assert values["val/num_programs"] == 28  # the validation set's count: the 5 training prompts are apart
+            assert 0.0 <= values["val/train_pass_rate"] <= 1.0 and "val/train_strict_accuracy" in values
         return values
 
     callback.validate = recording
@@ -39,3 +41,10 @@ def test_schedule_before_every_n_and_at_the_end_of_the_last_epoch(tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "version_0" / "val_samples.jsonl").read_text().splitlines()]
     assert [s["iteration"] for s in samples] == [0, 0, 3, 3, 4, 4]
     assert all({"problem_id", "response", "pass_rate", "outcomes"} <= s.keys() for s in samples)
+    rows = (tmp_path / "version_0" / "metrics.csv").read_text().splitlines()
+    assert "val/train_pass_rate" in rows[0].split(",")
+
+
+def test_train_problems_must_not_be_negative():
+    with pytest.raises(ValueError, match="--validation.train_problems must be >= 0"):
+        PassRateValidation(train_problems=-1)

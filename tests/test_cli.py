@@ -78,7 +78,7 @@ def test_demo_fit_logs_metrics_and_checkpoints(demo_run):
                 "critic/vf_loss", "critic/vf_clipfrac", "critic/vf_explained_var", "response_length/mean",
                 "response_length/clip_ratio", "timing_s/gen", "timing_s/reward", "timing_s/old_log_prob",
                 "timing_s/values", "timing_s/update_actor", "timing_s/update_critic", "timing_s/step",
-                "perf/throughput", "val/pass_rate", "val/strict_accuracy"]:
+                "perf/throughput", "val/pass_rate", "val/strict_accuracy", "val/train_pass_rate"]:
         assert key in logged, f"{key} not logged"
     for row in rows:  # values, not just keys: finite, and the bounded ones in their range
         for key, value in row.items():

@@ -113,3 +113,14 @@ def test_warm_start_cache_key_follows_the_settings_and_the_model_files(tiny_dir,
     config = Path(tiny_dir) / "config.json"
     config.write_text(config.read_text())  # the model folder rewritten in place (new mtime)
     assert sft_warm_start(tiny_dir, steps=2, lr=1e-3, batch_size=4) != first
+
+
+def test_warm_start_on_the_procedural_task_is_its_own_cache_entry_and_learns_from_its_sft_part(tiny_dir, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("LIT_CODEGEN_CACHE", str(tmp_path / "cache"))
+    toy = sft_warm_start(tiny_dir, template_type="base", steps=2, lr=1e-3, batch_size=4)
+    out = sft_warm_start(tiny_dir, template_type="base", builtin_task="procedural", steps=2, lr=1e-3, batch_size=4)
+    assert out != toy
+    saved = json.loads((out / "warm_start.json").read_text())
+    assert saved["data_stamp"].startswith("procedural-")  # the generator's code: a change to it is a new warm start
+    assert (tmp_path / "cache" / "procedural_base" / "train.parquet").is_file()

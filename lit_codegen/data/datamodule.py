@@ -1,8 +1,10 @@
 """Lightning data modules over the preprocessed parquet files: prompts for PPO, (prompt, solution) pairs for SFT.
 
 Both read `DIR/train.parquet` and `DIR/test.parquet` written by `python -m lit_codegen.data.preprocess` (validation
-uses test.parquet); `data_dir=None` uses the bundled toy problems (`lit_codegen.data.toy`). The tokenizer is handed
-over explicitly with `connect(tokenizer)` after the model is built (LightningCLI does it, see `lit_codegen.cli`).
+uses test.parquet); `data_dir=None` uses a bundled task, `builtin_task`: `toy` (`lit_codegen.data.toy`, the same 28
+problems in both files) or `procedural` (`lit_codegen.data.procedural`, generated, with a held-out test split of new
+combinations). The tokenizer is handed over explicitly with `connect(tokenizer)` after the model is built
+(LightningCLI does it, see `lit_codegen.cli`).
 
 Prompt text: `template_type="chat"` renders the `prompt` messages with the tokenizer's chat template (generation
 prompt appended); `"base"` uses the `raw_prompt` column (the APPS completion prompt). It must be the template the
@@ -19,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lit_codegen.data.procedural import write_procedural_parquet
 from lit_codegen.data.prompts import check_template_type, format_answer
 from lit_codegen.data.toy import write_toy_parquet
 from lit_codegen.models.loading import cache_dir
@@ -34,15 +37,23 @@ log = logging.getLogger(__name__)
 
 SPLIT_FILES = {"train": "train.parquet", "test": "test.parquet"}
 IGNORE_INDEX = -100
+BUILTIN_TASKS = {"toy": write_toy_parquet, "procedural": write_procedural_parquet}
+"""The bundled tasks a data module uses when `data_dir` is None: name -> writer `(out_dir, template_type)`."""
+BuiltinTask = Literal["toy", "procedural"]
 
 
 def toy_data_dir(template_type: str) -> Path:
-    """Folder the toy problems are written to when a data module gets `data_dir=None`.
+    """Folder the toy problems are written to when a data module gets `data_dir=None` (and `builtin_task="toy"`)."""
+    return builtin_data_dir("toy", template_type)
+
+
+def builtin_data_dir(task: str, template_type: str) -> Path:
+    """Folder a bundled task is written to when a data module gets `data_dir=None`.
 
     It is in the project's cache (`$LIT_CODEGEN_CACHE`, default `~/.cache/lit_codegen`, as for the tiny model), so
     another user's folder on a shared machine is never in the way.
     """
-    return cache_dir() / f"toy_{template_type}"
+    return cache_dir() / f"{task}_{template_type}"
 
 
 def read_split(data_dir: str | Path, split: str, columns: list[str], template_type: str) -> list[dict[str, Any]]:
@@ -215,15 +226,18 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
 
 
 class _TokenizedDataModule(LightningDataModule):
-    """Shared plumbing: data folder (or toy cache), tokenizer hand-off, split reading."""
+    """Shared plumbing: data folder (or a bundled task's cache), tokenizer hand-off, split reading."""
 
-    def __init__(self, data_dir: str | None, template_type: str) -> None:
+    def __init__(self, data_dir: str | None, template_type: str, builtin_task: str = "toy") -> None:
         super().__init__()
         check_template_type(template_type)
+        if builtin_task not in BUILTIN_TASKS:
+            raise ValueError(f"--data.builtin_task must be one of {sorted(BUILTIN_TASKS)}, got {builtin_task!r}")
         self.data_dir = data_dir
         self.template_type = template_type
+        self.builtin_task = builtin_task
         self.tokenizer: Any = None
-        self._toy_written = False
+        self._builtin_written = False
 
     def connect(self, tokenizer: Any) -> None:
         """Hand over the model's tokenizer (a transformers tokenizer); call before `setup`."""
@@ -232,8 +246,10 @@ class _TokenizedDataModule(LightningDataModule):
 
     @property
     def resolved_data_dir(self) -> Path:
-        """The folder with the parquet files: `data_dir`, or the toy cache if `data_dir` is None."""
-        return Path(self.data_dir) if self.data_dir is not None else toy_data_dir(self.template_type)
+        """The folder with the parquet files: `data_dir`, or the bundled task's cache if `data_dir` is None."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        return builtin_data_dir(self.builtin_task, self.template_type)
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -254,11 +270,11 @@ class _TokenizedDataModule(LightningDataModule):
         raise NotImplementedError
 
     def _read(self, split: str, columns: list[str]) -> list[dict[str, Any]]:
-        if self.data_dir is None and not self._toy_written:
+        if self.data_dir is None and not self._builtin_written:
             # Rewritten on every setup so the cache never lags behind the installed package; the writes are atomic
             # and identical on every rank, so ranks may race.
-            write_toy_parquet(self.resolved_data_dir, self.template_type)
-            self._toy_written = True
+            BUILTIN_TASKS[self.builtin_task](self.resolved_data_dir, self.template_type)
+            self._builtin_written = True
         return read_split(self.resolved_data_dir, split, columns, self.template_type)
 
 
@@ -266,10 +282,13 @@ class AppsDataModule(_TokenizedDataModule):
     """Tokenized APPS prompts for PPO rollouts: left-padded prompt batches plus the tests to score responses.
 
     Args:
-        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
-            problems.
+        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = the bundled
+            task named by `builtin_task`.
         template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`);
             the one the parquet files were written with.
+        builtin_task: The bundled task used when `data_dir` is None: `toy` (28 problems, the same in train and test)
+            or `procedural` (generated; test holds new (operation, constant) combinations, see
+            `lit_codegen.data.procedural`).
         max_prompt_length: Prompts with more tokens are dropped (the count is logged).
         train_batch_size: Prompts per training batch and rank (before `rollout.n` samples each).
         val_batch_size: Prompts per validation batch and rank.
@@ -282,6 +301,7 @@ class AppsDataModule(_TokenizedDataModule):
         self,
         data_dir: str | None = None,
         template_type: str = "chat",
+        builtin_task: BuiltinTask = "toy",
         max_prompt_length: int = 512,
         train_batch_size: int = 64,
         val_batch_size: int = 64,
@@ -291,7 +311,7 @@ class AppsDataModule(_TokenizedDataModule):
     ) -> None:
         check_sizes(max_prompt_length=max_prompt_length, train_batch_size=train_batch_size,
                     val_batch_size=val_batch_size, num_workers=num_workers)
-        super().__init__(data_dir, template_type)
+        super().__init__(data_dir, template_type, builtin_task)
         self.save_hyperparameters()
         self.max_prompt_length = max_prompt_length
         self.train_batch_size = train_batch_size
@@ -350,6 +370,18 @@ class AppsDataModule(_TokenizedDataModule):
                                    self.seed, start_batch=start, world_size=world_size, rank=rank)
         return self._loader("train", self.train_batch_size, sampler)
 
+    def train_eval_dataloader(self, limit: int) -> DataLoader:
+        """The first `limit` training prompts in file order, batched like validation: a training-set pass rate.
+
+        `PassRateValidation(train_problems=N)` scores them on the validation schedule (`val/train_pass_rate`), so
+        the held-out curve has a training curve beside it.
+        """
+        if "train" not in self.datasets:
+            raise RuntimeError("call setup('fit') before asking for the train_eval dataloader")
+        sampler = ResumableSampler(min(limit, len(self.datasets["train"])), self.val_batch_size, shuffle=False,
+                                   seed=self.seed)
+        return self._loader("train", self.val_batch_size, sampler)
+
     def val_dataloader(self) -> DataLoader:
         """Validation prompts (test.parquet), in file order, every batch on every rank.
 
@@ -373,10 +405,12 @@ class SFTDataModule(_TokenizedDataModule):
     code) and the EOS token.
 
     Args:
-        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = bundled toy
-            problems.
+        data_dir: Folder with train.parquet and test.parquet from `lit_codegen.data.preprocess`; None = the bundled
+            task named by `builtin_task`.
         template_type: Prompt template: `chat` (chat template over the `prompt` messages) or `base` (`raw_prompt`);
             the one the parquet files were written with.
+        builtin_task: The bundled task used when `data_dir` is None: `toy` or `procedural` (whose training file has
+            solutions only for its SFT part).
         max_length: Examples (prompt + answer + EOS) with more tokens are dropped (the count is logged).
         batch_size: Examples per batch (training and validation).
         num_workers: DataLoader worker processes.
@@ -388,6 +422,7 @@ class SFTDataModule(_TokenizedDataModule):
         self,
         data_dir: str | None = None,
         template_type: str = "chat",
+        builtin_task: BuiltinTask = "toy",
         max_length: int = 512,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -395,7 +430,7 @@ class SFTDataModule(_TokenizedDataModule):
         seed: int = 0,
     ) -> None:
         check_sizes(max_length=max_length, batch_size=batch_size, num_workers=num_workers)
-        super().__init__(data_dir, template_type)
+        super().__init__(data_dir, template_type, builtin_task)
         self.save_hyperparameters()
         self.max_length = max_length
         self.batch_size = batch_size

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from lit_codegen.data.apps import load_apps
 from lit_codegen.data.datamodule import IGNORE_INDEX, AppsDataModule, ResumableSampler, SFTDataModule, toy_data_dir
 from lit_codegen.data.preprocess import preprocess, write_splits
+from lit_codegen.data.procedural import generate as generate_procedural
 from lit_codegen.data.prompts import format_answer
 from lit_codegen.data.toy import TOY_PROBLEMS, read_toy_records
 
@@ -157,6 +158,29 @@ def test_toy_cache_is_in_the_project_cache_dir(tokenizer, tmp_path, monkeypatch)
     dm = apps_dm(tokenizer, template_type="base")
     assert dm.resolved_data_dir == tmp_path / "cache" / "toy_base"
     assert sorted(p.name for p in dm.resolved_data_dir.iterdir()) == ["test.parquet", "train.parquet"]
+
+
+def test_procedural_task_trains_on_its_training_split_and_validates_on_held_out(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_CODEGEN_CACHE", str(tmp_path / "cache"))
+    task = generate_procedural(0)
+    dm = apps_dm(tokenizer, template_type="base", builtin_task="procedural", val_batch_size=50)
+    assert dm.resolved_data_dir == tmp_path / "cache" / "procedural_base"
+    assert sorted(i for batch in dm.train_dataloader() for i in batch["problem_id"]) == sorted(
+        p.problem_id for p in task.train)
+    assert [i for batch in dm.val_dataloader() for i in batch["problem_id"]] == [p.problem_id for p in task.held_out]
+    # the training-problem pass rate's prompts: the first N training problems in file order, validation-sized batches
+    rng = torch.get_rng_state()
+    batches = list(dm.train_eval_dataloader(70))
+    assert torch.equal(torch.get_rng_state(), rng)  # scoring it must not shift the run's sampling RNG
+    assert [len(b["problem_id"]) for b in batches] == [50, 20]
+    assert [i for b in batches for i in b["problem_id"]] == [p.problem_id for p in task.train[:70]]
+    sft = sft_dm(tokenizer, template_type="base", builtin_task="procedural", batch_size=512, shuffle=False)
+    assert len(next(iter(sft.train_dataloader()))["input_ids"]) == sum(task.sft) == 180  # the SFT part only
+
+
+def test_unknown_builtin_task_is_a_clear_error():
+    with pytest.raises(ValueError, match="--data.builtin_task must be one of"):
+        AppsDataModule(builtin_task="apps")
 
 
 @pytest.mark.parametrize("module", [AppsDataModule, SFTDataModule])
