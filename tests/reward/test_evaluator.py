@@ -313,7 +313,7 @@ def test_a_judging_error_is_a_logged_wrong_answer(monkeypatch, caplog):
 
     monkeypatch.setattr(evaluator, "judge", broken)
     assert deliver("strict", {"inputs": [""], "outputs": ["1\n"]}, [("ok", b"1\n")]) == ["wrong_answer"]
-    assert "judging failed" in caplog.text and "RuntimeError: bug" in caplog.text
+    assert caplog.messages == ["judging failed"] and "RuntimeError: bug" in caplog.text
 
 
 def test_limit_messages_name_the_setting_and_its_range():
