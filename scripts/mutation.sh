@@ -75,6 +75,10 @@ open(path, "w").write(source)
 PY
 fi
 cd "$work"
+# mutmut forks a child per mutant from a process that has already run the tests: a forked child of a process whose
+# OpenMP thread pool is up hangs in its first parallel torch op (each module mutant "timed out" after minutes).
+# One thread per process starts no pool.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${globs[@]}"
 python -m mutmut export-cicd-stats >/dev/null
 python - <<'PY'

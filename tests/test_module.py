@@ -13,13 +13,13 @@ from lit_codegen.module import PPOModule
 
 
 def make(adv_estimator="gae", n=2, kl_coef=0.05, lr=1e-2, ppo_epochs=1, mini=8, micro=4, batch=4, model_kw=None,
-         optim_kw=None, reward_kw=None, **algo):
+         optim_kw=None, reward_kw=None, rollout_kw=None, **algo):
     module = PPOModule(
         model="tiny",
         **(model_kw or {}),
         algorithm=PPOArgs(adv_estimator=adv_estimator, ppo_epochs=ppo_epochs, mini_batch_size=mini,
                           micro_batch_size=micro, kl_coef=kl_coef, **algo),
-        rollout=RolloutArgs(n=n, max_new_tokens=12),
+        rollout=RolloutArgs(n=n, max_new_tokens=12, **(rollout_kw or {})),
         reward=RewardArgs(workers=1, max_tests=2, **(reward_kw or {})),
         optim=OptimArgs(actor_lr=lr, critic_lr=lr, max_grad_norm=1e9, **(optim_kw or {})),
     )
@@ -416,33 +416,164 @@ def test_cosine_schedule_and_no_code_penalty_known_values():
     torch.testing.assert_close(scores, torch.tensor([0.5, 0.4, 0.4, 0.5]))  # a text block is no code block
 
 
+ITERATION_METRICS = {"critic/vf_loss", "critic/vf_clipfrac", "critic/grad_norm", "actor/pg_loss", "actor/pg_clipfrac",
+                     "actor/ppo_kl", "actor/pg_clipfrac_lower", "actor/entropy", "actor/kl_loss", "actor/grad_norm"}
+
+
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean", "seq-mean-token-sum-norm"])
 def test_token_mean_metrics_do_not_depend_on_the_micro_batch_size(loss_agg):
     """Clip fractions and ppo_kl are means over tokens: micro-batching must not reweight them (it did under seq-mean,
-    where micro-batches were weighted by their sequence count)."""
-    import dataclasses
-
+    where micro-batches were weighted by their sequence count); the entropy and KL loss are the mini-batch's."""
     lengths = torch.tensor([3, 12, 5, 9, 12, 2, 7, 11])  # responses of different lengths in every micro-batch
     logged = {}
     for micro in (8, 2):
         L.seed_everything(0)
-        module, data = make(mini=8, micro=micro, lr=3e-2, ppo_epochs=2, loss_agg=loss_agg, dual_clip=3.0)
-        generate, logged[micro] = module.generate, {}
-
-        def varied(batch, params, generate=generate):
-            roll = generate(batch, params)
-            keep = torch.arange(roll.response_mask.shape[1]) < lengths[: len(roll.response_mask), None]
-            return dataclasses.replace(roll, response_mask=roll.response_mask * keep)
-
-        def recording(update, out=logged[micro]):
-            return lambda exp, p_len: out.update(update(exp, p_len)) or out
-
-        module.generate = varied
-        module._update_actor, module._update_critic = recording(module._update_actor), recording(module._update_critic)
+        # a small value clip and a dual clip just above 1 so that both act in the second epoch
+        module, data = make(mini=8, micro=micro, lr=3e-3, ppo_epochs=2, loss_agg=loss_agg, dual_clip=1.05,
+                            value_clip=0.01, kl_loss_coef=0.1)
+        module._evaluator = _StubEvaluator([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])  # values far from returns
+        _shorten_responses(module, lengths)
+        logged[micro] = _record_update_metrics(module)
         trainer(1).fit(module, datamodule=data)
-    keys = ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower", "critic/vf_clipfrac", "actor/pg_loss")
-    assert logged[8]["actor/ppo_kl"] != 0 and logged[8]["actor/pg_clipfrac"] > 0  # the second epoch moved and clipped
+    assert logged[8].keys() == logged[2].keys() == ITERATION_METRICS
+    for key in ("actor/pg_clipfrac", "actor/pg_clipfrac_lower", "critic/vf_clipfrac"):  # the second epoch clipped
+        assert 0 < logged[8][key] < 1, key
+    assert logged[8]["actor/ppo_kl"] != 0
     # float32 summation order alone moves the second epoch's ppo_kl by about 1e-4 (relative); weighting micro-batches
     # by their sequence count instead of their tokens moves these metrics by 0.8-8%
-    for key in keys:
+    for key in ITERATION_METRICS - {"critic/grad_norm", "actor/grad_norm"}:
         assert logged[2][key] == pytest.approx(logged[8][key], rel=1e-3, abs=1e-7), key
+
+
+def _record_update_metrics(module):
+    """Make the module's two updates write their returned metrics into the returned dict as well."""
+    logged = {}
+
+    def recording(update):
+        return lambda exp, p_len: logged.update(update(exp, p_len)) or logged
+
+    module._update_actor, module._update_critic = recording(module._update_actor), recording(module._update_critic)
+    return logged
+
+
+def _record_experience(module):
+    """Make the module's updates append the experience they receive to the returned list."""
+    seen = []
+    for name in ("_update_critic", "_update_actor"):
+        update = getattr(module, name)
+        setattr(module, name, lambda exp, p_len, update=update: seen.append(exp) or update(exp, p_len))
+    return seen
+
+
+def _perturb_actor(module, scale=0.02):
+    """Move the actor away from the reference policy, so that the KL between them is not 0."""
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.actor.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def test_gae_wiring_known_answer_with_discount_lambda_and_kl_penalty():
+    """gamma 0.5, lam 0.5 and a KL penalty, no whitening: the advantages and returns the updates receive are those of
+    the GAE recursion written out here by hand, with token rewards -kl_coef * (old - ref log-prob) and the score on
+    the last token."""
+    L.seed_everything(0)
+    module, data = make(kl_coef=0.3, gamma=0.5, lam=0.5, whiten_advantages=False)
+    scores = [1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0]
+    module._evaluator = _StubEvaluator(scores)
+    _shorten_responses(module, torch.tensor([3, 12, 5, 9, 12, 2, 7, 11]))
+    _perturb_actor(module)
+    seen = _record_experience(module)
+    trainer(1).fit(module, datamodule=data)
+    exp = seen[0]
+    kl = (exp["old_logprobs"] - exp["ref_logprobs"]).double()
+    assert kl[exp["mask"].bool()].abs().mean() > 1e-3  # the penalty has something to do
+    expected_adv, expected_ret = torch.zeros_like(kl), torch.zeros_like(kl)
+    for i, score in enumerate(scores):
+        length, values, next_value, next_adv = int(exp["mask"][i].sum()), exp["values"][i].double(), 0.0, 0.0
+        for t in reversed(range(length)):
+            reward = -0.3 * kl[i, t] + (score if t == length - 1 else 0.0)
+            delta = reward + 0.5 * next_value - values[t]
+            next_adv = delta + 0.5 * 0.5 * next_adv
+            expected_adv[i, t], expected_ret[i, t], next_value = next_adv, next_adv + values[t], values[t]
+    torch.testing.assert_close(exp["advantages"].double(), expected_adv, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(exp["returns"].double(), expected_ret, rtol=1e-4, atol=1e-5)
+
+
+def test_advantages_are_whitened_with_the_moments_of_all_ranks():
+    """Under data parallelism each rank whitens with the moments of the whole batch: another rank's advantages
+    (here: the sums of [2.0, 4.0, 9.0] injected through the all-rank sum) shift the mean and scale used on this one."""
+    L.seed_everything(0)
+    module, data = make(kl_coef=0.0)
+    module._evaluator = _StubEvaluator([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])
+    other = torch.tensor([2.0 + 4.0 + 9.0, 4.0 + 16.0 + 81.0, 3.0], dtype=torch.float64)  # [sum, sum of squares, n]
+    module._all_ranks_sum = lambda tensor: tensor + other if tensor.shape == (3,) else tensor
+    seen = _record_experience(module)
+    trainer(1).fit(module, datamodule=data)
+    exp = seen[0]
+    mask = exp["mask"].bool()
+    raw = (exp["returns"] - exp["values"])[mask].double()
+    everything = torch.cat([raw, torch.tensor([2.0, 4.0, 9.0], dtype=torch.float64)])
+    expected = (raw - everything.mean()) / everything.std()
+    torch.testing.assert_close(exp["advantages"][mask].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_the_first_update_is_on_policy_and_its_loss_is_the_aggregated_advantage(loss_agg):
+    """Left-padded prompts and temperature 0.7: the first mini-batch's log-probs are the rollout's old log-probs
+    (ratio 1: ppo_kl 0, nothing clipped), so its policy loss is -A aggregated as `loss_agg` says (denominators:
+    tokens, sequences, sequences, sequences x max_new_tokens)."""
+    L.seed_everything(0)
+    module, data = make(kl_coef=0.0, mini=8, micro=4, loss_agg=loss_agg, whiten_advantages=False,
+                        rollout_kw={"temperature": 0.7})
+    module._evaluator = _StubEvaluator([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])
+    _shorten_responses(module, torch.tensor([3, 12, 5, 9, 12, 2, 7, 11]))
+    seen, logged = _record_experience(module), _record_update_metrics(module)
+    trainer(1).fit(module, datamodule=data)
+    exp = seen[0]
+    assert (exp["attn"][:, 0] == 0).any() and (exp["attn"][:, 0] == 1).any()  # prompts of different lengths
+    assert abs(logged["actor/ppo_kl"]) < 1e-5 and logged["actor/pg_clipfrac"] == 0
+    adv, mask = exp["advantages"].double(), exp["mask"].double()
+    token_sums = (adv * mask).sum(-1)
+    expected = {"token-mean": token_sums.sum() / mask.sum(), "seq-mean": (token_sums / mask.sum(-1)).mean(),
+                "seq-mean-token-sum": token_sums.mean(), "seq-mean-token-sum-norm": token_sums.mean() / 12}[loss_agg]
+    assert logged["actor/pg_loss"] == pytest.approx(-float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("setting", ["entropy_coef", "kl_loss_coef"])
+def test_entropy_bonus_raises_the_entropy_and_kl_loss_pulls_towards_the_reference(setting):
+    """Both responses of each prompt score the same (GRPO advantages 0): one update moves the actor only through
+    the entropy bonus (the entropy on the rollout rises) or the KL loss (the KL to the reference falls)."""
+    from lit_codegen.models.logprob_head import response_logprobs
+    from lit_codegen.module import _sequences
+
+    L.seed_everything(0)
+    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, lr=1e-4, mini=8, micro=8, **{setting: 0.5})
+    module._evaluator = _StubEvaluator([1.0] * 8)
+    _perturb_actor(module)
+    roll, _ = _fixed_rollout(module, data)
+    module.generate = lambda batch, params: roll
+    seq, attn, pos = _sequences(roll)
+    mask = roll.response_mask.float()
+
+    def measure():
+        with torch.no_grad():
+            logprobs, entropy = response_logprobs(module.actor, seq, attn, pos, roll.prompt_ids.shape[1])
+            if setting == "entropy_coef":
+                return (entropy * mask).sum()
+            ref_logprobs, _ = response_logprobs(module.ref, seq, attn, pos, roll.prompt_ids.shape[1])
+        return ((torch.exp(ref_logprobs - logprobs) - (ref_logprobs - logprobs) - 1) * mask).sum()  # k3
+
+    before = measure()
+    trainer(1).fit(module, datamodule=data)
+    after = measure()
+    assert after > before if setting == "entropy_coef" else after < before, (before, after)
+
+
+def test_no_gradient_is_held_after_an_iteration():
+    """Gradients are freed after every optimizer step: they must not hold memory during the next rollout."""
+    L.seed_everything(0)
+    module, data = make()
+    trainer(1).fit(module, datamodule=data)
+    held = [n for n, p in module.named_parameters() if p.grad is not None]
+    assert not held, held[:3]
