@@ -18,8 +18,12 @@ import torch
 class PPOArgs:
     """The PPO algorithm."""
 
-    adv_estimator: Literal["gae", "grpo", "rloo"] = "gae"
-    """Advantage estimator: `gae` uses the critic; `grpo`/`rloo` use group baselines over `rollout.n` samples."""
+    adv_estimator: Literal["gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "gae"
+    """Advantage estimator: `gae` uses the critic; `grpo`/`rloo` use group baselines over `rollout.n` samples;
+    `reinforce_plus_plus` (REINFORCE++, Hu 2025) whitens the `gamma`-discounted token returns of the KL-penalised
+    reward over the batch, without baseline; `reinforce_plus_plus_baseline` subtracts the mean score of the prompt's
+    `rollout.n` samples, then whitens over the batch. The REINFORCE++ ones always whiten (`whiten_advantages` is for
+    `gae`)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     mini_batch_size: int = 16
@@ -39,7 +43,7 @@ class PPOArgs:
     value_clip: float | None = 0.2
     """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0
-    """Discount factor of GAE."""
+    """Discount factor of GAE and of the `reinforce_plus_plus` returns."""
     lam: float = 1.0
     """GAE lambda."""
     kl_coef: float = 0.0
@@ -67,8 +71,8 @@ class PPOArgs:
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0
     """PPO iterations that update only the critic before the actor starts learning (N = exactly N such iterations;
-    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1). Ignored by `grpo`/`rloo`, which have no
-    critic (verl would let those iterations train nothing)."""
+    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1). Ignored by the estimators other than `gae`,
+    which have no critic (verl would let those iterations train nothing)."""
 
 
 @dataclass
@@ -170,7 +174,7 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
     if not r.temperature > 0:
         raise ValueError(f"--model.rollout.temperature must be > 0, got {r.temperature} (validation is greedy through "
                          "--model.rollout.val_greedy)")
-    if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
+    if a.adv_estimator in ("grpo", "rloo", "reinforce_plus_plus_baseline") and r.n < 2:
         raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
                          "(it compares samples of the same prompt)")
     if a.micro_batch_size > a.mini_batch_size:

@@ -23,6 +23,8 @@ Sources, cited again next to each formula:
     - GRPO: Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models".
     - RLOO: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
       Human Feedback in LLMs".
+    - REINFORCE++: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models"
+      (arXiv 2501.03262).
 """
 
 from __future__ import annotations
@@ -428,6 +430,95 @@ def rloo_advantages(scores: Tensor, n: int, response_mask: Tensor) -> Tensor:
     groups = scores.view(-1, n)  # (B, n)
     baseline = (groups.sum(dim=-1, keepdim=True) - groups) / (n - 1)
     return _broadcast_to_tokens((groups - baseline).reshape(-1), response_mask)
+
+
+@torch.no_grad()
+def discounted_returns(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go of every response token, ``G_t = r_t + gamma * G_{t+1}``, with ``G = 0`` after the last one.
+
+    The same as the returns of `compute_gae` with all values 0 and ``lam = 1``. Runs without gradient.
+
+    Args:
+        token_rewards: ``(B, T)`` per-token rewards (see `terminal_token_rewards`).
+        response_mask: ``(B, T)`` prefix mask, 1 = response token, 0 = padding.
+        gamma: Discount factor.
+
+    Returns:
+        ``(B, T)`` returns, 0 at padding. With ``gamma = 1`` every token gets the sum of its own and later rewards.
+    """
+    _check_prefix_mask(response_mask)
+    _check_same_shape(token_rewards=token_rewards, response_mask=response_mask)
+    rewards = _zero_padding(token_rewards.detach(), response_mask)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # (B,); stays 0 over the padding after each response
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns
+
+
+def _whiten_over_batch(x: Tensor, response_mask: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """`masked_whiten` with the moments of every valid token of the batch (of all ranks, given ``all_reduce_sum``)."""
+    sums = masked_sums(x, response_mask)
+    if all_reduce_sum is not None:
+        sums = all_reduce_sum(sums)
+    return masked_whiten(x, response_mask, moments=moments_from_sums(sums))
+
+
+@torch.no_grad()
+def reinforce_plus_plus_advantages(
+    token_rewards: Tensor,
+    response_mask: Tensor,
+    gamma: float = 1.0,
+    all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu 2025): token returns of the KL-penalised reward, whitened over the batch; no critic.
+
+    ``A_t = (G_t - mean(G)) / std(G)`` with ``G_t`` the `discounted_returns` of ``token_rewards`` (the score on the
+    last token minus ``kl_coef * kl`` on every token, from `terminal_token_rewards`). There is no baseline per
+    prompt: the mean and the unbiased standard deviation are those of all valid tokens of the batch (a long response
+    weighs more), as verl's ``compute_reinforce_plus_plus_outcome_advantage``. Runs without gradient.
+
+    Args:
+        token_rewards: ``(N, T)`` per-token rewards.
+        response_mask: ``(N, T)`` prefix mask, 1 = response token, 0 = padding.
+        gamma: Discount factor of the returns (verl's ``algorithm.gamma``).
+        all_reduce_sum: Sums a tensor over the data-parallel ranks (every rank must call it), so that the
+            whitening uses the moments of the whole batch; ``None`` = this batch only.
+
+    Returns:
+        ``(advantages, returns)``, both ``(N, T)`` with 0 at padding.
+    """
+    returns = discounted_returns(token_rewards, response_mask, gamma)
+    return _whiten_over_batch(returns, response_mask, all_reduce_sum), returns
+
+
+@torch.no_grad()
+def reinforce_plus_plus_baseline_advantages(
+    scores: Tensor, n: int, response_mask: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """REINFORCE++-baseline (Hu 2025): the score minus its group's mean, then whitened over the batch.
+
+    Baseline per group: ``s_i - mean(s of the prompt's n samples)`` (its own score included), given to every valid
+    token. Normalisation per batch: mean and unbiased standard deviation of all valid tokens of the batch (of all
+    ranks with ``all_reduce_sum``), not per group as in GRPO. As verl's
+    ``compute_reinforce_plus_plus_baseline_outcome_advantage``, whose score is the sum of the token rewards: pass
+    the score minus the summed KL penalty to use one. (verl gives a prompt with a single sample the baseline 0; here
+    ``n >= 2``.) Runs without gradient.
+
+    Args:
+        scores: ``(N,)`` sequence rewards, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 2).
+        response_mask: ``(N, T)``, 1 = response token, 0 = padding.
+        all_reduce_sum: Sums a tensor over the data-parallel ranks, as in `reinforce_plus_plus_advantages`.
+
+    Returns:
+        ``(N, T)`` advantages, 0 at padding (and everywhere when every group has equal scores).
+    """
+    _check_groups(scores, n, "reinforce_plus_plus_baseline")
+    groups = scores.view(-1, n)  # (B, n)
+    centered = _broadcast_to_tokens((groups - groups.mean(dim=-1, keepdim=True)).reshape(-1), response_mask)
+    return _whiten_over_batch(centered, response_mask, all_reduce_sum)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -372,7 +372,8 @@ def test_group_advantages_take_the_dtype_of_the_scores():
     close(advantages, [[-0.5, -0.5], [0.5, 0.5]])
 
 
-@pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages])
+@pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages,
+                                       ppo.reinforce_plus_plus_baseline_advantages])
 def test_group_estimators_reject_bad_groups(estimator):
     with pytest.raises(ValueError, match="at least 2 samples"):
         estimator(t([1.0, 0.0]), 1, torch.ones(2, 3))
@@ -382,6 +383,111 @@ def test_group_estimators_reject_bad_groups(estimator):
         estimator(t([[1.0], [0.0]]), 2, torch.ones(2, 3))
     with pytest.raises(ValueError, match=re.escape("response_mask (3, 2) does not match 2 scores.")):
         estimator(t([1.0, 0.0]), 2, torch.ones(3, 2))
+
+
+def test_discounted_returns_known_answer_and_padding():
+    rewards = t([[1.0, 2.0, 3.0], [4.0, 5.0, float("nan")], [float("inf"), 0.0, 0.0]])
+    mask = t([[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    # gamma 0.5: row 0: G2 = 3, G1 = 2 + 1.5, G0 = 1 + 1.75; row 1: G1 = 5, G0 = 4 + 2.5; padding ignored, 0
+    close(ppo.discounted_returns(rewards, mask, 0.5), [[2.75, 3.5, 3.0], [6.5, 5.0, 0.0], [0.0, 0.0, 0.0]])
+    close(ppo.discounted_returns(rewards, mask), [[6.0, 5.0, 3.0], [9.0, 5.0, 0.0], [0.0, 0.0, 0.0]])
+    # the returns of GAE with zero values and lam = 1
+    finite = torch.where(mask.bool(), rewards, 0.0)
+    close(ppo.discounted_returns(finite, mask, 0.9), ppo.compute_gae(finite, torch.zeros_like(finite), mask, 0.9)[1])
+    with pytest.raises(ValueError, match="prefix mask"):
+        ppo.discounted_returns(finite, t([[0, 1, 1], [1, 1, 0], [0, 0, 0]]))
+
+
+def test_reinforce_plus_plus_known_answer():
+    """Scores 1 and 0 on the last token, no KL: the returns of the 3 valid tokens are whitened over the batch."""
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    rewards = ppo.terminal_token_rewards(t([1.0, 0.0]), mask)
+    # gamma 1: returns 1, 1 | 0: mean 2/3, unbiased var ((1/3)^2 * 2 + (2/3)^2) / 2 = 1/3
+    advantages, returns = ppo.reinforce_plus_plus_advantages(rewards, mask)
+    close(returns, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    s3 = math.sqrt(3.0)
+    close(advantages, [[1 / s3, 1 / s3, 0.0], [-2 / s3, 0.0, 0.0]], atol=1e-7)
+    # gamma 0.5: returns 0.5, 1 | 0: mean 0.5, var (0 + 0.25 + 0.25) / 2 = 0.25 -> 0, 1 | -1
+    advantages, returns = ppo.reinforce_plus_plus_advantages(rewards, mask, gamma=0.5)
+    close(returns, [[0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    close(advantages, [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], atol=1e-7)
+
+
+def test_reinforce_plus_plus_takes_the_kl_penalty_of_every_later_token():
+    """Hu 2025: r_t = -beta * KL_t, plus the score on the last token; each token's return sums its own and later."""
+    mask = t([[1, 1, 1], [1, 1, 0]])
+    kl = t([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    rewards = ppo.terminal_token_rewards(t([1.0, 0.5]), mask, kl, kl_coef=0.5)
+    _, returns = ppo.reinforce_plus_plus_advantages(rewards, mask)
+    close(returns, [[1 - 0.3, 1 - 0.25, 1 - 0.15], [0.5 - 0.45, 0.5 - 0.25, 0.0]])
+
+
+def test_reinforce_plus_plus_baseline_known_answer():
+    """Baseline per group (the mean of the prompt's samples), normalisation per batch (all valid tokens)."""
+    mask = t([[1, 1], [1, 0], [1, 1], [0, 0]])
+    # groups (1, 0) and (0.5, 0.5): centred 0.5, -0.5, 0, 0 -> token values 0.5, 0.5, -0.5, 0, 0
+    # mean 0.1, unbiased var (0.16 + 0.16 + 0.36 + 0.01 + 0.01) / 4 = 0.175
+    advantages = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 0.0, 0.5, 0.5]), 2, mask)
+    std = math.sqrt(0.175)
+    close(advantages, [[0.4 / std, 0.4 / std], [-0.6 / std, 0.0], [-0.1 / std, -0.1 / std], [0.0, 0.0]], atol=1e-7)
+    # not GRPO: the same groups with a 10x larger spread in the other half of the batch change these advantages
+    other = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 0.0, 5.0, -5.0]), 2, mask)
+    assert not torch.allclose(other[:2], advantages[:2])
+
+
+def test_reinforce_plus_plus_baseline_all_equal_groups_give_zero():
+    advantages = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 1.0, 0.0, 0.0]), 2, torch.ones(4, 3, dtype=D))
+    close(advantages, torch.zeros(4, 3))
+    assert advantages.dtype == D
+
+
+def test_reinforce_plus_plus_whitens_with_the_moments_of_all_ranks():
+    """all_reduce_sum adds the sums of the other ranks: the result equals whitening the concatenated batch."""
+    torch.manual_seed(0)
+    scores, mask = torch.rand(8, dtype=D), (torch.arange(4) < torch.randint(1, 5, (8, 1))).to(D)
+    whole = ppo.reinforce_plus_plus_baseline_advantages(scores, 2, mask)
+    halves = [slice(0, 4), slice(4, 8)]
+    sums = [ppo.masked_sums(ppo.grpo_advantages(scores[h], 2, mask[h], norm_by_std=False), mask[h]) for h in halves]
+    for h in halves:
+        part = ppo.reinforce_plus_plus_baseline_advantages(scores[h], 2, mask[h], all_reduce_sum=lambda _: sum(sums))
+        close(part, whole[h], atol=1e-12)
+    rewards = ppo.terminal_token_rewards(scores, mask)
+    whole, _ = ppo.reinforce_plus_plus_advantages(rewards, mask, 0.9)
+    sums = [ppo.masked_sums(ppo.discounted_returns(rewards[h], mask[h], 0.9), mask[h]) for h in halves]
+    for h in halves:
+        part, _ = ppo.reinforce_plus_plus_advantages(rewards[h], mask[h], 0.9, all_reduce_sum=lambda _: sum(sums))
+        close(part, whole[h], atol=1e-12)
+
+
+def test_reinforce_plus_plus_match_verl_formulas_retyped():
+    """verl's compute_reinforce_plus_plus(_baseline)_outcome_advantage re-typed as loops (dict of group means,
+    running return, verl's masked_whiten: unbiased variance, rsqrt(var + 1e-8))."""
+    torch.manual_seed(1)
+    n, rows, width = 3, 6, 5
+    mask = (torch.arange(width) < torch.randint(0, width + 1, (rows, 1))).to(D)
+    mask[0] = 1.0
+    scores, kl = torch.rand(rows, dtype=D), 0.1 * torch.randn(rows, width, dtype=D)
+    rewards = ppo.terminal_token_rewards(scores, mask, kl, kl_coef=0.2)
+
+    def verl_whiten(x):
+        mean = (x * mask).sum() / mask.sum()
+        var = (((x - mean) ** 2) * mask).sum() / mask.sum() * mask.sum() / (mask.sum() - 1)
+        return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+    returns, running = torch.zeros_like(rewards), torch.zeros(rows, dtype=D)
+    for step in reversed(range(width)):
+        new = rewards[:, step] + 0.95 * running
+        returns[:, step] = new * mask[:, step]
+        running = new * mask[:, step] + running * (1 - mask[:, step])
+    advantages, ours_returns = ppo.reinforce_plus_plus_advantages(rewards, mask, 0.95)
+    close(ours_returns, returns, atol=1e-12)
+    close(advantages, verl_whiten(returns), atol=1e-10)
+
+    seq_scores = rewards.sum(-1)  # verl's score: the summed token rewards, KL penalty included
+    group_mean = {g: seq_scores[g * n:(g + 1) * n].mean() for g in range(rows // n)}
+    centered = torch.stack([seq_scores[i] - group_mean[i // n] for i in range(rows)])
+    expected = verl_whiten(centered.unsqueeze(-1).tile(1, width) * mask)
+    close(ppo.reinforce_plus_plus_baseline_advantages(seq_scores, n, mask), expected, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------------------------
