@@ -40,6 +40,11 @@ class PPOArgs:
     policy_ratio: Literal["token", "sequence"] = "token"
     """Importance ratio of the policy loss: per token (PPO) or the length-normalised ratio of the whole response
     (`sequence` = GSPO, Zheng et al. 2025; use clip ratios of about 3e-4 / 4e-4 and `loss_agg: seq-mean`)."""
+    policy_loss: Literal["ppo", "cispo"] = "ppo"
+    """Policy objective: `ppo` = the clipped surrogate; `cispo` = CISPO (MiniMax-M1, 2025), which clips the
+    importance weight and stops its gradient, -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A *
+    log-prob, so clipped tokens still get a gradient (verl's `policy_loss.loss_mode: cispo`, same clip fields;
+    MiniMax-M1 sets no lower bound: `clip_ratio_low: 1.0`). `cispo` takes token ratios and no `dual_clip`."""
     value_clip: float | None = 0.2
     """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0
@@ -185,8 +190,10 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
 
 def _check_algorithm_ranges(a: PPOArgs) -> None:
     """Raise ValueError for a PPO setting outside the range where it means anything (as verl checks them)."""
+    no_lower_bound = a.policy_loss == "cispo" and a.clip_ratio_low == 1  # MiniMax-M1's CISPO: weights may shrink
     checks = [
-        ("clip_ratio_low", a.clip_ratio_low, 0 <= a.clip_ratio_low < 1, "in [0, 1)"),
+        ("clip_ratio_low", a.clip_ratio_low, 0 <= a.clip_ratio_low < 1 or no_lower_bound,
+         "in [0, 1) (or 1 = no lower bound, with policy_loss cispo)"),
         ("clip_ratio_high", a.clip_ratio_high, a.clip_ratio_high >= 0, ">= 0"),
         ("dual_clip", a.dual_clip, a.dual_clip is None or a.dual_clip > 1, "> 1 (verl's clip_ratio_c), or null"),
         ("value_clip", a.value_clip, a.value_clip is None or a.value_clip > 0, "> 0, or null"),
@@ -201,6 +208,9 @@ def _check_algorithm_ranges(a: PPOArgs) -> None:
     for name, value, ok, wanted in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
             raise ValueError(f"--model.algorithm.{name} must be {wanted}, got {value}")
+    if a.policy_loss == "cispo" and (a.policy_ratio != "token" or a.dual_clip is not None):
+        raise ValueError("--model.algorithm.policy_loss cispo clips token importance weights: it needs "
+                         "--model.algorithm.policy_ratio token and --model.algorithm.dual_clip null")
     if a.kl_target is not None and a.kl_coef == 0:
         raise ValueError("--model.algorithm.kl_target adapts kl_coef by multiplying it, so it needs "
                          "--model.algorithm.kl_coef > 0 to start from (0 stays 0)")

@@ -16,6 +16,8 @@ Sources, cited again next to each formula:
     - GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
     - PPO clipped objective: Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
     - Dual-clip PPO: Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning".
+    - CISPO: MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"
+      (arXiv 2506.13585), section 3.1.
     - Value clipping: the PPO2 implementation in OpenAI baselines (Dhariwal et al. 2017), discussed in
       Engstrom et al. 2020, "Implementation Matters in Deep RL".
     - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
@@ -537,8 +539,10 @@ def policy_loss(
     loss_agg: LossAgg = "token-mean",
     normalizer: float | None = None,
     ratio_level: Literal["token", "sequence"] = "token",
+    loss_mode: Literal["ppo", "cispo"] = "ppo",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
+    """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020), or CISPO.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
     ``loss = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high))``.
@@ -552,6 +556,15 @@ def policy_loss(
     and one mini-batch the update is on-policy: every ratio is 1 and neither the clip range nor this choice changes
     anything.
 
+    ``loss_mode="cispo"`` (MiniMax-M1, 2025) clips the importance-sampling weight instead of the update:
+    ``loss = -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A * logprobs``, so every token keeps the
+    gradient ``-w * A * d logprob`` (PPO drops the gradient of clipped tokens; at ratio 1 the two are equal). The
+    loss value is a surrogate in log-prob units, not comparable with PPO's. MiniMax-M1 sets no lower bound
+    (``clip_ratio_low >= 1``); verl's ``cispo`` uses the PPO clip settings as given. Token ratios only, no dual clip.
+
+    ``is_weights`` (e.g. `rollout_is_weights`) multiply the per-token loss after clipping, as verl multiplies its
+    ``pg_losses`` by ``rollout_is_weights``; they are treated as constants.
+
     Args:
         logprobs: ``(B, T)`` log-probs of the response tokens under the current policy (with gradient).
         old_logprobs: ``(B, T)`` log-probs under the policy that sampled the rollout.
@@ -563,10 +576,13 @@ def policy_loss(
         loss_agg: A mode of `aggregate_loss`.
         normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
         ratio_level: ``"token"`` (PPO) or ``"sequence"`` (GSPO), see above.
+        loss_mode: ``"ppo"`` or ``"cispo"``, see above.
+        is_weights: Optional ``(B, T)`` per-token weights (detached; any value at padding).
 
     Returns:
         ``(loss, metrics)``: scalar loss and detached scalar metrics, token-means over valid tokens:
-        ``clipfrac`` (fraction of tokens where the clipped term is active), ``approx_kl`` (verl's ``ppo_kl``: the
+        ``clipfrac`` (fraction of tokens where the clipped term is active; for CISPO where the weight is clipped,
+        as verl's ``ratio != clipped_ratio``), ``approx_kl`` (verl's ``ppo_kl``: the
         k1 estimate ``mean(old_logprobs - logprobs)`` of KL(old || current), with the log-ratio clamped to
         ``[-20, 20]`` as for the ratio) and ``clipfrac_lower`` (fraction where the dual clip is active; 0 without
         dual clip).
@@ -574,6 +590,10 @@ def policy_loss(
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}.")
+    if loss_mode not in ("ppo", "cispo"):
+        raise ValueError(f"loss_mode must be 'ppo' or 'cispo', got {loss_mode!r}.")
+    if loss_mode == "cispo" and (ratio_level != "token" or dual_clip is not None):
+        raise ValueError("loss_mode 'cispo' clips token weights: it takes ratio_level 'token' and no dual_clip.")
     # zeroed at padding: a non-finite value there would make the gradient NaN through the masked branches (0 * inf)
     old_logprobs, advantages = _zero_padding(old_logprobs, response_mask), _zero_padding(advantages, response_mask)
     # Clamped (as verl does) before exp, so a stale token cannot overflow (the clip makes such tokens gradient-free
@@ -586,16 +606,25 @@ def policy_loss(
         ratio = torch.exp(logratio)
     else:
         raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}.")
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
-    loss_mat = torch.maximum(unclipped, clipped)
-    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), response_mask)
+    if loss_mode == "cispo":
+        weights = ratio.detach().clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+        clipfrac = masked_mean((weights != ratio.detach()).to(logprobs.dtype), response_mask)
+        # zeroed at padding, where a non-finite log-prob would give a NaN weight and so a NaN gradient
+        loss_mat = -_zero_padding(weights, response_mask) * advantages * logprobs
+    else:
+        unclipped = -advantages * ratio
+        clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+        loss_mat = torch.maximum(unclipped, clipped)
+        clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), response_mask)
     clipfrac_lower = torch.zeros_like(clipfrac)
     if dual_clip is not None:
         lower_bound = -advantages * dual_clip
         dual_active = (advantages < 0) & (loss_mat > lower_bound)
         loss_mat = torch.where(dual_active, lower_bound, loss_mat)
         clipfrac_lower = masked_mean(dual_active.to(logprobs.dtype), response_mask)
+    if is_weights is not None:
+        _check_same_shape(is_weights=is_weights, response_mask=response_mask)
+        loss_mat = loss_mat * _zero_padding(is_weights.detach(), response_mask).to(loss_mat.dtype)
     loss = aggregate_loss(loss_mat, response_mask, loss_agg, normalizer)
     metrics = {
         "clipfrac": clipfrac.detach(),

@@ -11,6 +11,10 @@ from lit_codegen.args import PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
 @pytest.mark.parametrize("algorithm, rollout, reward, message", [
     ({"adv_estimator": "reinforce_plus_plus_baseline"}, {"n": 1}, {},
      "adv_estimator reinforce_plus_plus_baseline needs --model.rollout.n >= 2"),
+    ({"policy_loss": "cispo", "policy_ratio": "sequence"}, {}, {}, "policy_loss cispo .*policy_ratio token"),
+    ({"policy_loss": "cispo", "dual_clip": 3.0}, {}, {}, "policy_loss cispo .*dual_clip null"),
+    ({"clip_ratio_low": 1.0}, {}, {}, r"clip_ratio_low must be in \[0, 1\) \(or 1 = no lower bound"),
+    ({"policy_loss": "cispo", "clip_ratio_low": 1.5}, {}, {}, "clip_ratio_low must be in"),
 ])
 def test_impossible_combinations_are_rejected_with_the_flag_named(algorithm, rollout, reward, message):
     with pytest.raises(ValueError, match=message):
@@ -20,6 +24,7 @@ def test_impossible_combinations_are_rejected_with_the_flag_named(algorithm, rol
 @pytest.mark.parametrize("algorithm, rollout, reward", [
     ({"adv_estimator": "reinforce_plus_plus"}, {"n": 1}, {}),  # no group: a batch-whitened return
     ({"adv_estimator": "reinforce_plus_plus_baseline"}, {"n": 2}, {}),
+    ({"policy_loss": "cispo", "clip_ratio_low": 1.0, "clip_ratio_high": 0.28}, {}, {}),  # no lower bound
 ])
 def test_working_combinations_pass(algorithm, rollout, reward):
     check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout), RewardArgs(**reward))

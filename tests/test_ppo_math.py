@@ -663,6 +663,73 @@ def test_gspo_sequence_ratio_known_answer_and_gradient():
         ppo.policy_loss(logprobs, old, adv, mask, ratio_level="seq")
 
 
+def test_cispo_known_answer_and_gradient():
+    """CISPO: loss -sg(clip(r)) * A * logprob; every valid token keeps the gradient -w * A (token-mean: / 5)."""
+    logprobs = RATIOS.log().requires_grad_()
+    old = torch.zeros_like(logprobs)
+    loss, metrics = ppo.policy_loss(logprobs, old, ADVANTAGES, LOSS_MASK, loss_mode="cispo")
+    # weights clip(1.5, 0.5, 1.0 | 1.1, 0.7) into [0.8, 1.2] = 1.2, 0.8, 1.0 | 1.1, 0.8; padding (ratio 2) ignored
+    expected = (-1.2 * math.log(1.5) + 0.8 * math.log(0.5) - 0.0 + 1.1 * math.log(1.1) - 0.8 * math.log(0.7)) / 5
+    close(loss, expected)
+    close(metrics["clipfrac"], 3 / 5)  # 1.5, 0.5 and 0.7 were clipped
+    close(metrics["clipfrac_lower"], 0.0)
+    close(metrics["approx_kl"], -(math.log(1.5) + math.log(0.5) + math.log(1.1) + math.log(0.7)) / 5)
+    loss.backward()
+    close(logprobs.grad, t([[-1.2, 0.8, -2.0], [1.1, -0.8, 0.0]]) / 5)  # PPO would give the clipped tokens 0
+    # MiniMax-M1's choice, no lower bound (clip_ratio_low 1): only 1.5 is clipped
+    logprobs.grad = None
+    loss, metrics = ppo.policy_loss(logprobs, old, ADVANTAGES, LOSS_MASK, 1.0, 0.2, loss_mode="cispo")
+    loss.backward()
+    close(logprobs.grad, t([[-1.2, 0.5, -2.0], [1.1, -0.7, 0.0]]) / 5)
+    close(metrics["clipfrac"], 1 / 5)
+
+
+def test_cispo_on_policy_gradient_equals_ppo_and_bad_combinations_are_refused():
+    torch.manual_seed(0)
+    logprobs = (-torch.rand(3, 4, dtype=D)).requires_grad_()
+    advantages, mask = torch.randn(3, 4, dtype=D), t([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    grads = []
+    for mode in ("ppo", "cispo"):
+        logprobs.grad = None
+        loss, _ = ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_agg="seq-mean", loss_mode=mode)
+        loss.backward()
+        grads.append(logprobs.grad.clone())
+    close(grads[1], grads[0], atol=1e-12)  # ratio 1: d(-A r) = -A d logprob
+    for kwargs in ({"ratio_level": "sequence"}, {"dual_clip": 3.0}):
+        with pytest.raises(ValueError, match="cispo"):
+            ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_mode="cispo", **kwargs)
+    with pytest.raises(ValueError, match="loss_mode"):
+        ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_mode="clip")
+
+
+def test_policy_loss_is_weights_multiply_the_token_losses_and_carry_no_gradient():
+    logprobs = RATIOS.log().requires_grad_()
+    weights = t([[2.0, 0.5, 1.0], [1.0, 3.0, float("nan")]]).requires_grad_()  # nan at padding is ignored
+    loss, metrics = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights)
+    # the token losses of the PPO known answer (-1.2, 0.8, -2 | 1.1, -0.7) times the weights
+    close(loss, (-1.2 * 2 + 0.8 * 0.5 - 2.0 + 1.1 - 0.7 * 3) / 5)
+    close(metrics["clipfrac"], 2 / 5)  # the metrics do not change
+    loss.backward()
+    close(logprobs.grad, [[0.0, 0.0, -2.0 / 5], [1.1 / 5, -2.1 / 5, 0.0]])
+    assert weights.grad is None
+    loss, _ = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights,
+                              loss_mode="cispo")
+    close(loss, (-1.2 * 2 * math.log(1.5) + 0.8 * 0.5 * math.log(0.5) + 1.1 * math.log(1.1)
+                 - 0.8 * 3 * math.log(0.7)) / 5)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights[:, :2])
+
+
+def test_cispo_and_is_weights_gradients_stay_finite_with_inf_and_nan_in_padding():
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    pad = ~mask.bool()
+    garbage = torch.where(pad, t([[0, 0, float("inf")], [0, float("nan"), -float("inf")]]), 0.0)
+    logprobs = (t([[-1.0, -2.0, -3.0], [-0.5, -1.0, -1.0]]) + garbage).requires_grad_()
+    ppo.policy_loss(logprobs, logprobs.detach() + 0.1 + garbage, t([[1.0, -1.0, 0], [2.0, 0, 0]]) + garbage, mask,
+                    loss_mode="cispo", is_weights=torch.ones(2, 3, dtype=D) + garbage)[0].backward()
+    assert torch.isfinite(logprobs.grad).all() and (logprobs.grad[pad] == 0).all()
+
+
 def test_value_clip_fraction_counts_no_token_the_clip_leaves_alone():
     """verl parity: V_old + clamp(V - V_old) rounds one ulp away from V here and used to count as clipped."""
     values = torch.tensor([[-0.05286094918847084]], requires_grad=True)
