@@ -45,6 +45,13 @@ class PPOArgs:
     importance weight and stops its gradient, -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A *
     log-prob, so clipped tokens still get a gradient (verl's `policy_loss.loss_mode: cispo`, same clip fields;
     MiniMax-M1 sets no lower bound: `clip_ratio_low: 1.0`). `cispo` takes token ratios and no `dual_clip`."""
+    rollout_is: Literal["token", "sequence"] | None = None
+    """Rollout correction (Yao et al. 2025, truncated importance sampling): weigh each token's policy loss by
+    min(pi_old / pi_rollout, rollout_is_threshold), the ratio of the trainer's to the sampler's probability, per
+    token or as the product over the response (`sequence`, verl's default once rollout correction is on); None = off.
+    Needs the sampler's log-probs: `rollout.backend vllm`."""
+    rollout_is_threshold: float = 2.0
+    """Upper cap of the rollout-correction weights (verl's `rollout_is_threshold`, same default)."""
     value_clip: float | None = 0.2
     """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0
@@ -176,6 +183,10 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
     if r.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("--model.rollout.backend vllm needs vLLM (`pip install lit_codegen[vllm]` on CPU, a vLLM "
                          "build matching your torch/CUDA on GPU); or use --model.rollout.backend hf")
+    if a.rollout_is is not None and r.backend != "vllm":
+        raise ValueError("--model.algorithm.rollout_is needs the sampler's log-probs, which only "
+                         "--model.rollout.backend vllm returns (hf samples with the trained weights themselves); "
+                         "or set --model.algorithm.rollout_is null")
     if not r.temperature > 0:
         raise ValueError(f"--model.rollout.temperature must be > 0, got {r.temperature} (validation is greedy through "
                          "--model.rollout.val_greedy)")
@@ -204,6 +215,7 @@ def _check_algorithm_ranges(a: PPOArgs) -> None:
         ("kl_target", a.kl_target, a.kl_target is None or a.kl_target > 0, "> 0, or null"),
         ("kl_horizon", a.kl_horizon, a.kl_horizon >= 1, ">= 1"),
         ("critic_warmup", a.critic_warmup, a.critic_warmup >= 0, ">= 0"),
+        ("rollout_is_threshold", a.rollout_is_threshold, a.rollout_is_threshold > 0, "> 0"),
     ]
     for name, value, ok, wanted in checks:
         if not ok:  # NaN fails every comparison, so it lands here too

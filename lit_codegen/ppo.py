@@ -22,6 +22,10 @@ Sources, cited again next to each formula:
       Engstrom et al. 2020, "Implementation Matters in Deep RL".
     - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
     - Adaptive KL controller: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
+    - Truncated importance sampling for the rollout/training mismatch: Yao et al. 2025, "Your Efficient RL Framework
+      Secretly Brings You Off-Policy RL Training", https://fengyao.notion.site/off-policy-rl.
+    - Overlong reward shaping and dynamic sampling: Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement
+      Learning System at Scale" (arXiv 2503.14476).
     - GRPO: Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models".
     - RLOO: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
       Human Feedback in LLMs".
@@ -730,6 +734,83 @@ def explained_variance(values: Tensor, returns: Tensor, response_mask: Tensor) -
         return 1.0 - var_residual / var_returns
     exact = bool((masked_sum((returns - values).abs(), response_mask) == 0).item())
     return torch.tensor(1.0 if exact else 0.0, dtype=returns.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rollout correction: the sampler's log-probs differ from the trainer's (vLLM kernels, bf16, stale weights)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rollout_is_weights(
+    old_logprobs: Tensor,
+    rollout_logprobs: Tensor,
+    response_mask: Tensor,
+    level: Literal["token", "sequence"] = "token",
+    threshold: float = 2.0,
+) -> Tensor:
+    """Truncated importance-sampling weights ``pi_old / pi_rollout`` (TIS, Yao et al. 2025), capped at ``threshold``.
+
+    ``token``: ``min(exp(old_t - rollout_t), threshold)`` per token (biased, low variance). ``sequence``:
+    ``min(exp(sum_t (old_t - rollout_t)), threshold)``, the product of the token ratios, on every token of the
+    response (unbiased before the cap, high variance). Log-ratios are clamped to ``[-20, 20]`` before ``exp``, as
+    verl's ``compute_rollout_correction_weights`` (``rollout_is_threshold`` as a float, no batch normalisation).
+    Pass the result as ``is_weights`` to `policy_loss`. Runs without gradient.
+
+    Args:
+        old_logprobs: ``(B, T)`` log-probs of the response tokens under the trainer's policy at rollout time.
+        rollout_logprobs: ``(B, T)`` log-probs of the same tokens reported by the sampler (e.g. vLLM).
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+        level: ``"token"`` or ``"sequence"``.
+        threshold: Upper cap of the weights (> 0); verl's default is 2.0.
+
+    Returns:
+        ``(B, T)`` detached weights, 0 at padding.
+    """
+    _check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs, response_mask=response_mask)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}.")
+    logratio = _zero_padding(old_logprobs - rollout_logprobs, response_mask)
+    if level == "sequence":
+        logratio = masked_sum(logratio, response_mask, dim=-1).unsqueeze(-1).expand_as(logratio)  # (B, T)
+    elif level != "token":
+        raise ValueError(f"level must be 'token' or 'sequence', got {level!r}.")
+    weights = torch.exp(logratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)).clamp(max=threshold)
+    return _zero_padding(weights, response_mask)
+
+
+@torch.no_grad()
+def rollout_mismatch_metrics(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor
+) -> dict[str, Tensor]:
+    """How far the sampler's log-probs are from the trainer's, over the valid tokens (verl's names where it has one).
+
+    With ``d = old_logprobs - rollout_logprobs`` (log of ``pi_old / pi_rollout``) at tokens sampled by the rollout:
+
+    - ``logprob_abs_diff``: token mean of ``|d|``.
+    - ``kl``: token mean of ``-d``, the k1 estimate of KL(rollout || old).
+    - ``k3_kl``: token mean of ``exp(d) - d - 1`` (``d`` clamped to ``[-20, 20]``), the k3 estimate of the same KL.
+    - ``ppl_ratio``: mean over non-empty responses of ``exp(mean_t(rollout) - mean_t(old))``, the trainer's
+      perplexity over the sampler's.
+
+    Args:
+        old_logprobs: ``(B, T)`` log-probs under the trainer's policy.
+        rollout_logprobs: ``(B, T)`` log-probs reported by the sampler.
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+
+    Returns:
+        Detached scalar tensors by name; each is 0 when every position is masked.
+    """
+    _check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs, response_mask=response_mask)
+    d = _zero_padding(old_logprobs - rollout_logprobs, response_mask)
+    clamped = d.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    log_ppl_diff = -masked_mean(d, response_mask, dim=-1)  # (B,) log(ppl_old / ppl_rollout)
+    return {
+        "logprob_abs_diff": masked_mean(d.abs(), response_mask),
+        "kl": masked_mean(-d, response_mask),
+        "k3_kl": masked_mean(torch.exp(clamped) - clamped - 1.0, response_mask),
+        "ppl_ratio": masked_mean(torch.exp(log_ppl_diff), response_mask.bool().any(dim=-1)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ from lit_codegen.args import PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
     ({"policy_loss": "cispo", "dual_clip": 3.0}, {}, {}, "policy_loss cispo .*dual_clip null"),
     ({"clip_ratio_low": 1.0}, {}, {}, r"clip_ratio_low must be in \[0, 1\) \(or 1 = no lower bound"),
     ({"policy_loss": "cispo", "clip_ratio_low": 1.5}, {}, {}, "clip_ratio_low must be in"),
+    ({"rollout_is": "token"}, {"backend": "hf"}, {}, "rollout_is needs the sampler's log-probs, which only "
+     "--model.rollout.backend vllm returns"),
+    ({"rollout_is_threshold": 0.0}, {}, {}, "rollout_is_threshold must be > 0"),
+    ({"rollout_is_threshold": float("nan")}, {}, {}, "rollout_is_threshold must be > 0"),
 ])
 def test_impossible_combinations_are_rejected_with_the_flag_named(algorithm, rollout, reward, message):
     with pytest.raises(ValueError, match=message):

@@ -943,3 +943,58 @@ def test_adaptive_kl_controller_small_target_and_horizon():
     assert controller.value == pytest.approx(0.11, abs=1e-15)
     with pytest.raises(ValueError, match="horizon > 0"):
         ppo.AdaptiveKLController(0.1, target=0.5, horizon=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollout correction
+# ----------------------------------------------------------------------------------------------------------------
+
+# old - rollout log-prob: ln 1.5, ln 3 | ln 0.5, 0; padding holds garbage
+OLD_LP = t([[math.log(1.5) - 1.0, math.log(3.0) - 2.0, float("nan")], [math.log(0.5) - 0.5, -1.0, 0.0]])
+ROLLOUT_LP = t([[-1.0, -2.0, 0.0], [-0.5, -1.0, float("inf")]])
+RC_MASK = t([[1, 1, 0], [1, 1, 0]])
+
+
+def test_rollout_is_weights_known_answer():
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK), [[1.5, 2.0, 0.0], [0.5, 1.0, 0.0]])  # 3 capped at 2
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, threshold=5.0), [[1.5, 3.0, 0.0], [0.5, 1.0, 0.0]])
+    # sequence: the product of the token ratios, 4.5 (capped at 2) and 0.5, on every valid token
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "sequence"), [[2.0, 2.0, 0.0], [0.5, 0.5, 0.0]])
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "sequence", 10.0), [[4.5, 4.5, 0.0], [0.5, 0.5, 0.0]])
+
+
+def test_rollout_is_weights_edge_cases():
+    # no gradient, finite for huge log-ratios (clamped at +-20 like verl), an all-masked row is all 0
+    old = t([[100.0, -100.0], [0.0, 0.0]]).requires_grad_()
+    mask = t([[1, 1], [0, 0]])
+    weights = ppo.rollout_is_weights(old, torch.zeros(2, 2, dtype=D), mask, threshold=1e12)
+    assert not weights.requires_grad
+    close(weights, [[math.exp(20.0), math.exp(-20.0)], [0.0, 0.0]], atol=1e-3)
+    seq = ppo.rollout_is_weights(old, torch.zeros(2, 2, dtype=D), mask, "sequence", 1e12)
+    close(seq, [[1.0, 1.0], [0.0, 0.0]])  # the log-ratios cancel over the response
+    with pytest.raises(ValueError, match="level must be"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "seq")
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, threshold=0.0)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP[:, :2], RC_MASK)
+
+
+def test_rollout_mismatch_metrics_known_answer():
+    metrics = ppo.rollout_mismatch_metrics(OLD_LP, ROLLOUT_LP, RC_MASK)
+    d = [math.log(1.5), math.log(3.0), math.log(0.5), 0.0]
+    close(metrics["logprob_abs_diff"], sum(abs(x) for x in d) / 4)
+    close(metrics["kl"], -sum(d) / 4)
+    close(metrics["k3_kl"], sum(math.exp(x) - x - 1 for x in d) / 4)
+    # ppl_old / ppl_rollout per response: exp(-mean d) = 1 / sqrt(4.5) and 1 / sqrt(0.5), then their mean
+    close(metrics["ppl_ratio"], (4.5**-0.5 + 0.5**-0.5) / 2)
+    assert not any(v.requires_grad for v in metrics.values())
+    # the same log-probs: no mismatch; an all-masked batch gives zeros, never NaN
+    same = ppo.rollout_mismatch_metrics(ROLLOUT_LP, ROLLOUT_LP, RC_MASK)
+    close(torch.stack([same[k] for k in ("logprob_abs_diff", "kl", "k3_kl", "ppl_ratio")]), [0.0, 0.0, 0.0, 1.0])
+    empty = ppo.rollout_mismatch_metrics(OLD_LP, ROLLOUT_LP, torch.zeros_like(RC_MASK))
+    close(torch.stack(list(empty.values())), torch.zeros(4))
+    # an empty response does not count in ppl_ratio
+    padded = ppo.rollout_mismatch_metrics(torch.cat([OLD_LP, t([[9.0] * 3])]), torch.cat([ROLLOUT_LP, t([[0.0] * 3])]),
+                                          torch.cat([RC_MASK, t([[0] * 3])]))
+    close(padded["ppl_ratio"], metrics["ppl_ratio"])
