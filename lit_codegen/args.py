@@ -79,6 +79,12 @@ class PPOArgs:
     grpo_norm_by_std: bool = True
     """grpo: divide each group's centred scores by their standard deviation; False = Dr. GRPO (Liu et al. 2025),
     which removes that per-question difficulty bias."""
+    filter_groups: bool = False
+    """Dynamic sampling's filter (DAPO, Yu et al. 2025): leave out of the update the prompts whose `rollout.n`
+    samples all got the same score (`ppo.keep_groups`); DAPO then samples more prompts to refill the batch."""
+    filter_truncated: bool = False
+    """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
+    still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""
     whiten_advantages: bool = True
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0
@@ -126,6 +132,12 @@ class RewardArgs:
     """Added to the reward of a response without a fenced python block (e.g. -0.1)."""
     memory_mb: int = 1024
     """Memory cap per program in MiB."""
+    overlong_buffer_len: int = 0
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a response longer than `rollout.max_new_tokens` minus
+    this many tokens loses up to `overlong_penalty_factor`, linearly with the excess (`ppo.overlong_penalty`;
+    DAPO: 4096 of 20480); 0 = off (verl's `overlong_buffer.enable: false`)."""
+    overlong_penalty_factor: float = 1.0
+    """Penalty of a response at the length limit (verl's `overlong_buffer.penalty_factor`, same default)."""
 
 
 @dataclass
@@ -172,6 +184,12 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
                          max_tests=reward.max_tests)
         except ValueError as err:
             raise ValueError(f"--model.reward.{err}") from None
+        if not 0 <= reward.overlong_buffer_len <= r.max_new_tokens:
+            raise ValueError(f"--model.reward.overlong_buffer_len must be in [0, --model.rollout.max_new_tokens "
+                             f"{r.max_new_tokens}], got {reward.overlong_buffer_len}")
+        if not reward.overlong_penalty_factor >= 0:
+            raise ValueError(f"--model.reward.overlong_penalty_factor must be >= 0, got "
+                             f"{reward.overlong_penalty_factor}")
     for group, args, names in (("algorithm", a, ("ppo_epochs", "mini_batch_size", "micro_batch_size")),
                                ("rollout", r, ("n", "val_n", "max_new_tokens"))):
         for name in names:
@@ -193,6 +211,9 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
     if a.adv_estimator in ("grpo", "rloo", "reinforce_plus_plus_baseline") and r.n < 2:
         raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
                          "(it compares samples of the same prompt)")
+    if a.filter_groups and r.n < 2:
+        raise ValueError("--model.algorithm.filter_groups compares the samples of each prompt: it needs "
+                         "--model.rollout.n >= 2")
     if a.micro_batch_size > a.mini_batch_size:
         raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
     if r.val_n > 1 and r.val_greedy:

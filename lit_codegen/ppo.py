@@ -528,6 +528,64 @@ def reinforce_plus_plus_baseline_advantages(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# DAPO: overlong reward shaping and the group filter of dynamic sampling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def overlong_penalty(
+    response_lengths: Tensor, max_new_tokens: int, buffer_len: int, penalty_factor: float = 1.0
+) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), to add to the score of each response.
+
+    With ``L_max = max_new_tokens`` and ``L_cache = buffer_len``: 0 while ``L <= L_max - L_cache``, then falling
+    linearly, ``((L_max - L_cache) - L) / L_cache * penalty_factor``, to ``-penalty_factor`` at ``L_max`` (and beyond,
+    the paper's third case). verl's DAPO reward manager computes the same
+    ``min(-(L - (L_max - L_cache)) / L_cache * penalty_factor, 0)`` for its lengths, which never exceed ``L_max``.
+
+    Args:
+        response_lengths: ``(N,)`` response lengths in tokens, EOS included (``response_mask.sum(-1)``).
+        max_new_tokens: ``L_max``, the generation limit.
+        buffer_len: ``L_cache``, the length of the penalty window before the limit (0 = no penalty).
+        penalty_factor: The penalty at the limit (DAPO: 1, the scale of its +-1 accuracy reward).
+
+    Returns:
+        ``(N,)`` penalties in ``[-penalty_factor, 0]``: float32, or the dtype of floating ``response_lengths``.
+    """
+    if response_lengths.dim() != 1:
+        raise ValueError(f"response_lengths must be (N,), got shape {tuple(response_lengths.shape)}.")
+    if not 0 <= buffer_len <= max_new_tokens:
+        raise ValueError(f"buffer_len must be in [0, max_new_tokens={max_new_tokens}], got {buffer_len}.")
+    lengths = response_lengths if response_lengths.is_floating_point() else response_lengths.float()
+    if buffer_len == 0:
+        return torch.zeros_like(lengths)
+    return ((max_new_tokens - buffer_len - lengths) / buffer_len).clamp(-1.0, 0.0) * penalty_factor
+
+
+def keep_groups(scores: Tensor, n: int) -> Tensor:
+    """Dynamic sampling's filter (DAPO, Yu et al. 2025): keep the prompts whose ``n`` samples differ in score.
+
+    A group with equal scores (all solved or all failed) has zero group-relative advantage and only dilutes the
+    batch. Scores are compared exactly, as verl's ``std == 0`` test; a group holding a NaN is kept. DAPO filters on
+    the accuracy, so pass the scores before length or KL shaping. With ``n = 1`` every sample is kept (verl keeps
+    single-sample groups).
+
+    Args:
+        scores: ``(N,)`` sequence scores, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 1).
+
+    Returns:
+        ``(N,)`` bool, True for every sample of a kept group.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be (N,), got shape {tuple(scores.shape)}.")
+    if n < 1 or scores.shape[0] % n != 0:
+        raise ValueError(f"keep_groups: the number of samples {scores.shape[0]} is not a multiple of n={n} >= 1.")
+    groups = scores.view(-1, n)  # (B, n)
+    differs = (groups != groups[:, :1]).any(dim=-1) | (n == 1)  # (B,)
+    return differs.repeat_interleave(n)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------------------------
 

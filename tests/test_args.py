@@ -19,6 +19,13 @@ from lit_codegen.args import PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
      "--model.rollout.backend vllm returns"),
     ({"rollout_is_threshold": 0.0}, {}, {}, "rollout_is_threshold must be > 0"),
     ({"rollout_is_threshold": float("nan")}, {}, {}, "rollout_is_threshold must be > 0"),
+    ({"filter_groups": True}, {"n": 1}, {}, "filter_groups compares the samples of each prompt: it needs "
+     "--model.rollout.n >= 2"),
+    ({}, {"max_new_tokens": 64}, {"overlong_buffer_len": 65},
+     r"overlong_buffer_len must be in \[0, --model.rollout.max_new_tokens 64\], got 65"),
+    ({}, {}, {"overlong_buffer_len": -1}, "overlong_buffer_len must be in"),
+    ({}, {}, {"overlong_penalty_factor": -0.5}, "overlong_penalty_factor must be >= 0, got -0.5"),
+    ({}, {}, {"overlong_penalty_factor": float("nan")}, "overlong_penalty_factor must be >= 0"),
 ])
 def test_impossible_combinations_are_rejected_with_the_flag_named(algorithm, rollout, reward, message):
     with pytest.raises(ValueError, match=message):
@@ -29,6 +36,8 @@ def test_impossible_combinations_are_rejected_with_the_flag_named(algorithm, rol
     ({"adv_estimator": "reinforce_plus_plus"}, {"n": 1}, {}),  # no group: a batch-whitened return
     ({"adv_estimator": "reinforce_plus_plus_baseline"}, {"n": 2}, {}),
     ({"policy_loss": "cispo", "clip_ratio_low": 1.0, "clip_ratio_high": 0.28}, {}, {}),  # no lower bound
+    ({"filter_groups": True, "filter_truncated": True, "adv_estimator": "grpo"}, {"n": 2, "max_new_tokens": 64},
+     {"overlong_buffer_len": 64, "overlong_penalty_factor": 0.5}),  # DAPO's three at once; the window may be all
 ])
 def test_working_combinations_pass(algorithm, rollout, reward):
     check_ppo_args(PPOArgs(**algorithm), RolloutArgs(**rollout), RewardArgs(**reward))

@@ -490,6 +490,49 @@ def test_reinforce_plus_plus_match_verl_formulas_retyped():
     close(ppo.reinforce_plus_plus_baseline_advantages(seq_scores, n, mask), expected, atol=1e-10)
 
 
+def test_overlong_penalty_known_answer_dapo_eq_13():
+    """L_max 20, L_cache 4: 0 up to 16, then (16 - L) / 4 * factor down to -factor at 20 (and beyond)."""
+    lengths = torch.tensor([0, 16, 17, 18, 19, 20, 25])
+    close(ppo.overlong_penalty(lengths, 20, 4).double(), [0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0])
+    close(ppo.overlong_penalty(lengths, 20, 4, 0.5).double(), [0.0, 0.0, -0.125, -0.25, -0.375, -0.5, -0.5])
+    assert ppo.overlong_penalty(lengths, 20, 4).dtype == torch.float32
+    assert ppo.overlong_penalty(lengths.to(D), 20, 4).dtype == D
+    # verl's DAPO reward manager, re-typed, for every length up to the limit
+    for length in range(21):
+        verl = min(-(length - (20 - 4)) / 4 * 0.7, 0)
+        assert ppo.overlong_penalty(torch.tensor([length]), 20, 4, 0.7).item() == pytest.approx(verl, abs=1e-7)
+
+
+def test_overlong_penalty_edge_cases():
+    lengths = torch.tensor([3, 8])
+    close(ppo.overlong_penalty(lengths, 8, 0), [0.0, 0.0])  # 0 = off
+    close(ppo.overlong_penalty(lengths, 8, 8).double(), [-3 / 8, -1.0])  # the window is the whole range
+    close(ppo.overlong_penalty(torch.tensor([], dtype=torch.long), 8, 2), torch.zeros(0))
+    for buffer_len in (-1, 9):
+        with pytest.raises(ValueError, match=re.escape("buffer_len must be in [0, max_new_tokens=8]")):
+            ppo.overlong_penalty(lengths, 8, buffer_len)
+    with pytest.raises(ValueError, match="response_lengths must be"):
+        ppo.overlong_penalty(lengths.view(1, 2), 8, 2)
+
+
+def test_keep_groups_known_answer():
+    scores = t([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    assert ppo.keep_groups(scores, 2).tolist() == [False, False, True, True, False, False, False, False]
+    assert ppo.keep_groups(scores, 4).tolist() == [True] * 4 + [False] * 4
+    assert ppo.keep_groups(t([0.0, 0.0, 0.0, 0.0]), 2).tolist() == [False] * 4  # all-equal everywhere: none kept
+    assert ppo.keep_groups(t([0.3, float("nan"), 0.3, 0.3]), 2).tolist() == [True, True, False, False]  # as verl
+    assert ppo.keep_groups(t([1.0, 1.0, 0.0]), 1).tolist() == [True] * 3  # single-sample groups stay (verl)
+
+
+def test_keep_groups_rejects_bad_groups():
+    with pytest.raises(ValueError, match="not a multiple of n=2"):
+        ppo.keep_groups(t([1.0, 0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="n=0"):
+        ppo.keep_groups(t([1.0, 0.0]), 0)
+    with pytest.raises(ValueError, match=re.escape("scores must be (N,), got shape (2, 1).")):
+        ppo.keep_groups(t([[1.0], [0.0]]), 2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------------------------
