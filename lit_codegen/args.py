@@ -81,7 +81,8 @@ class PPOArgs:
     which removes that per-question difficulty bias."""
     filter_groups: bool = False
     """Dynamic sampling's filter (DAPO, Yu et al. 2025): leave out of the update the prompts whose `rollout.n`
-    samples all got the same score (`ppo.keep_groups`); DAPO then samples more prompts to refill the batch."""
+    samples all got the same score (`ppo.keep_groups`, on the score before length or KL shaping). The batch shrinks:
+    unlike DAPO, no more prompts are sampled to refill it."""
     filter_truncated: bool = False
     """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
     still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""
