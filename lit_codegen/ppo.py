@@ -622,7 +622,8 @@ def policy_loss(
     ``loss = -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A * logprobs``, so every token keeps the
     gradient ``-w * A * d logprob`` (PPO drops the gradient of clipped tokens; at ratio 1 the two are equal). The
     loss value is a surrogate in log-prob units, not comparable with PPO's. MiniMax-M1 sets no lower bound
-    (``clip_ratio_low >= 1``); verl's ``cispo`` uses the PPO clip settings as given. Token ratios only, no dual clip.
+    (``clip_ratio_low = 1``: the ratio is never below 0); verl's ``cispo`` uses the PPO clip settings as given.
+    Token ratios only, no dual clip.
 
     ``is_weights`` (e.g. `rollout_is_weights`) multiply the per-token loss after clipping, as verl multiplies its
     ``pg_losses`` by ``rollout_is_weights``; they are treated as constants.
