@@ -18,8 +18,12 @@ import torch
 class PPOArgs:
     """The PPO algorithm."""
 
-    adv_estimator: Literal["gae", "grpo", "rloo"] = "gae"
-    """Advantage estimator: `gae` uses the critic; `grpo`/`rloo` use group baselines over `rollout.n` samples."""
+    adv_estimator: Literal["gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "gae"
+    """Advantage estimator: `gae` uses the critic; `grpo`/`rloo` use group baselines over `rollout.n` samples;
+    `reinforce_plus_plus` (REINFORCE++, Hu 2025) whitens the `gamma`-discounted token returns of the KL-penalised
+    reward over the batch, without baseline; `reinforce_plus_plus_baseline` subtracts the mean score of the prompt's
+    `rollout.n` samples, then whitens over the batch. The REINFORCE++ ones always whiten (`whiten_advantages` is for
+    `gae`)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     mini_batch_size: int = 16
@@ -36,10 +40,22 @@ class PPOArgs:
     policy_ratio: Literal["token", "sequence"] = "token"
     """Importance ratio of the policy loss: per token (PPO) or the length-normalised ratio of the whole response
     (`sequence` = GSPO, Zheng et al. 2025; use clip ratios of about 3e-4 / 4e-4 and `loss_agg: seq-mean`)."""
+    policy_loss: Literal["ppo", "cispo"] = "ppo"
+    """Policy objective: `ppo` = the clipped surrogate; `cispo` = CISPO (MiniMax-M1, 2025), which clips the
+    importance weight and stops its gradient, -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A *
+    log-prob, so clipped tokens still get a gradient (verl's `policy_loss.loss_mode: cispo`, same clip fields;
+    MiniMax-M1 sets no lower bound: `clip_ratio_low: 1.0`). `cispo` takes token ratios and no `dual_clip`."""
+    rollout_is: Literal["token", "sequence"] | None = None
+    """Rollout correction (Yao et al. 2025, truncated importance sampling): weigh each token's policy loss by
+    min(pi_old / pi_rollout, rollout_is_threshold), the ratio of the trainer's to the sampler's probability, per
+    token or as the product over the response (`sequence`, verl's default once rollout correction is on); None = off.
+    Needs the sampler's log-probs: `rollout.backend vllm`."""
+    rollout_is_threshold: float = 2.0
+    """Upper cap of the rollout-correction weights (verl's `rollout_is_threshold`, same default)."""
     value_clip: float | None = 0.2
     """Clip range of the value update around the old values (verl's `cliprange_value`, 0.5 there); None = no clip."""
     gamma: float = 1.0
-    """Discount factor of GAE."""
+    """Discount factor of GAE and of the `reinforce_plus_plus` returns."""
     lam: float = 1.0
     """GAE lambda."""
     kl_coef: float = 0.0
@@ -63,12 +79,19 @@ class PPOArgs:
     grpo_norm_by_std: bool = True
     """grpo: divide each group's centred scores by their standard deviation; False = Dr. GRPO (Liu et al. 2025),
     which removes that per-question difficulty bias."""
+    filter_groups: bool = False
+    """Dynamic sampling's filter (DAPO, Yu et al. 2025): leave out of the update the prompts whose `rollout.n`
+    samples all got the same score (`ppo.keep_groups`, on the score before length or KL shaping). The batch shrinks:
+    unlike DAPO, no more prompts are sampled to refill it."""
+    filter_truncated: bool = False
+    """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
+    still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""
     whiten_advantages: bool = True
     """Whiten GAE advantages over the batch."""
     critic_warmup: int = 0
     """PPO iterations that update only the critic before the actor starts learning (N = exactly N such iterations;
-    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1). Ignored by `grpo`/`rloo`, which have no
-    critic (verl would let those iterations train nothing)."""
+    verl's `critic_warmup: N` gives N - 1, as its step counter starts at 1). Ignored by the estimators other than `gae`,
+    which have no critic (verl would let those iterations train nothing)."""
 
 
 @dataclass
@@ -110,6 +133,12 @@ class RewardArgs:
     """Added to the reward of a response without a fenced python block (e.g. -0.1)."""
     memory_mb: int = 1024
     """Memory cap per program in MiB."""
+    overlong_buffer_len: int = 0
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a response longer than `rollout.max_new_tokens` minus
+    this many tokens loses up to `overlong_penalty_factor`, linearly with the excess (`ppo.overlong_penalty`;
+    DAPO: 4096 of 20480); 0 = off (verl's `overlong_buffer.enable: false`)."""
+    overlong_penalty_factor: float = 1.0
+    """Penalty of a response at the length limit (verl's `overlong_buffer.penalty_factor`, same default)."""
 
 
 @dataclass
@@ -156,6 +185,12 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
                          max_tests=reward.max_tests)
         except ValueError as err:
             raise ValueError(f"--model.reward.{err}") from None
+        if not 0 <= reward.overlong_buffer_len <= r.max_new_tokens:
+            raise ValueError(f"--model.reward.overlong_buffer_len must be in [0, --model.rollout.max_new_tokens "
+                             f"{r.max_new_tokens}], got {reward.overlong_buffer_len}")
+        if not reward.overlong_penalty_factor >= 0:
+            raise ValueError(f"--model.reward.overlong_penalty_factor must be >= 0, got "
+                             f"{reward.overlong_penalty_factor}")
     for group, args, names in (("algorithm", a, ("ppo_epochs", "mini_batch_size", "micro_batch_size")),
                                ("rollout", r, ("n", "val_n", "max_new_tokens"))):
         for name in names:
@@ -167,12 +202,19 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
     if r.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("--model.rollout.backend vllm needs vLLM (`pip install lit_codegen[vllm]` on CPU, a vLLM "
                          "build matching your torch/CUDA on GPU); or use --model.rollout.backend hf")
+    if a.rollout_is is not None and r.backend != "vllm":
+        raise ValueError("--model.algorithm.rollout_is needs the sampler's log-probs, which only "
+                         "--model.rollout.backend vllm returns (hf samples with the trained weights themselves); "
+                         "or set --model.algorithm.rollout_is null")
     if not r.temperature > 0:
         raise ValueError(f"--model.rollout.temperature must be > 0, got {r.temperature} (validation is greedy through "
                          "--model.rollout.val_greedy)")
-    if a.adv_estimator in ("grpo", "rloo") and r.n < 2:
+    if a.adv_estimator in ("grpo", "rloo", "reinforce_plus_plus_baseline") and r.n < 2:
         raise ValueError(f"--model.algorithm.adv_estimator {a.adv_estimator} needs --model.rollout.n >= 2 "
                          "(it compares samples of the same prompt)")
+    if a.filter_groups and r.n < 2:
+        raise ValueError("--model.algorithm.filter_groups compares the samples of each prompt: it needs "
+                         "--model.rollout.n >= 2")
     if a.micro_batch_size > a.mini_batch_size:
         raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
     if r.val_n > 1 and r.val_greedy:
@@ -181,8 +223,10 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
 
 def _check_algorithm_ranges(a: PPOArgs) -> None:
     """Raise ValueError for a PPO setting outside the range where it means anything (as verl checks them)."""
+    no_lower_bound = a.policy_loss == "cispo" and a.clip_ratio_low == 1  # MiniMax-M1's CISPO: weights may shrink
     checks = [
-        ("clip_ratio_low", a.clip_ratio_low, 0 <= a.clip_ratio_low < 1, "in [0, 1)"),
+        ("clip_ratio_low", a.clip_ratio_low, 0 <= a.clip_ratio_low < 1 or no_lower_bound,
+         "in [0, 1) (or 1 = no lower bound, with policy_loss cispo)"),
         ("clip_ratio_high", a.clip_ratio_high, a.clip_ratio_high >= 0, ">= 0"),
         ("dual_clip", a.dual_clip, a.dual_clip is None or a.dual_clip > 1, "> 1 (verl's clip_ratio_c), or null"),
         ("value_clip", a.value_clip, a.value_clip is None or a.value_clip > 0, "> 0, or null"),
@@ -193,10 +237,14 @@ def _check_algorithm_ranges(a: PPOArgs) -> None:
         ("kl_target", a.kl_target, a.kl_target is None or a.kl_target > 0, "> 0, or null"),
         ("kl_horizon", a.kl_horizon, a.kl_horizon >= 1, ">= 1"),
         ("critic_warmup", a.critic_warmup, a.critic_warmup >= 0, ">= 0"),
+        ("rollout_is_threshold", a.rollout_is_threshold, a.rollout_is_threshold > 0, "> 0"),
     ]
     for name, value, ok, wanted in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
             raise ValueError(f"--model.algorithm.{name} must be {wanted}, got {value}")
+    if a.policy_loss == "cispo" and (a.policy_ratio != "token" or a.dual_clip is not None):
+        raise ValueError("--model.algorithm.policy_loss cispo clips token importance weights: it needs "
+                         "--model.algorithm.policy_ratio token and --model.algorithm.dual_clip null")
     if a.kl_target is not None and a.kl_coef == 0:
         raise ValueError("--model.algorithm.kl_target adapts kl_coef by multiplying it, so it needs "
                          "--model.algorithm.kl_coef > 0 to start from (0 stays 0)")

@@ -16,13 +16,21 @@ Sources, cited again next to each formula:
     - GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
     - PPO clipped objective: Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
     - Dual-clip PPO: Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning".
+    - CISPO: MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"
+      (arXiv 2506.13585), section 3.1.
     - Value clipping: the PPO2 implementation in OpenAI baselines (Dhariwal et al. 2017), discussed in
       Engstrom et al. 2020, "Implementation Matters in Deep RL".
     - KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
     - Adaptive KL controller: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
+    - Truncated importance sampling for the rollout/training mismatch: Yao et al. 2025, "Your Efficient RL Framework
+      Secretly Brings You Off-Policy RL Training", https://fengyao.notion.site/off-policy-rl.
+    - Overlong reward shaping and dynamic sampling: Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement
+      Learning System at Scale" (arXiv 2503.14476).
     - GRPO: Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models".
     - RLOO: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
       Human Feedback in LLMs".
+    - REINFORCE++: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models"
+      (arXiv 2501.03262).
 """
 
 from __future__ import annotations
@@ -430,6 +438,153 @@ def rloo_advantages(scores: Tensor, n: int, response_mask: Tensor) -> Tensor:
     return _broadcast_to_tokens((groups - baseline).reshape(-1), response_mask)
 
 
+@torch.no_grad()
+def discounted_returns(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go of every response token, ``G_t = r_t + gamma * G_{t+1}``, with ``G = 0`` after the last one.
+
+    The same as the returns of `compute_gae` with all values 0 and ``lam = 1``. Runs without gradient.
+
+    Args:
+        token_rewards: ``(B, T)`` per-token rewards (see `terminal_token_rewards`).
+        response_mask: ``(B, T)`` prefix mask, 1 = response token, 0 = padding.
+        gamma: Discount factor.
+
+    Returns:
+        ``(B, T)`` returns, 0 at padding. With ``gamma = 1`` every token gets the sum of its own and later rewards.
+    """
+    _check_prefix_mask(response_mask)
+    _check_same_shape(token_rewards=token_rewards, response_mask=response_mask)
+    rewards = _zero_padding(token_rewards.detach(), response_mask)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # (B,); stays 0 over the padding after each response
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns
+
+
+def _whiten_over_batch(x: Tensor, response_mask: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """`masked_whiten` with the moments of every valid token of the batch (of all ranks, given ``all_reduce_sum``)."""
+    sums = masked_sums(x, response_mask)
+    if all_reduce_sum is not None:
+        sums = all_reduce_sum(sums)
+    return masked_whiten(x, response_mask, moments=moments_from_sums(sums))
+
+
+@torch.no_grad()
+def reinforce_plus_plus_advantages(
+    token_rewards: Tensor,
+    response_mask: Tensor,
+    gamma: float = 1.0,
+    all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu 2025): token returns of the KL-penalised reward, whitened over the batch; no critic.
+
+    ``A_t = (G_t - mean(G)) / std(G)`` with ``G_t`` the `discounted_returns` of ``token_rewards`` (the score on the
+    last token minus ``kl_coef * kl`` on every token, from `terminal_token_rewards`). There is no baseline per
+    prompt: the mean and the unbiased standard deviation are those of all valid tokens of the batch (a long response
+    weighs more), as verl's ``compute_reinforce_plus_plus_outcome_advantage``. Runs without gradient.
+
+    Args:
+        token_rewards: ``(N, T)`` per-token rewards.
+        response_mask: ``(N, T)`` prefix mask, 1 = response token, 0 = padding.
+        gamma: Discount factor of the returns (verl's ``algorithm.gamma``).
+        all_reduce_sum: Sums a tensor over the data-parallel ranks (every rank must call it), so that the
+            whitening uses the moments of the whole batch; ``None`` = this batch only.
+
+    Returns:
+        ``(advantages, returns)``, both ``(N, T)`` with 0 at padding.
+    """
+    returns = discounted_returns(token_rewards, response_mask, gamma)
+    return _whiten_over_batch(returns, response_mask, all_reduce_sum), returns
+
+
+@torch.no_grad()
+def reinforce_plus_plus_baseline_advantages(
+    scores: Tensor, n: int, response_mask: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """REINFORCE++-baseline (Hu 2025): the score minus its group's mean, then whitened over the batch.
+
+    Baseline per group: ``s_i - mean(s of the prompt's n samples)`` (its own score included), given to every valid
+    token. Normalisation per batch: mean and unbiased standard deviation of all valid tokens of the batch (of all
+    ranks with ``all_reduce_sum``), not per group as in GRPO. As verl's
+    ``compute_reinforce_plus_plus_baseline_outcome_advantage``, whose score is the sum of the token rewards: pass
+    the score minus the summed KL penalty to use one. (verl gives a prompt with a single sample the baseline 0; here
+    ``n >= 2``.) Runs without gradient.
+
+    Args:
+        scores: ``(N,)`` sequence rewards, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 2).
+        response_mask: ``(N, T)``, 1 = response token, 0 = padding.
+        all_reduce_sum: Sums a tensor over the data-parallel ranks, as in `reinforce_plus_plus_advantages`.
+
+    Returns:
+        ``(N, T)`` advantages, 0 at padding (and everywhere when every group has equal scores).
+    """
+    _check_groups(scores, n, "reinforce_plus_plus_baseline")
+    groups = scores.view(-1, n)  # (B, n)
+    centered = _broadcast_to_tokens((groups - groups.mean(dim=-1, keepdim=True)).reshape(-1), response_mask)
+    return _whiten_over_batch(centered, response_mask, all_reduce_sum)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DAPO: overlong reward shaping and the group filter of dynamic sampling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def overlong_penalty(
+    response_lengths: Tensor, max_new_tokens: int, buffer_len: int, penalty_factor: float = 1.0
+) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), to add to the score of each response.
+
+    With ``L_max = max_new_tokens`` and ``L_cache = buffer_len``: 0 while ``L <= L_max - L_cache``, then falling
+    linearly, ``((L_max - L_cache) - L) / L_cache * penalty_factor``, to ``-penalty_factor`` at ``L_max`` (and beyond,
+    the paper's third case). verl's DAPO reward manager computes the same
+    ``min(-(L - (L_max - L_cache)) / L_cache * penalty_factor, 0)`` for its lengths, which never exceed ``L_max``.
+
+    Args:
+        response_lengths: ``(N,)`` response lengths in tokens, EOS included (``response_mask.sum(-1)``).
+        max_new_tokens: ``L_max``, the generation limit.
+        buffer_len: ``L_cache``, the length of the penalty window before the limit (0 = no penalty).
+        penalty_factor: The penalty at the limit (DAPO: 1, the scale of its +-1 accuracy reward).
+
+    Returns:
+        ``(N,)`` penalties in ``[-penalty_factor, 0]``: float32, or the dtype of floating ``response_lengths``.
+    """
+    if response_lengths.dim() != 1:
+        raise ValueError(f"response_lengths must be (N,), got shape {tuple(response_lengths.shape)}.")
+    if not 0 <= buffer_len <= max_new_tokens:
+        raise ValueError(f"buffer_len must be in [0, max_new_tokens={max_new_tokens}], got {buffer_len}.")
+    lengths = response_lengths if response_lengths.is_floating_point() else response_lengths.float()
+    if buffer_len == 0:
+        return torch.zeros_like(lengths)
+    return ((max_new_tokens - buffer_len - lengths) / buffer_len).clamp(-1.0, 0.0) * penalty_factor
+
+
+def keep_groups(scores: Tensor, n: int) -> Tensor:
+    """Dynamic sampling's filter (DAPO, Yu et al. 2025): keep the prompts whose ``n`` samples differ in score.
+
+    A group with equal scores (all solved or all failed) has zero group-relative advantage and only dilutes the
+    batch. Scores are compared exactly, as verl's ``std == 0`` test; a group holding a NaN is kept. DAPO filters on
+    the accuracy, so pass the scores before length or KL shaping. With ``n = 1`` every sample is kept (verl keeps
+    single-sample groups).
+
+    Args:
+        scores: ``(N,)`` sequence scores, ``N = B * n``, samples of one prompt consecutive.
+        n: Samples per prompt (>= 1).
+
+    Returns:
+        ``(N,)`` bool, True for every sample of a kept group.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be (N,), got shape {tuple(scores.shape)}.")
+    if n < 1 or scores.shape[0] % n != 0:
+        raise ValueError(f"keep_groups: the number of samples {scores.shape[0]} is not a multiple of n={n} >= 1.")
+    groups = scores.view(-1, n)  # (B, n)
+    differs = (groups != groups[:, :1]).any(dim=-1) | (n == 1)  # (B,)
+    return differs.repeat_interleave(n)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------------------------
@@ -446,8 +601,10 @@ def policy_loss(
     loss_agg: LossAgg = "token-mean",
     normalizer: float | None = None,
     ratio_level: Literal["token", "sequence"] = "token",
+    loss_mode: Literal["ppo", "cispo"] = "ppo",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
+    """Clipped surrogate policy loss of PPO (Schulman et al. 2017), with optional dual clip (Ye et al. 2020), or CISPO.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
     ``loss = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high))``.
@@ -461,6 +618,16 @@ def policy_loss(
     and one mini-batch the update is on-policy: every ratio is 1 and neither the clip range nor this choice changes
     anything.
 
+    ``loss_mode="cispo"`` (MiniMax-M1, 2025) clips the importance-sampling weight instead of the update:
+    ``loss = -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A * logprobs``, so every token keeps the
+    gradient ``-w * A * d logprob`` (PPO drops the gradient of clipped tokens; at ratio 1 the two are equal). The
+    loss value is a surrogate in log-prob units, not comparable with PPO's. MiniMax-M1 sets no lower bound
+    (``clip_ratio_low = 1``: the ratio is never below 0); verl's ``cispo`` uses the PPO clip settings as given.
+    Token ratios only, no dual clip.
+
+    ``is_weights`` (e.g. `rollout_is_weights`) multiply the per-token loss after clipping, as verl multiplies its
+    ``pg_losses`` by ``rollout_is_weights``; they are treated as constants.
+
     Args:
         logprobs: ``(B, T)`` log-probs of the response tokens under the current policy (with gradient).
         old_logprobs: ``(B, T)`` log-probs under the policy that sampled the rollout.
@@ -472,10 +639,13 @@ def policy_loss(
         loss_agg: A mode of `aggregate_loss`.
         normalizer: Denominator override for micro-batch accumulation, see `aggregate_loss`.
         ratio_level: ``"token"`` (PPO) or ``"sequence"`` (GSPO), see above.
+        loss_mode: ``"ppo"`` or ``"cispo"``, see above.
+        is_weights: Optional ``(B, T)`` per-token weights (detached; any value at padding).
 
     Returns:
         ``(loss, metrics)``: scalar loss and detached scalar metrics, token-means over valid tokens:
-        ``clipfrac`` (fraction of tokens where the clipped term is active), ``approx_kl`` (verl's ``ppo_kl``: the
+        ``clipfrac`` (fraction of tokens where the clipped term is active; for CISPO where the weight is clipped,
+        as verl's ``ratio != clipped_ratio``), ``approx_kl`` (verl's ``ppo_kl``: the
         k1 estimate ``mean(old_logprobs - logprobs)`` of KL(old || current), with the log-ratio clamped to
         ``[-20, 20]`` as for the ratio) and ``clipfrac_lower`` (fraction where the dual clip is active; 0 without
         dual clip).
@@ -483,6 +653,10 @@ def policy_loss(
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}.")
+    if loss_mode not in ("ppo", "cispo"):
+        raise ValueError(f"loss_mode must be 'ppo' or 'cispo', got {loss_mode!r}.")
+    if loss_mode == "cispo" and (ratio_level != "token" or dual_clip is not None):
+        raise ValueError("loss_mode 'cispo' clips token weights: it takes ratio_level 'token' and no dual_clip.")
     # zeroed at padding: a non-finite value there would make the gradient NaN through the masked branches (0 * inf)
     old_logprobs, advantages = _zero_padding(old_logprobs, response_mask), _zero_padding(advantages, response_mask)
     # Clamped (as verl does) before exp, so a stale token cannot overflow (the clip makes such tokens gradient-free
@@ -495,16 +669,25 @@ def policy_loss(
         ratio = torch.exp(logratio)
     else:
         raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}.")
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
-    loss_mat = torch.maximum(unclipped, clipped)
-    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), response_mask)
+    if loss_mode == "cispo":
+        weights = ratio.detach().clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+        clipfrac = masked_mean((weights != ratio.detach()).to(logprobs.dtype), response_mask)
+        # zeroed at padding, where a non-finite log-prob would give a NaN weight and so a NaN gradient
+        loss_mat = -_zero_padding(weights, response_mask) * advantages * logprobs
+    else:
+        unclipped = -advantages * ratio
+        clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+        loss_mat = torch.maximum(unclipped, clipped)
+        clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), response_mask)
     clipfrac_lower = torch.zeros_like(clipfrac)
     if dual_clip is not None:
         lower_bound = -advantages * dual_clip
         dual_active = (advantages < 0) & (loss_mat > lower_bound)
         loss_mat = torch.where(dual_active, lower_bound, loss_mat)
         clipfrac_lower = masked_mean(dual_active.to(logprobs.dtype), response_mask)
+    if is_weights is not None:
+        _check_same_shape(is_weights=is_weights, response_mask=response_mask)
+        loss_mat = loss_mat * _zero_padding(is_weights.detach(), response_mask).to(loss_mat.dtype)
     loss = aggregate_loss(loss_mat, response_mask, loss_agg, normalizer)
     metrics = {
         "clipfrac": clipfrac.detach(),
@@ -610,6 +793,83 @@ def explained_variance(values: Tensor, returns: Tensor, response_mask: Tensor) -
         return 1.0 - var_residual / var_returns
     exact = bool((masked_sum((returns - values).abs(), response_mask) == 0).item())
     return torch.tensor(1.0 if exact else 0.0, dtype=returns.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rollout correction: the sampler's log-probs differ from the trainer's (vLLM kernels, bf16, stale weights)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rollout_is_weights(
+    old_logprobs: Tensor,
+    rollout_logprobs: Tensor,
+    response_mask: Tensor,
+    level: Literal["token", "sequence"] = "token",
+    threshold: float = 2.0,
+) -> Tensor:
+    """Truncated importance-sampling weights ``pi_old / pi_rollout`` (TIS, Yao et al. 2025), capped at ``threshold``.
+
+    ``token``: ``min(exp(old_t - rollout_t), threshold)`` per token (biased, low variance). ``sequence``:
+    ``min(exp(sum_t (old_t - rollout_t)), threshold)``, the product of the token ratios, on every token of the
+    response (unbiased before the cap, high variance). Log-ratios are clamped to ``[-20, 20]`` before ``exp``, as
+    verl's ``compute_rollout_correction_weights`` (``rollout_is_threshold`` as a float, no batch normalisation).
+    Pass the result as ``is_weights`` to `policy_loss`. Runs without gradient.
+
+    Args:
+        old_logprobs: ``(B, T)`` log-probs of the response tokens under the trainer's policy at rollout time.
+        rollout_logprobs: ``(B, T)`` log-probs of the same tokens reported by the sampler (e.g. vLLM).
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+        level: ``"token"`` or ``"sequence"``.
+        threshold: Upper cap of the weights (> 0); verl's default is 2.0.
+
+    Returns:
+        ``(B, T)`` detached weights, 0 at padding.
+    """
+    _check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs, response_mask=response_mask)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}.")
+    logratio = _zero_padding(old_logprobs - rollout_logprobs, response_mask)
+    if level == "sequence":
+        logratio = masked_sum(logratio, response_mask, dim=-1).unsqueeze(-1).expand_as(logratio)  # (B, T)
+    elif level != "token":
+        raise ValueError(f"level must be 'token' or 'sequence', got {level!r}.")
+    weights = torch.exp(logratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)).clamp(max=threshold)
+    return _zero_padding(weights, response_mask)
+
+
+@torch.no_grad()
+def rollout_mismatch_metrics(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor
+) -> dict[str, Tensor]:
+    """How far the sampler's log-probs are from the trainer's, over the valid tokens (verl's names where it has one).
+
+    With ``d = old_logprobs - rollout_logprobs`` (log of ``pi_old / pi_rollout``) at tokens sampled by the rollout:
+
+    - ``logprob_abs_diff``: token mean of ``|d|``.
+    - ``kl``: token mean of ``-d``, the k1 estimate of KL(rollout || old).
+    - ``k3_kl``: token mean of ``exp(d) - d - 1`` (``d`` clamped to ``[-20, 20]``), the k3 estimate of the same KL.
+    - ``ppl_ratio``: mean over non-empty responses of ``exp(mean_t(rollout) - mean_t(old))``, the trainer's
+      perplexity over the sampler's.
+
+    Args:
+        old_logprobs: ``(B, T)`` log-probs under the trainer's policy.
+        rollout_logprobs: ``(B, T)`` log-probs reported by the sampler.
+        response_mask: ``(B, T)``, 1 = response token, 0 = padding.
+
+    Returns:
+        Detached scalar tensors by name; each is 0 when every position is masked.
+    """
+    _check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs, response_mask=response_mask)
+    d = _zero_padding(old_logprobs - rollout_logprobs, response_mask)
+    clamped = d.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    log_ppl_diff = -masked_mean(d, response_mask, dim=-1)  # (B,) log(ppl_old / ppl_rollout)
+    return {
+        "logprob_abs_diff": masked_mean(d.abs(), response_mask),
+        "kl": masked_mean(-d, response_mask),
+        "k3_kl": masked_mean(torch.exp(clamped) - clamped - 1.0, response_mask),
+        "ppl_ratio": masked_mean(torch.exp(log_ppl_diff), response_mask.bool().any(dim=-1)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

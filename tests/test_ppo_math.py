@@ -372,7 +372,8 @@ def test_group_advantages_take_the_dtype_of_the_scores():
     close(advantages, [[-0.5, -0.5], [0.5, 0.5]])
 
 
-@pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages])
+@pytest.mark.parametrize("estimator", [ppo.grpo_advantages, ppo.rloo_advantages,
+                                       ppo.reinforce_plus_plus_baseline_advantages])
 def test_group_estimators_reject_bad_groups(estimator):
     with pytest.raises(ValueError, match="at least 2 samples"):
         estimator(t([1.0, 0.0]), 1, torch.ones(2, 3))
@@ -382,6 +383,154 @@ def test_group_estimators_reject_bad_groups(estimator):
         estimator(t([[1.0], [0.0]]), 2, torch.ones(2, 3))
     with pytest.raises(ValueError, match=re.escape("response_mask (3, 2) does not match 2 scores.")):
         estimator(t([1.0, 0.0]), 2, torch.ones(3, 2))
+
+
+def test_discounted_returns_known_answer_and_padding():
+    rewards = t([[1.0, 2.0, 3.0], [4.0, 5.0, float("nan")], [float("inf"), 0.0, 0.0]])
+    mask = t([[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    # gamma 0.5: row 0: G2 = 3, G1 = 2 + 1.5, G0 = 1 + 1.75; row 1: G1 = 5, G0 = 4 + 2.5; padding ignored, 0
+    close(ppo.discounted_returns(rewards, mask, 0.5), [[2.75, 3.5, 3.0], [6.5, 5.0, 0.0], [0.0, 0.0, 0.0]])
+    close(ppo.discounted_returns(rewards, mask), [[6.0, 5.0, 3.0], [9.0, 5.0, 0.0], [0.0, 0.0, 0.0]])
+    # the returns of GAE with zero values and lam = 1
+    finite = torch.where(mask.bool(), rewards, 0.0)
+    close(ppo.discounted_returns(finite, mask, 0.9), ppo.compute_gae(finite, torch.zeros_like(finite), mask, 0.9)[1])
+    with pytest.raises(ValueError, match="prefix mask"):
+        ppo.discounted_returns(finite, t([[0, 1, 1], [1, 1, 0], [0, 0, 0]]))
+
+
+def test_reinforce_plus_plus_known_answer():
+    """Scores 1 and 0 on the last token, no KL: the returns of the 3 valid tokens are whitened over the batch."""
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    rewards = ppo.terminal_token_rewards(t([1.0, 0.0]), mask)
+    # gamma 1: returns 1, 1 | 0: mean 2/3, unbiased var ((1/3)^2 * 2 + (2/3)^2) / 2 = 1/3
+    advantages, returns = ppo.reinforce_plus_plus_advantages(rewards, mask)
+    close(returns, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    s3 = math.sqrt(3.0)
+    close(advantages, [[1 / s3, 1 / s3, 0.0], [-2 / s3, 0.0, 0.0]], atol=1e-7)
+    # gamma 0.5: returns 0.5, 1 | 0: mean 0.5, var (0 + 0.25 + 0.25) / 2 = 0.25 -> 0, 1 | -1
+    advantages, returns = ppo.reinforce_plus_plus_advantages(rewards, mask, gamma=0.5)
+    close(returns, [[0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    close(advantages, [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], atol=1e-7)
+
+
+def test_reinforce_plus_plus_takes_the_kl_penalty_of_every_later_token():
+    """Hu 2025: r_t = -beta * KL_t, plus the score on the last token; each token's return sums its own and later."""
+    mask = t([[1, 1, 1], [1, 1, 0]])
+    kl = t([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    rewards = ppo.terminal_token_rewards(t([1.0, 0.5]), mask, kl, kl_coef=0.5)
+    _, returns = ppo.reinforce_plus_plus_advantages(rewards, mask)
+    close(returns, [[1 - 0.3, 1 - 0.25, 1 - 0.15], [0.5 - 0.45, 0.5 - 0.25, 0.0]])
+
+
+def test_reinforce_plus_plus_baseline_known_answer():
+    """Baseline per group (the mean of the prompt's samples), normalisation per batch (all valid tokens)."""
+    mask = t([[1, 1], [1, 0], [1, 1], [0, 0]])
+    # groups (1, 0) and (0.5, 0.5): centred 0.5, -0.5, 0, 0 -> token values 0.5, 0.5, -0.5, 0, 0
+    # mean 0.1, unbiased var (0.16 + 0.16 + 0.36 + 0.01 + 0.01) / 4 = 0.175
+    advantages = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 0.0, 0.5, 0.5]), 2, mask)
+    std = math.sqrt(0.175)
+    close(advantages, [[0.4 / std, 0.4 / std], [-0.6 / std, 0.0], [-0.1 / std, -0.1 / std], [0.0, 0.0]], atol=1e-7)
+    # not GRPO: the same groups with a 10x larger spread in the other half of the batch change these advantages
+    other = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 0.0, 5.0, -5.0]), 2, mask)
+    assert not torch.allclose(other[:2], advantages[:2])
+
+
+def test_reinforce_plus_plus_baseline_all_equal_groups_give_zero():
+    advantages = ppo.reinforce_plus_plus_baseline_advantages(t([1.0, 1.0, 0.0, 0.0]), 2, torch.ones(4, 3, dtype=D))
+    close(advantages, torch.zeros(4, 3))
+    assert advantages.dtype == D
+
+
+def test_reinforce_plus_plus_whitens_with_the_moments_of_all_ranks():
+    """all_reduce_sum adds the sums of the other ranks: the result equals whitening the concatenated batch."""
+    torch.manual_seed(0)
+    scores, mask = torch.rand(8, dtype=D), (torch.arange(4) < torch.randint(1, 5, (8, 1))).to(D)
+    whole = ppo.reinforce_plus_plus_baseline_advantages(scores, 2, mask)
+    halves = [slice(0, 4), slice(4, 8)]
+    sums = [ppo.masked_sums(ppo.grpo_advantages(scores[h], 2, mask[h], norm_by_std=False), mask[h]) for h in halves]
+    for h in halves:
+        part = ppo.reinforce_plus_plus_baseline_advantages(scores[h], 2, mask[h], all_reduce_sum=lambda _: sum(sums))
+        close(part, whole[h], atol=1e-12)
+    rewards = ppo.terminal_token_rewards(scores, mask)
+    whole, _ = ppo.reinforce_plus_plus_advantages(rewards, mask, 0.9)
+    sums = [ppo.masked_sums(ppo.discounted_returns(rewards[h], mask[h], 0.9), mask[h]) for h in halves]
+    for h in halves:
+        part, _ = ppo.reinforce_plus_plus_advantages(rewards[h], mask[h], 0.9, all_reduce_sum=lambda _: sum(sums))
+        close(part, whole[h], atol=1e-12)
+
+
+def test_reinforce_plus_plus_match_verl_formulas_retyped():
+    """verl's compute_reinforce_plus_plus(_baseline)_outcome_advantage re-typed as loops (dict of group means,
+    running return, verl's masked_whiten: unbiased variance, rsqrt(var + 1e-8))."""
+    torch.manual_seed(1)
+    n, rows, width = 3, 6, 5
+    mask = (torch.arange(width) < torch.randint(0, width + 1, (rows, 1))).to(D)
+    mask[0] = 1.0
+    scores, kl = torch.rand(rows, dtype=D), 0.1 * torch.randn(rows, width, dtype=D)
+    rewards = ppo.terminal_token_rewards(scores, mask, kl, kl_coef=0.2)
+
+    def verl_whiten(x):
+        mean = (x * mask).sum() / mask.sum()
+        var = (((x - mean) ** 2) * mask).sum() / mask.sum() * mask.sum() / (mask.sum() - 1)
+        return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+    returns, running = torch.zeros_like(rewards), torch.zeros(rows, dtype=D)
+    for step in reversed(range(width)):
+        new = rewards[:, step] + 0.95 * running
+        returns[:, step] = new * mask[:, step]
+        running = new * mask[:, step] + running * (1 - mask[:, step])
+    advantages, ours_returns = ppo.reinforce_plus_plus_advantages(rewards, mask, 0.95)
+    close(ours_returns, returns, atol=1e-12)
+    close(advantages, verl_whiten(returns), atol=1e-10)
+
+    seq_scores = rewards.sum(-1)  # verl's score: the summed token rewards, KL penalty included
+    group_mean = {g: seq_scores[g * n:(g + 1) * n].mean() for g in range(rows // n)}
+    centered = torch.stack([seq_scores[i] - group_mean[i // n] for i in range(rows)])
+    expected = verl_whiten(centered.unsqueeze(-1).tile(1, width) * mask)
+    close(ppo.reinforce_plus_plus_baseline_advantages(seq_scores, n, mask), expected, atol=1e-10)
+
+
+def test_overlong_penalty_known_answer_dapo_eq_13():
+    """L_max 20, L_cache 4: 0 up to 16, then (16 - L) / 4 * factor down to -factor at 20 (and beyond)."""
+    lengths = torch.tensor([0, 16, 17, 18, 19, 20, 25])
+    close(ppo.overlong_penalty(lengths, 20, 4).double(), [0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0])
+    close(ppo.overlong_penalty(lengths, 20, 4, 0.5).double(), [0.0, 0.0, -0.125, -0.25, -0.375, -0.5, -0.5])
+    assert ppo.overlong_penalty(lengths, 20, 4).dtype == torch.float32
+    assert ppo.overlong_penalty(lengths.to(D), 20, 4).dtype == D
+    # verl's DAPO reward manager, re-typed, for every length up to the limit
+    for length in range(21):
+        verl = min(-(length - (20 - 4)) / 4 * 0.7, 0)
+        assert ppo.overlong_penalty(torch.tensor([length]), 20, 4, 0.7).item() == pytest.approx(verl, abs=1e-7)
+
+
+def test_overlong_penalty_edge_cases():
+    lengths = torch.tensor([3, 8])
+    close(ppo.overlong_penalty(lengths, 8, 0), [0.0, 0.0])  # 0 = off
+    close(ppo.overlong_penalty(lengths, 8, 8).double(), [-3 / 8, -1.0])  # the window is the whole range
+    close(ppo.overlong_penalty(torch.tensor([], dtype=torch.long), 8, 2), torch.zeros(0))
+    for buffer_len in (-1, 9):
+        with pytest.raises(ValueError, match=re.escape("buffer_len must be in [0, max_new_tokens=8]")):
+            ppo.overlong_penalty(lengths, 8, buffer_len)
+    with pytest.raises(ValueError, match="response_lengths must be"):
+        ppo.overlong_penalty(lengths.view(1, 2), 8, 2)
+
+
+def test_keep_groups_known_answer():
+    scores = t([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    assert ppo.keep_groups(scores, 2).tolist() == [False, False, True, True, False, False, False, False]
+    assert ppo.keep_groups(scores, 4).tolist() == [True] * 4 + [False] * 4
+    assert ppo.keep_groups(t([0.0, 0.0, 0.0, 0.0]), 2).tolist() == [False] * 4  # all-equal everywhere: none kept
+    assert ppo.keep_groups(t([0.3, float("nan"), 0.3, 0.3]), 2).tolist() == [True, True, False, False]  # as verl
+    assert ppo.keep_groups(t([1.0, 1.0, 0.0]), 1).tolist() == [True] * 3  # single-sample groups stay (verl)
+
+
+def test_keep_groups_rejects_bad_groups():
+    with pytest.raises(ValueError, match="not a multiple of n=2"):
+        ppo.keep_groups(t([1.0, 0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="n=0"):
+        ppo.keep_groups(t([1.0, 0.0]), 0)
+    with pytest.raises(ValueError, match=re.escape("scores must be (N,), got shape (2, 1).")):
+        ppo.keep_groups(t([[1.0], [0.0]]), 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -555,6 +704,73 @@ def test_gspo_sequence_ratio_known_answer_and_gradient():
     close(metrics["clipfrac"], 2 / 5)  # response 2 (2 tokens) of 5 valid tokens
     with pytest.raises(ValueError, match="ratio_level"):
         ppo.policy_loss(logprobs, old, adv, mask, ratio_level="seq")
+
+
+def test_cispo_known_answer_and_gradient():
+    """CISPO: loss -sg(clip(r)) * A * logprob; every valid token keeps the gradient -w * A (token-mean: / 5)."""
+    logprobs = RATIOS.log().requires_grad_()
+    old = torch.zeros_like(logprobs)
+    loss, metrics = ppo.policy_loss(logprobs, old, ADVANTAGES, LOSS_MASK, loss_mode="cispo")
+    # weights clip(1.5, 0.5, 1.0 | 1.1, 0.7) into [0.8, 1.2] = 1.2, 0.8, 1.0 | 1.1, 0.8; padding (ratio 2) ignored
+    expected = (-1.2 * math.log(1.5) + 0.8 * math.log(0.5) - 0.0 + 1.1 * math.log(1.1) - 0.8 * math.log(0.7)) / 5
+    close(loss, expected)
+    close(metrics["clipfrac"], 3 / 5)  # 1.5, 0.5 and 0.7 were clipped
+    close(metrics["clipfrac_lower"], 0.0)
+    close(metrics["approx_kl"], -(math.log(1.5) + math.log(0.5) + math.log(1.1) + math.log(0.7)) / 5)
+    loss.backward()
+    close(logprobs.grad, t([[-1.2, 0.8, -2.0], [1.1, -0.8, 0.0]]) / 5)  # PPO would give the clipped tokens 0
+    # MiniMax-M1's choice, no lower bound (clip_ratio_low 1): only 1.5 is clipped
+    logprobs.grad = None
+    loss, metrics = ppo.policy_loss(logprobs, old, ADVANTAGES, LOSS_MASK, 1.0, 0.2, loss_mode="cispo")
+    loss.backward()
+    close(logprobs.grad, t([[-1.2, 0.5, -2.0], [1.1, -0.7, 0.0]]) / 5)
+    close(metrics["clipfrac"], 1 / 5)
+
+
+def test_cispo_on_policy_gradient_equals_ppo_and_bad_combinations_are_refused():
+    torch.manual_seed(0)
+    logprobs = (-torch.rand(3, 4, dtype=D)).requires_grad_()
+    advantages, mask = torch.randn(3, 4, dtype=D), t([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    grads = []
+    for mode in ("ppo", "cispo"):
+        logprobs.grad = None
+        loss, _ = ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_agg="seq-mean", loss_mode=mode)
+        loss.backward()
+        grads.append(logprobs.grad.clone())
+    close(grads[1], grads[0], atol=1e-12)  # ratio 1: d(-A r) = -A d logprob
+    for kwargs in ({"ratio_level": "sequence"}, {"dual_clip": 3.0}):
+        with pytest.raises(ValueError, match="cispo"):
+            ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_mode="cispo", **kwargs)
+    with pytest.raises(ValueError, match="loss_mode"):
+        ppo.policy_loss(logprobs, logprobs.detach(), advantages, mask, loss_mode="clip")
+
+
+def test_policy_loss_is_weights_multiply_the_token_losses_and_carry_no_gradient():
+    logprobs = RATIOS.log().requires_grad_()
+    weights = t([[2.0, 0.5, 1.0], [1.0, 3.0, float("nan")]]).requires_grad_()  # nan at padding is ignored
+    loss, metrics = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights)
+    # the token losses of the PPO known answer (-1.2, 0.8, -2 | 1.1, -0.7) times the weights
+    close(loss, (-1.2 * 2 + 0.8 * 0.5 - 2.0 + 1.1 - 0.7 * 3) / 5)
+    close(metrics["clipfrac"], 2 / 5)  # the metrics do not change
+    loss.backward()
+    close(logprobs.grad, [[0.0, 0.0, -2.0 / 5], [1.1 / 5, -2.1 / 5, 0.0]])
+    assert weights.grad is None
+    loss, _ = ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights,
+                              loss_mode="cispo")
+    close(loss, (-1.2 * 2 * math.log(1.5) + 0.8 * 0.5 * math.log(0.5) + 1.1 * math.log(1.1)
+                 - 0.8 * 3 * math.log(0.7)) / 5)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.policy_loss(logprobs, torch.zeros_like(logprobs), ADVANTAGES, LOSS_MASK, is_weights=weights[:, :2])
+
+
+def test_cispo_and_is_weights_gradients_stay_finite_with_inf_and_nan_in_padding():
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    pad = ~mask.bool()
+    garbage = torch.where(pad, t([[0, 0, float("inf")], [0, float("nan"), -float("inf")]]), 0.0)
+    logprobs = (t([[-1.0, -2.0, -3.0], [-0.5, -1.0, -1.0]]) + garbage).requires_grad_()
+    ppo.policy_loss(logprobs, logprobs.detach() + 0.1 + garbage, t([[1.0, -1.0, 0], [2.0, 0, 0]]) + garbage, mask,
+                    loss_mode="cispo", is_weights=torch.ones(2, 3, dtype=D) + garbage)[0].backward()
+    assert torch.isfinite(logprobs.grad).all() and (logprobs.grad[pad] == 0).all()
 
 
 def test_value_clip_fraction_counts_no_token_the_clip_leaves_alone():
@@ -770,3 +986,58 @@ def test_adaptive_kl_controller_small_target_and_horizon():
     assert controller.value == pytest.approx(0.11, abs=1e-15)
     with pytest.raises(ValueError, match="horizon > 0"):
         ppo.AdaptiveKLController(0.1, target=0.5, horizon=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollout correction
+# ----------------------------------------------------------------------------------------------------------------
+
+# old - rollout log-prob: ln 1.5, ln 3 | ln 0.5, 0; padding holds garbage
+OLD_LP = t([[math.log(1.5) - 1.0, math.log(3.0) - 2.0, float("nan")], [math.log(0.5) - 0.5, -1.0, 0.0]])
+ROLLOUT_LP = t([[-1.0, -2.0, 0.0], [-0.5, -1.0, float("inf")]])
+RC_MASK = t([[1, 1, 0], [1, 1, 0]])
+
+
+def test_rollout_is_weights_known_answer():
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK), [[1.5, 2.0, 0.0], [0.5, 1.0, 0.0]])  # 3 capped at 2
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, threshold=5.0), [[1.5, 3.0, 0.0], [0.5, 1.0, 0.0]])
+    # sequence: the product of the token ratios, 4.5 (capped at 2) and 0.5, on every valid token
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "sequence"), [[2.0, 2.0, 0.0], [0.5, 0.5, 0.0]])
+    close(ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "sequence", 10.0), [[4.5, 4.5, 0.0], [0.5, 0.5, 0.0]])
+
+
+def test_rollout_is_weights_edge_cases():
+    # no gradient, finite for huge log-ratios (clamped at +-20 like verl), an all-masked row is all 0
+    old = t([[100.0, -100.0], [0.0, 0.0]]).requires_grad_()
+    mask = t([[1, 1], [0, 0]])
+    weights = ppo.rollout_is_weights(old, torch.zeros(2, 2, dtype=D), mask, threshold=1e12)
+    assert not weights.requires_grad
+    close(weights, [[math.exp(20.0), math.exp(-20.0)], [0.0, 0.0]], atol=1e-3)
+    seq = ppo.rollout_is_weights(old, torch.zeros(2, 2, dtype=D), mask, "sequence", 1e12)
+    close(seq, [[1.0, 1.0], [0.0, 0.0]])  # the log-ratios cancel over the response
+    with pytest.raises(ValueError, match="level must be"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, "seq")
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP, RC_MASK, threshold=0.0)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        ppo.rollout_is_weights(OLD_LP, ROLLOUT_LP[:, :2], RC_MASK)
+
+
+def test_rollout_mismatch_metrics_known_answer():
+    metrics = ppo.rollout_mismatch_metrics(OLD_LP, ROLLOUT_LP, RC_MASK)
+    d = [math.log(1.5), math.log(3.0), math.log(0.5), 0.0]
+    close(metrics["logprob_abs_diff"], sum(abs(x) for x in d) / 4)
+    close(metrics["kl"], -sum(d) / 4)
+    close(metrics["k3_kl"], sum(math.exp(x) - x - 1 for x in d) / 4)
+    # ppl_old / ppl_rollout per response: exp(-mean d) = 1 / sqrt(4.5) and 1 / sqrt(0.5), then their mean
+    close(metrics["ppl_ratio"], (4.5**-0.5 + 0.5**-0.5) / 2)
+    assert not any(v.requires_grad for v in metrics.values())
+    # the same log-probs: no mismatch; an all-masked batch gives zeros, never NaN
+    same = ppo.rollout_mismatch_metrics(ROLLOUT_LP, ROLLOUT_LP, RC_MASK)
+    close(torch.stack([same[k] for k in ("logprob_abs_diff", "kl", "k3_kl", "ppl_ratio")]), [0.0, 0.0, 0.0, 1.0])
+    empty = ppo.rollout_mismatch_metrics(OLD_LP, ROLLOUT_LP, torch.zeros_like(RC_MASK))
+    close(torch.stack(list(empty.values())), torch.zeros(4))
+    # an empty response does not count in ppl_ratio
+    padded = ppo.rollout_mismatch_metrics(torch.cat([OLD_LP, t([[9.0] * 3])]), torch.cat([ROLLOUT_LP, t([[0.0] * 3])]),
+                                          torch.cat([RC_MASK, t([[0] * 3])]))
+    close(padded["ppl_ratio"], metrics["ppl_ratio"])
