@@ -8,7 +8,7 @@ field's docstring says so. `check_ppo_args` rejects settings that cannot work to
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -161,9 +161,35 @@ class OptimArgs:
     """Gradient clipping by global norm."""
 
 
+@dataclass
+class LoraArgs:
+    """LoRA adapters (Hu et al. 2021, via `peft`, the `[lora]` extra): train low-rank updates, freeze the base weights.
+
+    With `rank > 0` the actor trains only its adapters and the frozen reference policy is the same model with the
+    adapters switched off (no second copy of the weights); with `critic: true` the critic's backbone gets adapters
+    too (its value head always trains in full).
+    """
+
+    rank: int = 0
+    """Rank r of every adapter; 0 = no LoRA (full fine-tuning)."""
+    alpha: float = 32.0
+    """Scale numerator: the update B A is multiplied by alpha / rank (peft's `lora_alpha`)."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input. Applies in every actor forward, the old log-prob pass included (the actor
+    stays in train mode), so > 0 makes the first update's ratio differ from 1; 0 as in verl's and TRL's RL recipes."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get adapters (suffixes of module names, as peft matches them); default all
+    linear layers of a decoder layer, which RL with LoRA needs to match full fine-tuning (Schulman et al. 2025,
+    "LoRA Without Regret"); the LM head and embeddings never get one."""
+    critic: bool = False
+    """Also train the critic's backbone through adapters (same settings); False = the critic trains in full."""
+
+
 # Checkpoints keep these groups in `hyper_parameters`: plain dataclasses, safe to load with
 # `torch.load(weights_only=True)`, which Lightning's sharded-checkpoint loading uses.
-torch.serialization.add_safe_globals([PPOArgs, RolloutArgs, RewardArgs, OptimArgs])
+torch.serialization.add_safe_globals([PPOArgs, RolloutArgs, RewardArgs, OptimArgs, LoraArgs])
 
 
 def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None) -> None:
@@ -258,3 +284,23 @@ def check_reward_template(reward: RewardArgs, template_type: str | None) -> None
     if reward.no_code_penalty and template_type == "base":
         raise ValueError("--model.reward.no_code_penalty needs the chat template (--data.template_type chat): base "
                          "completions are plain code without a fenced block, so every response would be penalised")
+
+
+def check_lora_args(lora: LoraArgs) -> None:
+    """Raise ValueError for LoRA settings that cannot work (a `LoraArgs` or its parsed namespace), naming the flag."""
+    if lora.rank < 0:
+        raise ValueError(f"--model.lora.rank must be >= 0 (0 = full fine-tuning), got {lora.rank}")
+    if lora.rank == 0:
+        if lora.critic:
+            raise ValueError("--model.lora.critic puts adapters on the critic's backbone: it needs --model.lora.rank "
+                             "> 0 (or set --model.lora.critic false)")
+        return
+    if not lora.alpha > 0:
+        raise ValueError(f"--model.lora.alpha must be > 0, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ValueError(f"--model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules:
+        raise ValueError("--model.lora.target_modules is empty: name the linear layers that get adapters "
+                         "(e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj])")
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("--model.lora.rank > 0 needs peft: `pip install lit_codegen[lora]`; or --model.lora.rank 0")

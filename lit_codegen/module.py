@@ -32,13 +32,15 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args, check_reward_template
+from lit_codegen.args import (LoraArgs, OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_lora_args, check_ppo_args,
+                              check_reward_template)
 from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program, has_code_block
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
+from lit_codegen.models.lora import AdaptersOff, add_lora, frozen_state_keys
 from lit_codegen.parallel import compile_decoder_layers, gathered, shard_model
 from lit_codegen.reward import Evaluator
 from lit_codegen.rollout import HFRollout, Rollout, SamplingParams
@@ -62,6 +64,8 @@ class PPOModule(LightningModule):
         rollout: Generation settings.
         reward: Evaluator settings.
         optim: Optimizer settings.
+        lora: LoRA adapters for the actor (and optionally the critic's backbone); `rank: 0` = full fine-tuning.
+            With LoRA the reference policy is the actor with its adapters off (no second copy of the weights).
     """
 
     DIFFICULTY_KEYS = tuple(f"critic/pass_rate/{level}" for level in (*DIFFICULTIES, "other"))
@@ -80,12 +84,15 @@ class PPOModule(LightningModule):
         rollout: RolloutArgs = RolloutArgs(),
         reward: RewardArgs = RewardArgs(),
         optim: OptimArgs = OptimArgs(),
+        lora: LoraArgs = LoraArgs(),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters()
         self.algo, self.rollout_args, self.reward_args, self.optim_args = algorithm, rollout, reward, optim
         check_ppo_args(algorithm, rollout, reward)
+        check_lora_args(lora)
+        self.lora_args = lora
         self.model_path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(self.model_path)
         self.uses_critic = algorithm.adv_estimator == "gae"
@@ -122,30 +129,38 @@ class PPOModule(LightningModule):
             self.model_path = self.trainer.strategy.broadcast(self.model_path)
 
     def configure_model(self) -> None:
-        """Build actor, critic and (when a KL term is on) the frozen reference policy."""
+        """Build actor, critic and (when a KL term is on) the frozen reference policy.
+
+        With LoRA (`lora.rank > 0`) the actor (and with `lora.critic` the critic's backbone) gets adapters and a frozen
+        base, and the reference is the actor with its adapters off (`AdaptersOff`), not a second model.
+        """
         if self.actor is not None:
             return
-        hp = self.hparams
+        hp, lora = self.hparams, self.lora_args
         self.actor = load_causal_lm(self.model_path, dtype=hp.dtype, gradient_checkpointing=hp.gradient_checkpointing)
         self.actor.train()  # from_pretrained returns eval mode; Qwen2 has no dropout, but say what we mean
+        if lora.rank:
+            add_lora(self.actor, lora)
         if self.uses_critic:
             self.critic = CriticModel.from_pretrained(
                 hp.critic_model or self.model_path, dtype=hp.dtype, gradient_checkpointing=hp.gradient_checkpointing
             ).train()
+            if lora.critic:  # the value head stays trainable: add_lora freezes the backbone only
+                add_lora(self.critic.backbone, lora)
         if self.uses_ref:
-            self.ref = load_causal_lm(self.model_path, dtype=hp.dtype).eval().requires_grad_(False)
+            self.ref = AdaptersOff(self.actor) if lora.rank else \
+                load_causal_lm(self.model_path, dtype=hp.dtype).eval().requires_grad_(False)
         for policy in (self.actor, self.ref):
-            if policy is not None:  # response log-probs and entropy without materialising the logits
+            if isinstance(policy, torch.nn.Module):  # response log-probs and entropy without materialising the logits
                 install_logprob_head(policy, compiled=hp.compile)
+        models = [m for m in (self.actor, self.critic, self.ref) if isinstance(m, torch.nn.Module)]
         if hp.compile:
-            for model in (self.actor, self.critic, self.ref):
-                if model is not None:
-                    compile_decoder_layers(model)
+            for model in models:
+                compile_decoder_layers(model)
         if self.device_mesh is not None:  # ModelParallelStrategy: shard every model over the data-parallel ranks
             mixed = "bf16" in str(self.trainer.precision)
-            for model in (self.actor, self.critic, self.ref):
-                if model is not None:
-                    shard_model(model, self.device_mesh["data_parallel"], mixed, hp.fsdp_cpu_offload)
+            for model in models:
+                shard_model(model, self.device_mesh["data_parallel"], mixed, hp.fsdp_cpu_offload)
 
     def configure_optimizers(self):
         """AdamW for the actor and (with GAE) the critic, each with linear warmup and an optional cosine decay.
@@ -157,8 +172,9 @@ class PPOModule(LightningModule):
         o = self.optim_args
 
         def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-            fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-            return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=o.weight_decay, fused=fused or None)
+            params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: adapters (+ value head) only
+            fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, fused=fused or None)
 
         optimizers = [adamw(self.actor, o.actor_lr)]
         if self.uses_critic:
@@ -181,7 +197,9 @@ class PPOModule(LightningModule):
             if self.rollout_args.backend == "vllm":
                 from lit_codegen.rollout_vllm import VLLMRollout
 
-                self._engine = VLLMRollout(self.model_path, self.tokenizer, self.rollout_args, device=self.device)
+                # LoRA: sleep keeps the (never changing) base weights, so a sync pushes only the adapted layers
+                self._engine = VLLMRollout(self.model_path, self.tokenizer, self.rollout_args, device=self.device,
+                                           sleep_level=1 if self.lora_args.rank else 2)
             else:  # every rank must run the same number of decoding steps when parameters are sharded
                 self._engine = HFRollout(self.actor, self.tokenizer, synced_gpus=self.trainer.world_size > 1)
         return self._engine
@@ -199,7 +217,8 @@ class PPOModule(LightningModule):
 
         engine = self.engine
         stale = self._vllm_stale or engine.weights_stale  # updated actor, or weights discarded by a level-2 sleep
-        engine.wake_up(iter_actor_params(self.actor, engine.dtype) if stale else None)  # a collective if sharded
+        changed_only = not engine.weights_stale  # the engine still holds the base weights LoRA never changes
+        engine.wake_up(iter_actor_params(self.actor, engine.dtype, changed_only) if stale else None)  # a collective
         self._vllm_stale = False
         roll = engine.generate(batch["input_ids"], batch["attention_mask"], params)
         engine.sleep()
@@ -491,15 +510,18 @@ class PPOModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save the PPO state (iteration, KL controller, warm-started path, RNGs); drop the frozen reference weights.
+        """Save the PPO state (iteration, KL controller, warm-started path, RNGs); drop the frozen weights.
 
-        Under `ModelParallelStrategy` the reference's shards stay: that strategy loads every key of the module (with
+        Frozen = the reference policy, and with LoRA the base weights under the adapters: `on_load_checkpoint` rebuilds
+        them from the base model, so a LoRA checkpoint holds only the adapters, the value head, the critic and the
+        optimizer states. Under `ModelParallelStrategy` they stay: that strategy loads every key of the module (with
         `torch.distributed.checkpoint`) before `on_load_checkpoint` could put them back.
         """
         checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
                                    "model_path": self.model_path, "rng": _rng_states_of_all_ranks()}
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
+            frozen = self._frozen_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the PPO state; the reference policy is rebuilt from the initial weights, not the checkpoint."""
@@ -513,8 +535,17 @@ class PPOModule(LightningModule):
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one rank's states
         _set_rng_state(rng[self.global_rank] if self.global_rank < len(rng) else rng[0])  # fewer ranks saved: rank 0's
         weights = checkpoint.get("state_dict")  # absent when the strategy loaded a sharded checkpoint itself
-        if self.ref is not None and weights is not None and not any(k.startswith("ref.") for k in weights):
-            weights.update({f"ref.{k}": v for k, v in self.ref.state_dict().items()})
+        if weights is not None:  # the frozen weights that on_save_checkpoint left out: as built from the base model
+            own = self.state_dict()
+            weights.update({k: own[k] for k in self._frozen_keys() if k not in weights})
+
+    def _frozen_keys(self) -> set[str]:
+        """State-dict keys no optimizer changes: the reference model's, and the base weights under LoRA adapters."""
+        keys = {f"ref.{k}" for k in self.ref.state_dict()} if isinstance(self.ref, torch.nn.Module) else set()
+        for name, model in (("actor", self.actor), ("critic", self.critic)):
+            if model is not None:
+                keys |= frozen_state_keys(model, prefix=f"{name}.")
+        return keys
 
 
 def _rng_state() -> dict:

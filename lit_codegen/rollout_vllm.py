@@ -53,6 +53,7 @@ under `if __name__ == "__main__":`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -70,8 +71,12 @@ from lit_codegen.rollout import Rollout, SamplingParams, stop_token_ids
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
-def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None,
+                      changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the actor's parameters one at a time, full (unsharded) and under the HF names vLLM loads.
+
+    A LoRA actor (`lit_codegen.models.lora.add_lora`) yields its merged weights, W + (alpha / r) B A, under the base
+    model's names (`lit_codegen.models.lora.iter_merged_params`).
 
     Under FSDP2 every parameter is a `DTensor` shard; it is all-gathered here (`full_tensor()`) just before it is
     yielded and dropped after, so only one full parameter is alive at a time. This is a collective: **every rank must
@@ -82,6 +87,8 @@ def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None) -> It
         dtype: Cast each shard to this dtype before it is gathered (e.g. the engine's `VLLMRollout.dtype`, which
             halves the gather's traffic and transient memory in bf16); None keeps the parameter's dtype
             (`VLLMRollout.sync_weights` casts to the engine's dtype anyway).
+        changed_only: For a LoRA actor, only the decoder layers that hold adapters (the rest never changes, so an
+            engine that started from the base model and kept its weights needs nothing else); ignored otherwise.
 
     Yields:
         `(name, tensor)`: e.g. `("model.layers.0.self_attn.q_proj.weight", (H, H) tensor)`, detached, on the
@@ -89,6 +96,11 @@ def iter_actor_params(module: nn.Module, dtype: torch.dtype | None = None) -> It
     """
     from torch.distributed.tensor import DTensor
 
+    from lit_codegen.models.lora import has_lora, iter_merged_params
+
+    if importlib.util.find_spec("peft") is not None and has_lora(module):
+        yield from iter_merged_params(module, dtype, changed_only)
+        return
     for name, param in module.named_parameters():
         tensor = param.detach()
         if dtype is not None:  # cast the shard before the gather: in bf16 it moves and holds half of float32
