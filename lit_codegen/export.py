@@ -1,10 +1,13 @@
 """Export a PPO checkpoint's actor (and, on request, its critic) as Hugging Face model directories.
 
-    python -m lit_codegen.export --ckpt_path runs/x/checkpoints/last.ckpt --out exported/ [--critic]
+    python -m lit_codegen.export --ckpt_path runs/x/checkpoints/last.ckpt --out exported/ [--critic] [--adapters]
 
 writes `exported/` (actor + tokenizer, loadable by `AutoModelForCausalLM.from_pretrained` and by vLLM) and, with
 `--critic`, `exported/critic/` (`CriticModel.from_pretrained`). Works for single-file checkpoints and for the sharded
-directories that the FSDP (ModelParallel) strategy writes.
+directories that the FSDP (ModelParallel) strategy writes. A LoRA run (`--model.lora.rank > 0`) exports merged
+weights (peft's `merge_and_unload`: an ordinary HF model); with `--adapters`, the actor's adapters instead
+(`adapter_config.json` + `adapter_model.safetensors`, for `peft.PeftModel.from_pretrained(base, exported/)` or a
+LoRA-enabled vLLM), next to the tokenizer.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ def _sub_state_dict(state_dict: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool = False) -> Path:
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool = False, adapters: bool = False) -> Path:
     """Write the checkpoint's actor (+ tokenizer) to `out_dir`, and its critic to `out_dir/critic` if asked.
 
     Args:
         ckpt_path: A checkpoint written by `PPOModule` (file or sharded directory).
         out_dir: Output directory (created).
-        critic: Also export the critic (value model).
+        critic: Also export the critic (value model; a LoRA critic merged).
+        adapters: Write the actor's LoRA adapters (peft format) instead of merged weights; LoRA runs only.
 
     Returns:
         The output directory.
@@ -70,21 +74,53 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
+    lora = hp.get("lora")
+    rank = getattr(lora, "rank", 0) if lora is not None else 0
+    if adapters and not rank:
+        raise ValueError(f"--adapters: {ckpt_path} was not trained with LoRA (model.lora.rank is 0); export without it")
     # Everything is built before anything is written: a failed export leaves no half-written (or empty) folder.
     actor = load_causal_lm(model_path, dtype=hp.get("dtype", "float32"))
-    actor.load_state_dict(_sub_state_dict(weights, "actor."), strict=True)
+    if rank:
+        actor = _with_lora(actor, _sub_state_dict(weights, "actor."), lora, merge=not adapters)
+    else:
+        actor.load_state_dict(_sub_state_dict(weights, "actor."), strict=True)
     tokenizer = load_tokenizer(model_path)
     value_model = None
     if critic:
         critic_path = hp.get("critic_model") or model_path
         value_model = CriticModel.from_pretrained(critic_path, dtype=hp.get("dtype", "float32"))
-        value_model.load_state_dict(critic_weights, strict=True)
+        if rank and lora.critic:
+            value_model.value_head.load_state_dict(_sub_state_dict(critic_weights, "value_head."), strict=True)
+            value_model.backbone = _with_lora(value_model.backbone, _sub_state_dict(critic_weights, "backbone."), lora)
+        else:
+            value_model.load_state_dict(critic_weights, strict=True)
     out.mkdir(parents=True, exist_ok=True)
     actor.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if value_model is not None:
         value_model.save_pretrained(out / "critic")
     return out
+
+
+def _with_lora(base: torch.nn.Module, weights: dict, lora, merge: bool = True) -> torch.nn.Module:
+    """`base` with the checkpoint's adapters: merged into a plain HF model, or as a `peft.PeftModel` (`merge=False`).
+
+    The checkpoint holds the adapters (its frozen base weights were left out); every adapter key must load, and every
+    key of `weights` must be one. Built with `peft.get_peft_model`, which names the layers as the trainer's in-place
+    injection did.
+    """
+    from peft import get_peft_model
+
+    from lit_codegen.models.lora import is_adapter_param, lora_config
+
+    model = get_peft_model(base, lora_config(lora))
+    adapter_keys = {k for k in base.state_dict() if is_adapter_param(k)}
+    missing, unexpected = adapter_keys - set(weights), set(weights) - set(base.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint's adapters do not fit model.lora {lora}: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    base.load_state_dict(weights, strict=False)  # the frozen base weights stay as loaded from the base model
+    return model.merge_and_unload() if merge else model
 
 
 def _base_model(model_path: str, configured: str | None) -> str:
@@ -107,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="PPOModule checkpoint (.ckpt file or sharded directory)")
     parser.add_argument("--out", required=True, help="output directory for the HF model")
     parser.add_argument("--critic", action="store_true", help="also export the critic to OUT/critic")
+    parser.add_argument("--adapters", action="store_true",
+                        help="LoRA runs: write the actor's adapters (peft format) instead of merged weights")
     args = parser.parse_args(argv)
     try:
-        out = export_checkpoint(args.ckpt_path, args.out, critic=args.critic)
+        out = export_checkpoint(args.ckpt_path, args.out, critic=args.critic, adapters=args.adapters)
     except (OSError, ValueError, RuntimeError) as err:  # OSError: also a hub model that cannot be fetched
         print(f"error: {err}", file=sys.stderr)
         return 2
