@@ -22,7 +22,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from lit_codegen.args import check_ppo_args, check_reward_template
+from lit_codegen.args import check_lora_args, check_ppo_args, check_reward_template
 from lit_codegen.callbacks import PassRateValidation
 from lit_codegen.data.datamodule import check_sizes
 from lit_codegen.parallel import parallel_sizes
@@ -54,6 +54,7 @@ class LitCodegenCLI(LightningCLI):
             if getattr(config.model, "class_path", None) == "lit_codegen.module.PPOModule":
                 model = config.model.init_args
                 check_ppo_args(model.algorithm, model.rollout, model.reward)
+                check_lora_args(model.lora)
                 check_reward_template(model.reward, getattr(getattr(config.data, "init_args", None),
                                                             "template_type", None))
             if str(getattr(config.data, "class_path", "")).startswith("lit_codegen.data.datamodule."):

