@@ -286,8 +286,11 @@ def check_reward_template(reward: RewardArgs, template_type: str | None) -> None
                          "completions are plain code without a fenced block, so every response would be penalised")
 
 
-def check_lora_args(lora: LoraArgs) -> None:
-    """Raise ValueError for LoRA settings that cannot work (a `LoraArgs` or its parsed namespace), naming the flag."""
+def check_lora_args(lora: LoraArgs, check_installed: bool = True) -> None:
+    """Raise ValueError for LoRA settings that cannot work (a `LoraArgs` or its parsed namespace), naming the flag.
+
+    `check_installed`: also require peft when LoRA is on (False for tools that only read the settings).
+    """
     if lora.rank < 0:
         raise ValueError(f"--model.lora.rank must be >= 0 (0 = full fine-tuning), got {lora.rank}")
     if lora.rank == 0:
@@ -302,5 +305,5 @@ def check_lora_args(lora: LoraArgs) -> None:
     if not lora.target_modules:
         raise ValueError("--model.lora.target_modules is empty: name the linear layers that get adapters "
                          "(e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj])")
-    if importlib.util.find_spec("peft") is None:
+    if check_installed and importlib.util.find_spec("peft") is None:
         raise ValueError("--model.lora.rank > 0 needs peft: `pip install lit_codegen[lora]`; or --model.lora.rank 0")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lit_codegen.args import LoraArgs
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer
 
@@ -74,8 +75,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
-    lora = hp.get("lora")
-    rank = getattr(lora, "rank", 0) if lora is not None else 0
+    lora = _lora_args(hp.get("lora"))
+    rank = lora.rank
     if adapters and not rank:
         raise ValueError(f"--adapters: {ckpt_path} was not trained with LoRA (model.lora.rank is 0); export without it")
     # Everything is built before anything is written: a failed export leaves no half-written (or empty) folder.
@@ -100,6 +101,16 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, critic: bool =
     if value_model is not None:
         value_model.save_pretrained(out / "critic")
     return out
+
+
+def _lora_args(saved) -> LoraArgs:
+    """The run's `LoraArgs` from its `hyper_parameters`: a `LoraArgs`, or a dict when LightningCLI built the module.
+
+    Runs from before LoRA existed have none: rank 0.
+    """
+    if saved is None:
+        return LoraArgs()
+    return saved if isinstance(saved, LoraArgs) else LoraArgs(**(saved if isinstance(saved, dict) else vars(saved)))
 
 
 def _with_lora(base: torch.nn.Module, weights: dict, lora, merge: bool = True) -> torch.nn.Module:

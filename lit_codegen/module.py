@@ -32,8 +32,16 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_codegen import ppo
-from lit_codegen.args import (LoraArgs, OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_lora_args, check_ppo_args,
-                              check_reward_template)
+from lit_codegen.args import (
+    LoraArgs,
+    OptimArgs,
+    PPOArgs,
+    RewardArgs,
+    RolloutArgs,
+    check_lora_args,
+    check_ppo_args,
+    check_reward_template,
+)
 from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program, has_code_block
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics

@@ -27,8 +27,12 @@ dtype as master weights; a model's gradients exist only during its own update (`
 and neither is held during generation); attention is SDPA/flash (no T x T matrix); sequences are padded to prompt +
 response length. Activation bytes per token per decoder layer are counted from the tensors autograd keeps in HF's
 Qwen2 layer under autocast: 22*H + 4*H_kv + 8*I (RMSNorm fp32 inputs, projections' inputs, attention q/k/v/out,
-SwiGLU gate/up/product). Real usage adds the CUDA context (~0.5 GiB), allocator fragmentation and NCCL buffers: keep
-~10% headroom.
+SwiGLU gate/up/product). LoRA (`model.lora.rank > 0`): the base weights are frozen in the stored dtype (no gradients,
+no AdamW moments), the adapters train in float32 (weights, gradients, moments), the reference policy is the actor with
+its adapters off (0 bytes), and each adapted projection keeps its input once more in the compute dtype (peft casts it
+to the adapters' float32; autocast casts it back for the matmul) plus its r-wide intermediate; with LoRA, vLLM
+sleeps at level 1 (weights to host RAM, kept). Real usage adds the CUDA context (~0.5 GiB), allocator fragmentation
+and NCCL buffers: keep ~10% headroom.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import yaml
 
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_ppo_args
+from lit_codegen.args import LoraArgs, OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_lora_args, check_ppo_args
 from lit_codegen.models.logprob_head import BLOCK_ELEMENTS
 from lit_codegen.parallel import parallel_sizes
 
@@ -52,7 +56,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # dtype.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16")
 # PPOModule's dataclass groups (`model.init_args.<group>.<field>`).
-GROUPS = {"algorithm": PPOArgs, "rollout": RolloutArgs, "reward": RewardArgs, "optim": OptimArgs}
+GROUPS = {"algorithm": PPOArgs, "rollout": RolloutArgs, "reward": RewardArgs, "optim": OptimArgs, "lora": LoraArgs}
 # The settings the plan reads besides the groups' fields: `--set` takes these and any key the config already has.
 PLAN_KEYS = {
     "trainer.devices", "trainer.num_nodes", "trainer.precision", "trainer.strategy", "trainer.strategy.class_path",
@@ -108,6 +112,27 @@ class Arch:
         """Backbone plus the scalar value head (H weights + 1 bias)."""
         return self.backbone_params() + self.hidden + 1
 
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of a decoder layer, by the module names LoRA targets."""
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
+                "up_proj": (h, i), "down_proj": (i, h)}
+
+    def lora_params(self, rank: int, targets: tuple[str, ...]) -> int:
+        """Adapter parameters over all layers: r x (in + out) per targeted projection (A: r x in, B: out x r)."""
+        shapes = self.projection_shapes()
+        unknown = sorted(set(targets) - set(shapes))
+        if unknown:
+            raise ValueError(f"model.init_args.lora.target_modules: the plan knows {', '.join(shapes)}, not "
+                             f"{', '.join(unknown)}")
+        return self.layers * sum(rank * sum(shapes[t]) for t in targets)
+
+    def lora_activation_bytes(self, rank: int, targets: tuple[str, ...], compute_bytes: int) -> int:
+        """Bytes per token that one decoder layer's adapters keep for backward: each input again, and the r-wide
+        intermediate."""
+        shapes = self.projection_shapes()
+        return sum(compute_bytes * (shapes[t][0] + rank) for t in targets)
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """KV cache of one token over all layers: keys and values of every KV head."""
         return 2 * self.layers * self.kv_width * dtype_bytes
@@ -161,6 +186,11 @@ class Recipe:
     prompt_length: int
     response_length: int
     vllm_gpu_memory_utilization: float
+    lora_rank: int = 0
+    """LoRA adapters' rank; 0 = full fine-tuning."""
+    lora_targets: tuple[str, ...] = ()
+    lora_critic: bool = False
+    """The critic's backbone trains through adapters too."""
 
     @property
     def sequence_length(self) -> int:
@@ -178,12 +208,13 @@ class Recipe:
         trainer = _mapping(config, "trainer")
         model = _mapping(_mapping(config, "model"), "init_args", "model")
         data = _mapping(_mapping(config, "data"), "init_args", "data")
-        algo, rollout, reward, _ = (_dataclass_with(cls_, model.get(group), f"model.init_args.{group}")
-                                    for group, cls_ in GROUPS.items())
+        algo, rollout, reward, _, lora = (_dataclass_with(cls_, model.get(group), f"model.init_args.{group}")
+                                          for group, cls_ in GROUPS.items())
         # The plan does not need vLLM installed, so the backend is checked here instead of by check_ppo_args.
         if rollout.backend not in ("hf", "vllm"):
             raise ValueError(f"model.init_args.rollout.backend must be hf or vllm, got {rollout.backend!r}")
         check_ppo_args(algo, replace(rollout, backend="hf"), reward)
+        check_lora_args(lora, check_installed=False)  # planning needs no peft
         if not 0 < rollout.vllm_gpu_memory_utilization <= 1:
             raise ValueError("model.init_args.rollout.vllm_gpu_memory_utilization must be in (0, 1], got "
                              f"{rollout.vllm_gpu_memory_utilization!r}")
@@ -225,6 +256,9 @@ class Recipe:
             prompt_length=data.get("max_prompt_length", DATA_DEFAULTS["max_prompt_length"]),
             response_length=rollout.max_new_tokens,
             vllm_gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+            lora_rank=lora.rank,
+            lora_targets=tuple(lora.target_modules) if lora.rank else (),
+            lora_critic=lora.critic,
         )
 
 
@@ -251,7 +285,8 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
 
     Returns:
         `(rows, totals)`: the components, and GiB per GPU in `generation`, `experience`, `training` (vLLM asleep),
-        `training_vllm_awake`, plus `host_ram_load_gib` (CPU RAM of the whole node while the models load).
+        `training_vllm_awake`, plus `host_ram_load_gib` (CPU RAM of the whole node while the models load) and
+        `host_ram_vllm_gib` (with LoRA: vLLM's weights asleep in CPU RAM).
     """
     b, n = DTYPE_BYTES[recipe.dtype], recipe.shards
     compute_b = 2 if recipe.precision.startswith(("16", "bf16")) else b  # bytes per value of the compute dtype
@@ -265,22 +300,46 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
         rows.append(Row(name, detail, nbytes / GIB, phases))
 
     # Resident training state (sharded by FSDP).
-    add("Actor weights", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "geca")
-    add("Actor gradients", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "a")
-    add("Actor AdamW moments", f"2 x {p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * 2 * p_actor * b / n, "geca")
+    lora = recipe.lora_rank > 0
+
+    def model_state(role: str, params: int, trainable: int, phase: str) -> None:
+        """Weights, gradients and AdamW moments of a model that trains `trainable` of its `params` parameters."""
+        if trainable == params:  # full fine-tuning
+            add(f"{role} weights", f"{params / 1e9:.2f} B x {b} B {where}", on_gpu * params * b / n, "geca")
+            add(f"{role} gradients", f"{params / 1e9:.2f} B x {b} B {where}", on_gpu * params * b / n, phase)
+            add(f"{role} AdamW moments", f"2 x {params / 1e9:.2f} B x {b} B {where}", on_gpu * 2 * params * b / n,
+                "geca")
+            return
+        frozen = params - trainable  # LoRA: the base is frozen in the stored dtype, the trainable part is float32
+        add(f"{role} weights (frozen base)", f"{frozen / 1e9:.2f} B x {b} B {where}", on_gpu * frozen * b / n, "geca")
+        add(f"{role} trainable weights (fp32)", f"{trainable / 1e6:.1f} M x 4 B {where}", on_gpu * trainable * 4 / n,
+            "geca")
+        add(f"{role} gradients", f"{trainable / 1e6:.1f} M x 4 B {where}", on_gpu * trainable * 4 / n, phase)
+        add(f"{role} AdamW moments", f"2 x {trainable / 1e6:.1f} M x 4 B {where}", on_gpu * 2 * trainable * 4 / n,
+            "geca")
+
+    actor_lora = arch.lora_params(recipe.lora_rank, recipe.lora_targets) if lora else 0
+    model_state("Actor", p_actor + actor_lora, actor_lora or p_actor, "a")
     if recipe.uses_critic:
-        add("Critic weights", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "geca")
-        add("Critic gradients", f"{p_critic / 1e9:.2f} B x {b} B {where}", on_gpu * p_critic * b / n, "c")
-        add("Critic AdamW moments", f"2 x {p_critic / 1e9:.2f} B x {b} B {where}",
-            on_gpu * 2 * p_critic * b / n, "geca")
-    if recipe.uses_ref:
+        critic_lora = critic.lora_params(recipe.lora_rank, recipe.lora_targets) if recipe.lora_critic else 0
+        # with LoRA on the critic, its adapters and the value head (H + 1) train
+        model_state("Critic", p_critic + critic_lora, critic_lora + critic.hidden + 1 if critic_lora else p_critic,
+                    "c")
+    if recipe.uses_ref and lora:  # AdaptersOff: the actor's forward with the adapters switched off
+        add("Reference = actor with adapters off", f"no copy (full copy: {p_actor * b / n / GIB:.2f} GiB saved)", 0.0,
+            "geca")
+    elif recipe.uses_ref:
         add("Reference weights (frozen)", f"{p_actor / 1e9:.2f} B x {b} B {where}", on_gpu * p_actor * b / n, "geca")
     if n > 1 or recipe.cpu_offload:  # the larger model's: the critic's working set in its update may be larger
         gathered = max(a.vocab * a.hidden + 2 * a.layer_params() for a in (arch, critic))
         add("FSDP all-gather working set", f"embeddings + 2 layers x {compute_b} B", gathered * compute_b, "eca")
 
     # Generation.
-    if recipe.rollout_backend == "vllm":  # one full parameter at a time, gathered in the engine's dtype (bf16)
+    if recipe.rollout_backend == "vllm" and lora:  # merged in fp32 (W + BA), cast to bf16; embeddings never sent
+        largest = max(i * o for i, o in arch.projection_shapes().values())
+        add("Weight sync to vLLM (largest merged weight)", f"{largest / 1e6:.1f} M x (4 + 4 + 2) B (W + BA, bf16)",
+            largest * 10, "g")
+    elif recipe.rollout_backend == "vllm":  # one full parameter at a time, gathered in the engine's dtype (bf16)
         add("Weight sync to vLLM (largest parameter)", f"embeddings {arch.vocab} x {arch.hidden} x 2 B",
             arch.vocab * arch.hidden * 2, "g")
     elif recipe.sharded:  # `parallel.gathered` all-gathers FSDP's shards; it is a no-op on an unsharded model
@@ -306,28 +365,31 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
     tokens = recipe.micro_batch_size * seq
     response_tokens = recipe.micro_batch_size * recipe.response_length
 
-    def activations(a: Arch) -> tuple[float, float, float]:
+    def activations(a: Arch, adapters: bool = False) -> tuple[float, float, float]:
         """Bytes of one layer's, all layers', and the kept (checkpointed or not) activations of a micro-batch."""
         per_layer = a.layer_activation_bytes() * (compute_b / 2) * tokens
+        if adapters:
+            per_layer += a.lora_activation_bytes(recipe.lora_rank, recipe.lora_targets, compute_b) * tokens
         full = a.layers * per_layer
         ckpt = a.layers * a.hidden * compute_b * tokens + per_layer
         return per_layer, full, ckpt if recipe.gradient_checkpointing else full
 
-    layer, full, acts = activations(arch)
-    critic_layer, _, critic_acts = activations(critic)
+    layer, full, acts = activations(arch, lora)
+    critic_layer, _, critic_acts = activations(critic, recipe.lora_critic)
     how = "checkpointed: layer inputs + 1 layer" if recipe.gradient_checkpointing else "all layers"
     # The LM head is fused with the log-softmax (lit_codegen.models.logprob_head): one block of logits at a time, in
     # the compute dtype plus its float32 temporaries (eager; compiled they fuse away), and in the backward pass the
     # block's gradient and a float32 accumulator of the head's weight gradient.
     block = min(BLOCK_ELEMENTS, response_tokens * arch.vocab)
     # (each block's weight-gradient product is added into that accumulator inside its GEMM: no (V, H) temporary)
-    head = block * (compute_b * 2 + 4 * 3) + arch.vocab * arch.hidden * 4
+    # (with LoRA the head is frozen: no weight gradient, so no accumulator)
+    head = block * (compute_b * 2 + 4 * 3) + (0 if lora else arch.vocab * arch.hidden * 4)
     if recipe.uses_critic:  # the critic's backbone keeps a decoder's activations; its value head is negligible
         add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", critic_acts,
             "c")
     add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "a")
-    add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad, "
-        f"fp32 weight-grad accumulator", head, "a")
+    add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad"
+        + ("" if lora else ", fp32 weight-grad accumulator"), head, "a")
     add("  (activations without checkpointing)", f"{arch.layers} layers x {layer / tokens / 1024:.0f} KiB/token",
         full, "")
     add("Forward-only pass (1 micro-batch)", "old/ref log-probs, values: 1 layer + 1 block of logits",
@@ -338,13 +400,16 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
 
     training = max(phase("c"), phase("a"))  # the critic's update, then the actor's: never both at once
     vllm_budget = sum(r.gib for r in rows if r.name.startswith("vLLM engine"))
-    host_models = p_actor + (p_critic if recipe.uses_critic else 0) + (p_actor if recipe.uses_ref else 0)
+    host_models = p_actor + (p_critic if recipe.uses_critic else 0) + (p_actor if recipe.uses_ref and not lora else 0)
     totals = {
         "generation": phase("g"),
         "experience": phase("e"),
         "training": training,
         "training_vllm_awake": training + vllm_budget,
         "host_ram_load_gib": host_models * b * recipe.ranks_per_node / GIB,
+        # LoRA: vLLM sleeps at level 1, its bf16 weights offloaded to host RAM (kept: only adapted layers are re-synced)
+        "host_ram_vllm_gib": p_actor * 2 * recipe.ranks_per_node / GIB if lora and recipe.rollout_backend == "vllm"
+        else 0.0,
     }
     return rows, totals
 
@@ -358,7 +423,9 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
         f"{recipe.precision}, stored {recipe.dtype}, "
         f"gradient checkpointing {'on' if recipe.gradient_checkpointing else 'off'}, "
         f"micro-batch {recipe.micro_batch_size} x ({recipe.prompt_length} prompt + {recipe.response_length} response) "
-        f"tokens, {recipe.rollout_sequences} rollout sequences per GPU, {recipe.rollout_backend} rollouts.",
+        f"tokens, {recipe.rollout_sequences} rollout sequences per GPU, {recipe.rollout_backend} rollouts"
+        + (f", LoRA rank {recipe.lora_rank} on {len(recipe.lora_targets)} projections per layer of the actor"
+           f"{' and the critic' if recipe.lora_critic and recipe.uses_critic else ''}." if recipe.lora_rank else "."),
         "",
         "| Component | How | GiB / GPU | Live in |",
         "| --- | --- | ---: | --- |",
@@ -386,7 +453,9 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
         f"Peak: {peak:.1f} GiB of {gpu_gib} GiB per GPU ({fits(peak)}; keep ~10% for the CUDA context, "
         "fragmentation and NCCL buffers).",
         f"Host RAM while the models load (every rank builds full {recipe.dtype} copies before sharding): "
-        f"{totals['host_ram_load_gib']:.0f} GiB per node.",
+        f"{totals['host_ram_load_gib']:.0f} GiB per node."
+        + (f" While training, vLLM's weights asleep in host RAM (LoRA: sleep level 1): "
+           f"{totals['host_ram_vllm_gib']:.0f} GiB per node." if totals["host_ram_vllm_gib"] else ""),
     ]
     return "\n".join(lines)
 

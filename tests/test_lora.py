@@ -8,9 +8,12 @@ merged weights of the adapted layers only. FSDP2 and vLLM engines are covered in
 tests/test_rollout_vllm.py.
 """
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from helpers import one_process_group
@@ -187,7 +190,6 @@ def test_fsdp2_two_ranks_train_adapters_on_a_sharded_frozen_base_and_export_what
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     worker = Path(__file__).with_name("lora_dist_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
@@ -251,3 +253,83 @@ def test_compiled_lora_trains_like_eager():
                               "actor/reward_kl_penalty")}
     for key, eager in metrics[False].items():
         assert metrics[True][key] == pytest.approx(eager, rel=1e-3, abs=1e-5), key
+
+
+# ------------------------------------------------------------------------------------------- the 1 x 80 GB recipe
+LORA_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ppo_qwen2.5_3b_apps_lora.yaml"
+
+
+def _memory_plan():
+    import sys
+
+    sys.path.insert(0, str(LORA_RECIPE.parents[1] / "scripts"))
+    import memory_plan
+
+    return memory_plan
+
+
+def test_memory_plan_counts_the_adapters_peft_builds():
+    """`Arch.lora_params` = the parameters peft adds to a real Qwen2 layout (3B's shapes, 2 layers)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    memory_plan = _memory_plan()
+    arch = memory_plan.Arch(**{**memory_plan.QWEN25_3B.__dict__, "layers": 2, "vocab": 64})
+    config = Qwen2Config(hidden_size=arch.hidden, num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
+                         num_key_value_heads=arch.kv_heads, intermediate_size=arch.intermediate,
+                         vocab_size=arch.vocab, tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    for targets in (LoraArgs().target_modules, ["q_proj", "v_proj"]):
+        with torch.device("meta"):
+            adapted = add_lora(Qwen2ForCausalLM(config), LoraArgs(rank=32, target_modules=targets))
+        added = sum(p.numel() for p in adapted.parameters()) - sum(p.numel() for p in model.parameters())
+        assert memory_plan.Arch.lora_params(arch, 32, tuple(targets)) == added
+
+
+def test_lora_recipe_fits_one_80_gb_gpu_and_its_reference_costs_nothing(capsys):
+    memory_plan = _memory_plan()
+    assert memory_plan.main(["--config", str(LORA_RECIPE)]) == 0
+    printed = capsys.readouterr().out
+    assert "LoRA rank 32 on 7 projections per layer of the actor and the critic" in printed
+    assert "Peak:" in printed and "DOES NOT FIT" not in printed
+    config = yaml.safe_load(LORA_RECIPE.read_text())
+    recipe = memory_plan.Recipe.from_config(config)
+    assert (recipe.world_size, recipe.shards, recipe.lora_rank, recipe.lora_critic) == (1, 1, 32, True)
+    assert recipe.uses_ref and recipe.uses_critic and recipe.rollout_sequences == 64  # the reference recipe's 64
+    rows, totals = memory_plan.plan(recipe, memory_plan.QWEN25_3B)
+    gib = {r.name: r.gib for r in rows}
+    assert gib["Reference = actor with adapters off"] == 0
+    assert "Reference weights (frozen)" not in gib
+    assert gib["Actor trainable weights (fp32)"] == pytest.approx(59.9e6 * 4 / 2**30, rel=1e-2)  # rank 32, 3B
+    assert gib["Actor AdamW moments"] == pytest.approx(2 * gib["Actor trainable weights (fp32)"])
+    assert max(totals["generation"], totals["experience"], totals["training"]) < 0.9 * memory_plan.GPU_GIB
+    # the same recipe without LoRA: the reference comes back and the state of full fine-tuning does not fit
+    full = memory_plan.Recipe.from_config({**config, "model": {**config["model"], "init_args": {
+        **config["model"]["init_args"], "lora": {"rank": 0}}}})
+    rows_full, totals_full = memory_plan.plan(full, memory_plan.QWEN25_3B)
+    assert {r.name: r.gib for r in rows_full}["Reference weights (frozen)"] == pytest.approx(
+        3.0859e9 * 2 / 2**30, rel=1e-3)
+    assert totals_full["training"] > totals["training"] + 30
+
+
+def test_lora_recipe_runs_one_iteration_with_the_tiny_model(tmp_path):
+    """The recipe as written (bf16 base, LoRA on actor and critic) with the tiny model on CPU, HF rollouts."""
+    from helpers import run_cli
+
+    root = tmp_path / "run"
+    run_cli("fit", "--config", str(LORA_RECIPE), "--trainer.default_root_dir", str(root), "--trainer.accelerator",
+            "cpu", "--trainer.precision", "32-true", "--trainer.logger", "false", "--trainer.max_steps", "1",
+            "--validation.before_training", "false", "--validation.at_end", "false",
+            "--model.init_args.model", "tiny", "--model.init_args.compile", "false",
+            "--model.init_args.rollout.backend", "hf", "--model.init_args.rollout.max_new_tokens", "8",
+            "--model.init_args.algorithm.mini_batch_size", "2", "--model.init_args.algorithm.micro_batch_size", "2",
+            "--model.init_args.reward.workers", "1", "--data.init_args.data_dir", "null",
+            "--data.init_args.train_batch_size", "2", "--data.init_args.num_workers", "0", cwd=tmp_path)
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["ppo_state"]["ppo_iteration"] == 1
+    assert ckpt["hyper_parameters"]["lora"]["rank"] == 32 and ckpt["hyper_parameters"]["dtype"] == "bfloat16"
+    keys = set(ckpt["state_dict"])
+    assert keys and all(is_adapter_param(k) or k.startswith("critic.value_head.") for k in keys)
+    # the CLI saved the settings as a dict: export still finds the adapters and merges them
+    out = export_checkpoint(root / "checkpoints" / "last.ckpt", tmp_path / "hf", adapters=True)
+    assert (out / "adapter_model.safetensors").is_file()
