@@ -94,6 +94,21 @@ def trained_actor(actor, tokenizer, prompts):
 
 
 @pytest.fixture(scope="module")
+def lora_actor(actor):
+    """`actor` with LoRA adapters (rank 8 on every projection) set to random values: the merged weights differ."""
+    from lit_codegen.args import LoraArgs
+    from lit_codegen.models.lora import add_lora, is_adapter_param
+
+    torch.manual_seed(0)
+    model = add_lora(copy.deepcopy(actor), LoraArgs(rank=8, alpha=16.0))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_adapter_param(name):
+                param.normal_(std=0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
 def engine(tokenizer):
     args = SimpleNamespace(vllm_gpu_memory_utilization=0.4)
     rng_before = torch.get_rng_state()
@@ -159,6 +174,57 @@ def test_weight_sync_follows_the_new_weights(engine, actor, trained_actor, token
     finally:
         engine.sync_weights(iter_actor_params(actor))
     assert_same_rollout(engine.generate(*prompts, GREEDY), before)  # and back: syncing is not one-way
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_lora_sync_pushes_the_adapted_layers_merged_and_the_engine_follows_the_adapters(
+    engine, actor, lora_actor, tokenizer, prompts
+):
+    """A LoRA actor's sync (`changed_only`: the decoder layers, merged; no embeddings) into an engine holding the base:
+    the engine then generates and scores what the LoRA model itself (adapters unmerged, in HF) generates and scores."""
+    before = engine.generate(*prompts, GREEDY)
+    pushed = dict(iter_actor_params(lora_actor, changed_only=True))
+    assert pushed and all(name.startswith("model.layers.") for name in pushed)
+    try:
+        engine.sync_weights(iter_actor_params(lora_actor, changed_only=True))
+        roll, logprobs = engine.generate_with_logprobs(*prompts, GREEDY)
+        hf = HFRollout(lora_actor, tokenizer).generate(*prompts, GREEDY)
+        assert_same_rollout(roll, hf)
+        assert not torch.equal(roll.response_ids, before.response_ids), "the adapters should change the answers"
+        torch.testing.assert_close(logprobs, hf_logprobs(lora_actor, roll), atol=1e-4, rtol=0)
+    finally:
+        engine.sync_weights(iter_actor_params(actor))
+    assert_same_rollout(engine.generate(*prompts, GREEDY), before)
+
+
+@pytest.mark.vllm
+@needs_vllm
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_synced_engine_generates_what_a_fresh_engine_on_the_merged_weights_generates(
+    dtype, lora_actor, tokenizer, prompts, tmp_path
+):
+    """An engine started from the base and synced with the LoRA actor's adapted layers (`changed_only`) generates,
+    bit for bit, what an engine built from peft's `merge_and_unload()` of the same adapters generates."""
+    from peft import get_peft_model
+
+    from lit_codegen.args import LoraArgs
+    from lit_codegen.models.lora import is_adapter_param, lora_config
+
+    adapters = {k: v for k, v in lora_actor.state_dict().items() if is_adapter_param(k)}
+    torch.save({"rank": 8, "alpha": 16.0, "adapters": adapters}, tmp_path / "adapters.pt")
+    base = load_causal_lm("tiny")
+    peft_model = get_peft_model(base, lora_config(LoraArgs(rank=8, alpha=16.0)))
+    base.load_state_dict(adapters, strict=False)
+    merged = save_hf_model(peft_model.merge_and_unload(), tokenizer, tmp_path / "merged")
+    result = run_engine_worker(tmp_path, *prompts, "--dtype", dtype, "--sync_lora", str(tmp_path / "adapters.pt"),
+                               "--fresh", merged)
+    assert result["dtype"] == result["fresh_dtype"] == f"torch.{dtype}"
+    assert result["pushed"] and all(name.startswith("model.layers.") for name in result["pushed"])
+    before, synced, fresh = result["before"], result["synced"], result["fresh"]
+    assert before["response_ids"] != fresh["response_ids"], "the adapters should change the answers"
+    assert synced["response_ids"] == fresh["response_ids"]
+    assert synced["logprobs"] == fresh["logprobs"]  # same values, same kernels: exactly equal
 
 
 def save_hf_model(model, tokenizer, out: Path) -> str:
@@ -243,12 +309,14 @@ def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_two_ranks_each_sync_their_own_engine_from_fsdp2_shards(tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_two_ranks_each_sync_their_own_engine_from_fsdp2_shards(tmp_path, lora):
     """2 ranks (gloo), FSDP2, vLLM backend: each engine takes its own rank (on GPU: its own device, not cuda:0), and
-    after an update generates what a fresh engine built from the actor's gathered weights generates."""
+    after an update generates what a fresh engine built from the actor's gathered weights generates. With LoRA the
+    syncs push only the adapted layers, merged, and the engine keeps its base weights when it sleeps (level 1)."""
     worker = Path(__file__).with_name("vllm_dist_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
+           str(tmp_path), *(["lora"] if lora else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -258,6 +326,7 @@ def test_two_ranks_each_sync_their_own_engine_from_fsdp2_shards(tmp_path):
         assert result["backend"] == "external_launcher"
         assert (result["engine_rank"], result["engine_local_rank"]) == (rank, rank)
         assert result["local_rank_env_kept"]  # Lightning reads LOCAL_RANK too: it is restored after the engine starts
+        assert result["sleep_level"] == (1 if lora else 2)
     # A fresh engine (same dtype as the module's: the checkpoint's, bf16) from the gathered weights rank 0 saved.
     prompt_ids, prompt_mask = torch.tensor(results[0]["prompt_ids"]), torch.tensor(results[0]["prompt_mask"])
     fresh = run_engine_worker(tmp_path, prompt_ids, prompt_mask, "--fresh", str(tmp_path / "actor"),

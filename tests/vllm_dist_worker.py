@@ -6,6 +6,12 @@ scores fixed prompts greedily before and after one more sync (as the next rollou
 actor's gathered weights as an HF folder, and each rank writes what it saw: which rank and local rank its engine's
 worker took, its executor backend, and the greedy tokens and log-probs. The test compares them with a fresh engine
 built from the saved folder: behaviour, not the engine's internal weight layout (which differs by CPU).
+
+    torchrun --nproc_per_node 2 tests/vllm_dist_worker.py OUT [lora]
+
+`lora`: the actor trains LoRA adapters (and the KL penalty uses the actor with adapters off as the reference); every
+sync pushes only the adapted decoder layers, merged, into engines that kept the base weights (`changed_only`, as
+`PPOModule.generate` syncs a LoRA actor), and the saved folder holds the merged weights.
 """
 
 import json
@@ -18,7 +24,7 @@ import lightning as L
 import torch
 from transformers import AutoModelForCausalLM
 
-from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
+from lit_codegen.args import LoraArgs, OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.data.toy import write_toy_parquet
 from lit_codegen.models.loading import resolve_model_path
@@ -48,11 +54,12 @@ def save_gathered_actor(module: PPOModule, out: Path, rank: int) -> None:
     shutil.copy(Path(resolve_model_path("tiny"), "generation_config.json"), out)
 
 
-def main(out: Path) -> None:
+def main(out: Path, lora: bool = False) -> None:
     L.seed_everything(0)
     module = PPOModule(
         model="tiny",
-        algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=2, kl_coef=0.0),
+        lora=LoraArgs(rank=4, alpha=8.0) if lora else LoraArgs(),
+        algorithm=PPOArgs(mini_batch_size=4, micro_batch_size=2, kl_coef=0.05 if lora else 0.0),
         rollout=RolloutArgs(backend="vllm", n=1, max_new_tokens=8),
         reward=RewardArgs(workers=1, max_tests=2),
         optim=OptimArgs(actor_lr=1e-2, critic_lr=1e-3),  # large steps: the synced weights must visibly move
@@ -73,7 +80,7 @@ def main(out: Path) -> None:
     batch = module.tokenizer(PROMPTS, padding=True, return_tensors="pt")
     before = greedy(engine, batch)  # the weights of the last rollout, one update behind the actor
     # The next rollout pushes the last update's weights (a collective over both ranks' shards), as `generate` does.
-    engine.wake_up(iter_actor_params(module.actor))
+    engine.wake_up(iter_actor_params(module.actor, changed_only=lora))
     after = greedy(engine, batch)
     save_gathered_actor(module, out / "actor", trainer.global_rank)
     placement = engine.llm.collective_rpc(lambda worker: (worker.rank, worker.local_rank))[0]
@@ -83,11 +90,11 @@ def main(out: Path) -> None:
         "engine_local_rank": placement[1], "backend": config.distributed_executor_backend,
         "local_rank_env_kept": os.environ.get("LOCAL_RANK") == local_rank_before, "engine_dtype": str(engine.dtype),
         "prompt_ids": batch["input_ids"].tolist(), "prompt_mask": batch["attention_mask"].tolist(),
-        "before_sync": before, "after_sync": after,
+        "before_sync": before, "after_sync": after, "sleep_level": engine.sleep_level,
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
     torch.distributed.barrier()  # rank 0's folder is complete before any rank exits
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), lora=sys.argv[2:] == ["lora"])

@@ -9,8 +9,11 @@ other, in a process of their own, and read the JSON this writes:
 
 `--sync`: an engine starts from the tiny model, scores the prompts greedily (`before`), syncs the weights of the HF
 folder NEW_DIR as the trainer would (`iter_actor_params` of the float32 model), and scores them again (`synced`).
-`--fresh`: an engine built from NEW_DIR scores them (`fresh`). `--no-amx` makes vLLM take the CPU GEMM path of
-CPUs without AMX tiles (oneDNN) for bf16 weights, so an AMX machine covers both paths.
+`--sync_lora ADAPTERS.pt` (instead of `--sync`): the same with a LoRA actor, the tiny model with the adapters saved in
+ADAPTERS.pt (`{"rank", "alpha", "adapters"}`), synced as the trainer syncs LoRA (`changed_only`: the adapted decoder
+layers, merged); `pushed` lists the names it sent. `--fresh`: an engine built from NEW_DIR scores them (`fresh`).
+`--no-amx` makes vLLM take the CPU GEMM path of CPUs without AMX tiles (oneDNN) for bf16 weights, so an AMX machine
+covers both paths.
 """
 
 import argparse
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--no-amx", action="store_true")
     parser.add_argument("--sync", help="HF folder whose weights are synced into an engine started from `tiny`")
+    parser.add_argument("--sync_lora", help="adapters (torch file) of a LoRA actor synced into an engine from `tiny`")
     parser.add_argument("--fresh", help="HF folder a fresh engine is built from")
     args = parser.parse_args()
     if args.no_amx:
@@ -50,10 +54,20 @@ def main() -> None:
     tokenizer = load_tokenizer("tiny")
     settings = SimpleNamespace(vllm_gpu_memory_utilization=0.4)
     result = {}
-    if args.sync:
+    if args.sync or args.sync_lora:
         engine = VLLMRollout("tiny", tokenizer, settings, max_model_len=512, dtype=args.dtype, kv_cache_gib=0.25)
         result["before"] = greedy(engine, prompts, args.max_new_tokens)
-        engine.sync_weights(iter_actor_params(load_causal_lm(args.sync)))
+        if args.sync:
+            engine.sync_weights(iter_actor_params(load_causal_lm(args.sync)))
+        else:
+            from lit_codegen.args import LoraArgs
+            from lit_codegen.models.lora import add_lora
+
+            saved = torch.load(args.sync_lora)
+            actor = add_lora(load_causal_lm("tiny"), LoraArgs(rank=saved["rank"], alpha=saved["alpha"]))
+            actor.load_state_dict(saved["adapters"], strict=False)
+            result["pushed"] = [name for name, _ in iter_actor_params(actor, changed_only=True)]
+            engine.sync_weights(iter_actor_params(actor, changed_only=True))
         result["synced"] = greedy(engine, prompts, args.max_new_tokens)
         result["dtype"] = str(engine.dtype)
         del engine
