@@ -333,3 +333,8 @@ def test_lora_recipe_runs_one_iteration_with_the_tiny_model(tmp_path):
     # the CLI saved the settings as a dict: export still finds the adapters and merges them
     out = export_checkpoint(root / "checkpoints" / "last.ckpt", tmp_path / "hf", adapters=True)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_readme_shows_the_lora_recipes_memory_plan_as_the_script_prints_it(capsys):
+    assert _memory_plan().main(["--config", str(LORA_RECIPE)]) == 0
+    assert capsys.readouterr().out.strip() in (LORA_RECIPE.parents[1] / "README.md").read_text()
