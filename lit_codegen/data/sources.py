@@ -299,7 +299,7 @@ def convert_deepcoder(record: dict, subset: str | None = None) -> dict:
         "question": record.get("problem"),
         "solutions": solutions,
         "input_output": _deepcoder_tests(_json(record.get("tests"), "input_output_unparsable"), metadata),
-        "difficulty": _text(metadata.get("difficulty")),
+        "difficulty": "" if metadata.get("difficulty") is None else str(metadata["difficulty"]),
         "url": _text(metadata.get("url")),
         "starter_code": _text(record.get("starter_code")) or _text(metadata.get("starter_code")),
         "extras": {"data_source": DEEPCODER_SUBSETS.get(subset or "", "deepcoder"), "source_id": "",
