@@ -432,19 +432,20 @@ def format_of_record(keys: set[str]) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _first_record(path: Path) -> dict | None:
+def _first_records(path: Path, limit: int = 50) -> Iterator[dict]:
+    """Up to `limit` records of the first data file of `path` (a file or a published folder)."""
     files = [path] if path.is_file() else data_files(path)
     for file in files[:1]:
         if file.suffix in (".parquet", ".arrow"):
-            return next(_table_rows(file), None)
-        for _, record, _, _ in _jsonl_records(file):
-            if record is not None:
-                return record
-    return None
+            rows = _table_rows(file)
+        else:
+            rows = (record for _, record, _, _ in _jsonl_records(file) if record is not None)
+        for _, row in zip(range(limit), rows):
+            yield row
 
 
 def detect_format(source: str) -> str:
-    """The format of a source: the hub name it is published under, else the fields of its first record.
+    """The format of a source: the hub name it is published under, else the fields of its first records.
 
     An unknown hub name is read as APPS (any repo with APPS's `train.jsonl`/`test.jsonl`), as before formats existed.
 
@@ -465,8 +466,10 @@ def detect_format(source: str) -> str:
         return "apps"
     if path.is_file() and path.suffix not in _DATA_SUFFIXES:
         return "apps"  # load_apps reads any JSONL file and names what is wrong with it
-    record = _first_record(path)
-    fmt = format_of_record(set(record)) if record else None
+    record, fmt = None, None
+    for record in _first_records(path):  # the first record whose fields fit exactly one format decides
+        if (fmt := format_of_record(set(record))) is not None:
+            break
     if fmt is None:
         keys = sorted(record)[:12] if record else []
         raise DataError(f"cannot tell the format of {source} (first record's fields: {keys}); pass --format "

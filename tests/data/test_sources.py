@@ -221,3 +221,13 @@ def test_hub_names_are_loaded_with_datasets_load_dataset(monkeypatch):
     with pytest.raises(DataError, match=r"could not load hub dataset 'agentica-org/DeepCoder-Preview-Dataset' "
                                         r"\(ConnectionError: offline\)"):
         load_source("agentica-org/DeepCoder-Preview-Dataset")
+
+
+def test_detection_reads_past_a_first_record_that_fits_no_format(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    apps = {"problem_id": 1, "question": "Q", "input_output": json.dumps({"inputs": ["1\n"], "outputs": ["1\n"]})}
+    path.write_text("{broken\n" + json.dumps({"question": "no tests"}) + "\n" + json.dumps(apps) + "\n")
+    assert detect_format(str(path)) == "apps"
+    result = load_source(path)
+    assert [p.problem_id for p in result.problems] == [1]
+    assert result.skipped == {"malformed_json_line": 1, "bad_problem_id": 1}
