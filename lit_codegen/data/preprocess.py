@@ -194,10 +194,11 @@ def split_problems(
 ) -> tuple[list[AppsProblem], list[AppsProblem]]:
     """Split problems into (train, test); every problem lands in exactly one.
 
-    Natural splits (`source_split`) are kept when `test_size` is None and both are non-empty. Otherwise the problems
-    are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count >= 1, at least one
-    and at most all but one. One warning line is logged when a natural split was empty (so the other side was
-    shuffled) and when `test_size` asked for every problem. Both lists keep the source order.
+    Natural splits (`source_split`) are kept when `test_size` is None, both are non-empty and every problem has one.
+    Otherwise the problems are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count
+    >= 1, at least one and at most all but one. One warning line is logged when a natural split was empty (so the
+    other side was shuffled), when some problems of a mix had none, and when `test_size` asked for every problem.
+    Both lists keep the source order.
 
     Args:
         problems: Validated problems (at least 2).
@@ -216,7 +217,11 @@ def split_problems(
         test = [p for p in problems if p.source_split == "test"]
         if train and test and len(train) + len(test) == len(problems):
             return train, test
-        if train or test:  # the source has natural splits, but one of them is empty
+        if train and test:  # a mix in which some sources have natural splits and others none
+            log.warning("%d of %d problems have no natural split (e.g. LiveCodeBench): shuffled all of them with "
+                        "--seed %d (or give --after for a date split)", len(problems) - len(train) - len(test),
+                        len(problems), seed)
+        elif train or test:  # the source has natural splits, but one of them is empty
             natural_split = "train" if train else "test"
         test_size = DEFAULT_TEST_SIZE
     check_test_size(test_size)

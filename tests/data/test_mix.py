@@ -117,3 +117,51 @@ def test_cli_unknown_format_and_missing_file_are_one_error_line(tmp_path, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["--source", "x.jsonl", "--format", "leetcode", "--local_dir", str(tmp_path)])
     assert exit_info.value.code == 2 and "invalid choice: 'leetcode'" in capsys.readouterr().err
+
+
+def test_a_mix_where_only_some_sources_have_natural_splits_is_shuffled_with_a_warning(published, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.preprocess"):
+        paths = preprocess([str(published["taco"]), str(published["livecodebench"])], tmp_path, seed=1)
+    assert len(read(paths["train"])) == 5 and len(read(paths["test"])) == 1  # 10% of 6, at least one
+    assert "3 of 6 problems have no natural split (e.g. LiveCodeBench): shuffled all of them with --seed 1" in \
+        caplog.text
+    assert "the source has no" not in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["taco", "code_contests", "deepcoder"])
+def test_each_converted_parquet_scores_its_own_solutions_under_code_eval(published, tmp_path, fmt):
+    paths = preprocess(str(published[fmt]), tmp_path)
+    for split, path in paths.items():
+        report = run(build_parser().parse_args(["--data", str(path), "--workers", "2", "--all_solutions"]))
+        rates = [r["pass_rate"] for r in report["results"] if r["solution_index"] == 0 or fmt != "code_contests"]
+        assert rates and rates == [1.0] * len(rates), (split, report["results"])
+        assert set(report["summary"]["by_source"]) <= {"taco", "codecontests", "livecodebench", "primeintellect",
+                                                       "codeforces"}
+    if fmt == "code_contests":  # the Python 2 solution of "Largest" (print statement) does not run under Python 3
+        report = run(build_parser().parse_args(["--data", str(paths["train"]), "--workers", "2", "--all_solutions"]))
+        assert [(r["solution_index"], r["outcomes"][0]) for r in report["results"]] == [(0, "passed"),
+                                                                                      (1, "compile_error")]
+
+
+def test_real_apps_problems_mix_with_a_converted_source_and_their_taco_copies_are_dropped(
+        shared_data, published, tmp_path, caplog):
+    apps = shared_data / "apps" / "apps_coderl5.jsonl"
+    records = [json.loads(line) for line in apps.read_text().splitlines()]
+    # Two of the real problems re-published in TACO's layout (TACO contains APPS), reformatted statements
+    taco_copy = tmp_path / "taco_copy.jsonl"
+    taco_copy.write_text("".join(json.dumps({
+        "question": "  " + r["question"].upper().replace("\n", "\n\n"), "solutions": r["solutions"],
+        "input_output": r["input_output"], "starter_code": r.get("starter_code") or "", "difficulty": "EASY",
+        "name": f"apps-{r['problem_id']}", "source": "codeforces", "tags": "[]", "skill_types": "['Sorting']",
+        "raw_tags": "[]", "url": r.get("url") or "", "date": None}) + "\n" for r in records[:2]))
+    with caplog.at_level(logging.WARNING, logger="lit_codegen.data.preprocess"):
+        paths = preprocess([str(apps), str(taco_copy), str(published["livecodebench"])], tmp_path / "out",
+                           after="2024-01-01")
+    train = read(paths["train"])
+    assert Counter(r["data_source"] for r in train) == {"apps": 5, "livecodebench": 1}  # the TACO copies went
+    assert "dropped 2 duplicate statements" in caplog.text
+    assert sorted(int(r["source_id"]) for r in train if r["data_source"] == "apps") == [1, 111, 2287, 2404, 4184]
+    report = run(build_parser().parse_args(["--data", str(paths["train"]), "--workers", "2"]))
+    apps_rates = [r["pass_rate"] for r in report["results"] if r["data_source"] == "apps"]
+    assert apps_rates == [1.0] * 5  # each real problem's first reference solution, renumbered and mixed
+    assert report["summary"]["by_source"]["apps"]["strict_accuracy"] == 1.0
