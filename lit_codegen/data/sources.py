@@ -124,6 +124,8 @@ def _functional_args(text: str) -> list:
 
 def _lcb_tests(tests: list, fn_name: str | None) -> dict[str, Any]:
     """LiveCodeBench test cases (`input`, `output`, `testtype` functional|stdin) as APPS tests."""
+    if not tests:
+        raise InvalidRecord("no_tests", "no test cases")
     kinds = {t.get("testtype") for t in tests if isinstance(t, dict)}
     if len(kinds) != 1 or len(tests) != sum(isinstance(t, dict) for t in tests):
         raise InvalidRecord("mixed_test_types", repr(sorted(map(str, kinds))))

@@ -134,6 +134,10 @@ def test_malformed_records_are_counted_by_reason(tmp_path, caplog):
                     "public_test_cases": json.dumps([{"input": "[1", "output": "1", "testtype": "functional"}])}),
         json.dumps({"question_content": "Q", "metadata": "{}",
                     "public_test_cases": json.dumps([{"input": "1", "output": "1", "testtype": "functional"}])}),
+        json.dumps({"question_content": "Q", "metadata": '{"func_name": "f"}', "public_test_cases": json.dumps(
+            [{"input": "1", "output": "1", "testtype": "functional"}, {"input": "1", "output": "1", "testtype": "stdin"}
+             ])}),
+        json.dumps({"question_content": "Q", "metadata": "{}", "public_test_cases": "[]", "private_test_cases": "[]"}),
     ]
     path = tmp_path / "test.jsonl"
     path.write_text("\n".join(rows) + "\n")
@@ -141,7 +145,8 @@ def test_malformed_records_are_counted_by_reason(tmp_path, caplog):
         result = load_source(path, "livecodebench")
     assert result.problems == []
     assert result.skipped == {"malformed_json_line": 1, "public_tests_unparsable": 1, "private_tests_undecodable": 1,
-                              "functional_input_not_json": 1, "functional_without_func_name": 1}
+                              "functional_input_not_json": 1, "functional_without_func_name": 1,
+                              "mixed_test_types": 1, "no_tests": 1}
     assert "private_tests_undecodable=1 (test.jsonl line 3)" in caplog.text
 
 
