@@ -59,8 +59,8 @@ DEEPCODER_SUBSETS = {"primeintellect": "primeintellect", "taco": "taco", "lcbv5"
                      "codeforces": "codeforces"}
 MAX_TEST_BYTES = 1 << 20  # one test's input + output; CodeContests' generated tests reach tens of MB
 MAX_PROBLEM_TEST_BYTES = 16 << 20  # all of one problem's tests (one parquet cell, sent to the sandbox per job)
-# deepmind/code_contests enums (stored as ints in the parquet files); Python = 1 (PYTHON, i.e. Python 2) and 3.
-CC_LANGUAGES = {1: "python2", 3: "python3"}
+# deepmind/code_contests enums (ints in the parquet files, names in a JSON export); 1 = PYTHON (Python 2), 3 = PYTHON3.
+CC_LANGUAGES = {1: "python2", 3: "python3", "PYTHON": "python2", "PYTHON3": "python3"}
 CC_SOURCES = ("unknown", "codechef", "codeforces", "hackerearth", "codejam", "atcoder", "aizu")
 CC_DIFFICULTIES = ("unknown", "easy", "medium", "hard", "harder", "hardest", "external",
                    *"ABCDEFGHIJKLMNOPQRSTUV")  # 7.. are Codeforces problem letters
@@ -212,9 +212,9 @@ def convert_code_contests(record: dict, subset: str | None = None) -> dict:
         pairs += list(zip(tests.get("input") or [], tests.get("output") or []))
     solutions = record.get("solutions") or {}
     by_language = list(zip(solutions.get("language") or [], solutions.get("solution") or []))
-    python = [s for lang, s in by_language if lang in (3, "PYTHON3")] + [
-        s for lang, s in by_language if lang in (1, "PYTHON")
-    ]
+    language = [CC_LANGUAGES.get(lang) for lang, _ in by_language]
+    python = [s for (_, s), lang in zip(by_language, language) if lang == "python3"] + [
+        s for (_, s), lang in zip(by_language, language) if lang == "python2"]
     contest, index = record.get("cf_contest_id"), _text(record.get("cf_index"))
     url = f"https://codeforces.com/problemset/problem/{contest}/{index}" if contest and index else ""
     return {
