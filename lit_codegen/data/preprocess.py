@@ -378,9 +378,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", nargs="+", default=[DEFAULT_SOURCE],
                         help="hub dataset ids, files or folders in a published layout; several are mixed "
                         "(default: %(default)s)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, dest="formats",
-                        help="format of the sources, one for all or one per source (default: detected from the hub "
-                        "name or the first record's fields)")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, dest="formats", metavar="FORMAT",
+                        help=f"format of the sources ({'|'.join(FORMATS)}), one for all or one per source (default: "
+                        "detected from the hub name or the first record's fields)")
     parser.add_argument("--weights", nargs="+", type=float,
                         help="per-source sampling weight of the training problems: 0.5 keeps half, 2 repeats twice")
     parser.add_argument("--after", metavar="YYYY-MM-DD",
