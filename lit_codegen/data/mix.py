@@ -42,12 +42,10 @@ def normalise_statement(text: str) -> str:
 def parse_date(text: str, flag: str = "--after") -> str:
     """`text` if it is a valid `YYYY-MM-DD` date, else `DataError` naming `flag`."""
     try:
-        return datetime.date.fromisoformat(text).isoformat() if len(text) == 10 else _bad_date(text, flag)
+        if len(text) == 10:
+            return datetime.date.fromisoformat(text).isoformat()
     except ValueError:
-        return _bad_date(text, flag)
-
-
-def _bad_date(text: str, flag: str) -> str:
+        pass
     raise DataError(f"{flag} must be a date YYYY-MM-DD, got {text!r}")
 
 

@@ -7,7 +7,7 @@ function per format turns a published record into an APPS record plus the extra 
 local files in the published layout and validates every record with `lit_codegen.data.apps.parse_problem`.
 
     problems = load_source("tests/data/fixtures/livecodebench/test.jsonl", "livecodebench").problems
-    problems[0].fn_name, problems[0].release_date  # -> 'sumPair', '2024-09-01'
+    problems[0].fn_name, problems[0].release_date  # -> 'countGreater', '2023-05-20'
 
 Formats (see the README's data table for fields and caveats): `apps` (handled by `lit_codegen.data.apps`), `taco`,
 `code_contests`, `livecodebench`, `deepcoder`. Tests of converted formats are capped: a test whose input and output
