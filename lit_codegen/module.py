@@ -523,8 +523,9 @@ class PPOModule(LightningModule):
                 self.generate(batch, self.val_sampling())
             return
         roll, results = self.score_batch(batch)
-        self.val_metrics.update(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()],
-                                group_size=self.rollout_args.val_n)
+        index = roll.prompt_index.tolist()
+        self.val_metrics.update(results, [batch["difficulty"][i] for i in index], group_size=self.rollout_args.val_n,
+                                sources=[batch["data_source"][i] for i in index] if "data_source" in batch else None)
 
     def on_validation_epoch_end(self) -> None:
         """Log the accumulated validation metrics and reset them."""
