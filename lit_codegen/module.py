@@ -97,6 +97,7 @@ class PPOModule(LightningModule):
         else:
             self.kl_ctl = ppo.AdaptiveKLController(algorithm.kl_coef, algorithm.kl_target, algorithm.kl_horizon)
         self.ppo_iteration = 0
+        self.prompt_batches = 0  # data batches drawn: more than the iterations under dynamic sampling
         self.val_metrics = PassRateMetrics()
         self.actor = self.critic = self.ref = None
         self._evaluator: Evaluator | None = None
@@ -222,6 +223,7 @@ class PPOModule(LightningModule):
         timing: dict[str, float] = {}
         t_start = time.perf_counter()
         a = self.algo
+        self.prompt_batches += 1
         # 1. rollout
         with _timer(timing, "gen"):
             roll = self.generate(batch, self.train_sampling())
@@ -541,7 +543,8 @@ class PPOModule(LightningModule):
         Under `ModelParallelStrategy` the reference's shards stay: that strategy loads every key of the module (with
         `torch.distributed.checkpoint`) before `on_load_checkpoint` could put them back.
         """
-        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
+        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "prompt_batches": self.prompt_batches,
+                                   "kl_ctl": self.kl_ctl.state_dict(),
                                    "model_path": self.model_path, "rng": _rng_states_of_all_ranks()}
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref.")}
@@ -553,6 +556,7 @@ class PPOModule(LightningModule):
             raise ValueError("checkpoint has no 'ppo_state': it was not written by PPOModule "
                              "(use the model class that wrote it, e.g. lit_codegen.sft.SFTModule)")
         self.ppo_iteration = state["ppo_iteration"]
+        self.prompt_batches = state.get("prompt_batches", self.ppo_iteration)  # older checkpoints: one per iteration
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.model_path = state["model_path"]
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one rank's states

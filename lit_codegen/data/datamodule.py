@@ -364,9 +364,14 @@ class AppsDataModule(_TokenizedDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming at the model's PPO iteration."""
+        """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming after the model's last batch.
+
+        The model's `prompt_batches` (batches drawn; more than its PPO iterations under dynamic sampling), else its
+        `ppo_iteration`.
+        """
         trainer = getattr(self, "trainer", None)
-        start = getattr(trainer.lightning_module, "ppo_iteration", 0) if trainer is not None else 0
+        model = trainer.lightning_module if trainer is not None else None
+        start = getattr(model, "prompt_batches", getattr(model, "ppo_iteration", 0)) if model is not None else 0
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(len(self.datasets.get("train", ())), self.train_batch_size, self.shuffle,
                                    self.seed, start_batch=start, world_size=world_size, rank=rank)
