@@ -80,9 +80,14 @@ class PPOArgs:
     """grpo: divide each group's centred scores by their standard deviation; False = Dr. GRPO (Liu et al. 2025),
     which removes that per-question difficulty bias."""
     filter_groups: bool = False
-    """Dynamic sampling's filter (DAPO, Yu et al. 2025): leave out of the update the prompts whose `rollout.n`
-    samples all got the same score (`ppo.keep_groups`, on the score before length or KL shaping). The batch shrinks:
-    unlike DAPO, no more prompts are sampled to refill it."""
+    """Dynamic sampling (DAPO, Yu et al. 2025): leave out of the update the prompts whose `rollout.n` samples all
+    passed the same fraction of tests (`ppo.keep_groups`; before length or KL shaping), and refill the batch with the
+    next prompt batches until it holds as many prompts as one data batch (surplus dropped) or
+    `max_num_gen_batches` batches were generated. A PPO iteration (one trainer step) may then take several data
+    batches; logged as `train/num_gen_batches`, `train/num_generated_prompts`, `train/num_dropped_prompts`."""
+    max_num_gen_batches: int = 10
+    """Cap on the prompt batches one iteration of `filter_groups` generates (verl's name and default; 0 = no cap).
+    At the cap the iteration trains on the groups it has."""
     filter_truncated: bool = False
     """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
     still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""
@@ -264,6 +269,7 @@ def _check_algorithm_ranges(a: PPOArgs) -> None:
         ("kl_horizon", a.kl_horizon, a.kl_horizon >= 1, ">= 1"),
         ("critic_warmup", a.critic_warmup, a.critic_warmup >= 0, ">= 0"),
         ("rollout_is_threshold", a.rollout_is_threshold, a.rollout_is_threshold > 0, "> 0"),
+        ("max_num_gen_batches", a.max_num_gen_batches, a.max_num_gen_batches >= 0, ">= 0 (0 = no cap)"),
     ]
     for name, value, ok, wanted in checks:
         if not ok:  # NaN fails every comparison, so it lands here too

@@ -106,7 +106,8 @@ class PassRateValidation(Callback):
             roll, results = pl_module.score_batch(batch)
             problem_index = roll.prompt_index.tolist()
             metrics.update(results, [batch["difficulty"][j] for j in problem_index],
-                           group_size=pl_module.rollout_args.val_n)
+                           group_size=pl_module.rollout_args.val_n,
+                           sources=[batch["data_source"][j] for j in problem_index] if "data_source" in batch else None)
             for j, res in enumerate(results[: max(0, self.num_samples_logged - len(samples))]):
                 samples.append({"iteration": it, "problem_id": int(batch["problem_id"][problem_index[j]]),
                                 "response": roll.texts[j], "pass_rate": res.pass_rate, "outcomes": res.outcomes})

@@ -2,7 +2,8 @@
 
 `PassRateMetrics` accumulates, over the validation prompts seen by every rank:
 
-- `val/pass_rate`: mean fraction of tests passed (the reward), and per difficulty `val/pass_rate/<difficulty>`;
+- `val/pass_rate`: mean fraction of tests passed (the reward), per difficulty `val/pass_rate/<difficulty>` and per
+  data source `val/pass_rate/<source>` (the parquet's `data_source`, one of `SOURCES`);
 - `val/strict_accuracy`: fraction of programs that pass every test, and per difficulty;
 - `val/score_band/<band>`: share of programs in each of the five score bands of the evaluator report;
 - `val/pass@k`: with k > 1 samples per prompt, the unbiased pass@k estimator of Chen et al. 2021;
@@ -21,6 +22,8 @@ from lit_codegen.reward.report import SCORE_BANDS, score_band
 
 DIFFICULTIES = ("introductory", "interview", "competition")
 """APPS difficulty levels; anything else is counted as `other` (metric states must be identical on every rank)."""
+SOURCES = ("apps", "taco", "codecontests", "livecodebench", "primeintellect", "codeforces")
+"""Data sources with a `val/pass_rate/<source>` entry (`lit_codegen.data.sources`); others count in the totals only."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -45,19 +48,27 @@ class PassRateMetrics(Metric):
         self.levels = (*DIFFICULTIES, "other")
         for name in ("level_pass_rate_sum", "level_solved", "level_count"):  # per level: (L,)
             self.add_state(name, default=torch.zeros(len(self.levels), dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("source_pass_rate_sum", "source_count"):  # per data source: (S,)
+            self.add_state(name, default=torch.zeros(len(SOURCES), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("bands", default=torch.zeros(len(SCORE_BANDS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pass_at_k_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_groups", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.k = 1
 
-    def update(self, results: Sequence, difficulties: Sequence[str], group_size: int = 1) -> None:
+    def update(self, results: Sequence, difficulties: Sequence[str], group_size: int = 1,
+               sources: Sequence[str] | None = None) -> None:
         """Add scored programs.
 
         Args:
             results: One `EvalResult` per program (`pass_rate`, `outcomes`).
             difficulties: The difficulty of each program's problem.
             group_size: Consecutive programs per prompt (k of pass@k).
+            sources: The `data_source` of each program's problem (None: no per-source entries).
         """
+        for res, source in zip(results, sources or ()):
+            if source in SOURCES:
+                self.source_pass_rate_sum[SOURCES.index(source)] += res.pass_rate
+                self.source_count[SOURCES.index(source)] += 1
         self.k = group_size
         for res, level in zip(results, difficulties):
             i = self.levels.index(level) if level in self.levels else len(self.levels) - 1
@@ -80,6 +91,9 @@ class PassRateMetrics(Metric):
             if count[i] > 0:
                 out[f"{p}/pass_rate/{level}"] = float(self.level_pass_rate_sum[i] / count[i])
                 out[f"{p}/strict_accuracy/{level}"] = float(self.level_solved[i] / count[i])
+        for i, source in enumerate(SOURCES):
+            if self.source_count[i] > 0:
+                out[f"{p}/pass_rate/{source}"] = float(self.source_pass_rate_sum[i] / self.source_count[i])
         out[f"{p}/num_programs"] = total  # all ranks' programs: checks sharding (no drops/dups)
         for name, n in zip(SCORE_BANDS, self.bands.tolist()):
             out[f"{p}/score_band/{name.lower().replace(' ', '_')}"] = n / max(total, 1.0)
@@ -88,4 +102,4 @@ class PassRateMetrics(Metric):
         return out
 
 
-__all__ = ["PassRateMetrics", "pass_at_k", "DIFFICULTIES"]
+__all__ = ["PassRateMetrics", "pass_at_k", "DIFFICULTIES", "SOURCES"]

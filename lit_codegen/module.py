@@ -22,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Literal
 
@@ -43,7 +44,8 @@ from lit_codegen.args import (
     check_reward_template,
 )
 from lit_codegen.callbacks import rank_batch_indices
-from lit_codegen.data.prompts import extract_program, has_code_block
+from lit_codegen.data.prompts import extract_program
+from lit_codegen.experience import GroupBuffer, shaped_scores
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
@@ -110,11 +112,15 @@ class PPOModule(LightningModule):
         else:
             self.kl_ctl = ppo.AdaptiveKLController(algorithm.kl_coef, algorithm.kl_target, algorithm.kl_horizon)
         self.ppo_iteration = 0
+        self.prompt_batches = 0  # data batches drawn: more than the iterations under dynamic sampling
         self.val_metrics = PassRateMetrics()
         self.actor = self.critic = self.ref = None
         self._evaluator: Evaluator | None = None
         self._engine = None
         self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
+        self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized in setup)
+        self._sampling_timing: dict[str, float] = {}
+        self._sampling_stats: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -244,13 +250,23 @@ class PPOModule(LightningModule):
         timing: dict[str, float] = {}
         t_start = time.perf_counter()
         a = self.algo
+        self.prompt_batches += 1
         # 1. rollout
         with _timer(timing, "gen"):
             roll = self.generate(batch, self.train_sampling())
-        # 2. reward, in the background while phase 3 runs
+        # 2. reward, in the background while phase 3 runs (DAPO's dynamic sampling needs it first)
         tests = [batch["input_output"][i] for i in roll.prompt_index.tolist()]
         programs = [extract_program(t) for t in roll.texts]
         pending = self.evaluator.evaluate_async(programs, tests, max_tests=self.reward_args.max_tests)
+        difficulties = [batch["difficulty"][i] for i in roll.prompt_index.tolist()]
+        if a.filter_groups:
+            with _timer(timing, "reward"):
+                results = pending.result()
+            collected = self._collect_groups(roll, results, difficulties, timing)
+            if collected is None:
+                return  # the next prompt batch refills this one
+            roll, results, difficulties, timing = collected
+            pending = _done(results)
         # 3. experience
         seq, attn, pos = _sequences(roll)
         p_len, mask = roll.prompt_ids.shape[1], roll.response_mask.to(torch.float32)
@@ -266,7 +282,7 @@ class PPOModule(LightningModule):
                 values = self._values(seq, attn, pos, p_len) * mask
         with _timer(timing, "reward"):
             results = pending.result()
-        scores = self._scores(results, roll.texts).to(self.device)
+        scores = shaped_scores(results, roll, self.reward_args, self.rollout_args.max_new_tokens).to(self.device)
         self.last_scores = scores.detach().cpu()  # this rank's rewards of the last iteration (for callbacks)
         # 4. advantages
         kl = ppo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask if ref_logprobs is not None else None
@@ -279,6 +295,15 @@ class PPOModule(LightningModule):
         # 5. update
         exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                    values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
+        if a.filter_truncated:  # DAPO's overlong filtering: truncated responses add no loss (they kept their baseline)
+            exp["mask"] = mask * ~roll.truncated[:, None].to(self.device)
+        if roll.logprobs is not None:  # rollout correction: how far the sampler's distribution is from the trainer's
+            sampler_logprobs = roll.logprobs.to(self.device)
+            metrics |= {f"rollout_corr/{k}": float(v)
+                        for k, v in ppo.rollout_mismatch_metrics(old_logprobs, sampler_logprobs, mask).items()}
+            if a.rollout_is is not None:
+                exp["is_weights"] = ppo.rollout_is_weights(old_logprobs, sampler_logprobs, mask, a.rollout_is,
+                                                           a.rollout_is_threshold)
         actor_schedule, *critic_schedule = _as_list(self.lr_schedulers())  # each advances when its model trains
         if self.uses_critic:
             with _timer(timing, "update_critic"):
@@ -295,7 +320,7 @@ class PPOModule(LightningModule):
         self._count_iteration()
         # 6. log
         timing["step"] = time.perf_counter() - t_start
-        self._log_iteration(metrics, timing, scores, results, roll, kl, mask, batch, values, returns)
+        self._log_iteration(metrics, timing, scores, results, roll, kl, mask, difficulties, values, returns)
 
     def train_sampling(self) -> SamplingParams:
         """Sampling settings of training rollouts."""
@@ -325,19 +350,36 @@ class PPOModule(LightningModule):
                       ([slice(None)] if grad else _chunks(seq.shape[0], self.algo.micro_batch_size))]
         return torch.cat(chunks).float()
 
-    def _scores(self, results, texts: list[str]) -> torch.Tensor:
-        """Terminal reward (N,): pass rate, plus the no-code penalty where a response has no code block."""
-        scores = torch.tensor([res.pass_rate for res in results], dtype=torch.float32)
-        if self.reward_args.no_code_penalty:
-            no_code = torch.tensor([not has_code_block(t) for t in texts])  # the chat template asks for one
-            scores = scores + self.reward_args.no_code_penalty * no_code
-        return scores
+    def _collect_groups(self, roll: Rollout, results: list, difficulties: list, timing: dict):
+        """DAPO's dynamic sampling: buffer this round's groups whose pass rates differ; None until the batch is full.
+
+        Once every rank holds a batch of them (or `max_num_gen_batches` rounds ran), returns (rollout, results,
+        difficulties, timing) of the kept groups. A rank that kept nothing trains on its last round unfiltered.
+        """
+        a, buffer = self.algo, self.group_buffer
+        if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
+            buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
+        buffer.add(roll, results, difficulties, torch.tensor([r.pass_rate for r in results]))
+        short = torch.tensor([float(not buffer.full)])
+        rounds_left = a.max_num_gen_batches == 0 or buffer.rounds < a.max_num_gen_batches
+        if self._all_ranks_sum(short).item() > 0 and rounds_left:
+            self._sampling_timing = {k: self._sampling_timing.get(k, 0.0) + v for k, v in timing.items()}
+            return None
+        stats = buffer.stats()
+        timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
+        self._sampling_timing = {}
+        taken = buffer.take(self.tokenizer.pad_token_id) or (roll, results, difficulties, None)
+        self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
+                                stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
+        return *taken[:3], timing
 
     def _advantages(self, scores, values, kl, mask, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages and returns (N, R) with the configured estimator."""
         a = self.algo
-        if a.adv_estimator == "gae":
+        if a.adv_estimator in ("gae", "reinforce_plus_plus"):
             rewards = ppo.terminal_token_rewards(scores, mask, kl, self.kl_ctl.value)
+            if a.adv_estimator == "reinforce_plus_plus":  # whitened over the batch of all ranks, like GAE's
+                return ppo.reinforce_plus_plus_advantages(rewards, mask, a.gamma, self._all_ranks_sum)
             advantages, returns = ppo.compute_gae(rewards, values, mask, a.gamma, a.lam)
             if a.whiten_advantages:  # over the whole batch of all ranks, as on one device
                 moments = ppo.moments_from_sums(self._all_ranks_sum(ppo.masked_sums(advantages, mask)))
@@ -345,10 +387,13 @@ class PPOModule(LightningModule):
             return advantages * mask, returns
         if kl is not None:  # the group baselines compare whole-sequence rewards: score minus the summed KL penalty
             scores = scores - self.kl_ctl.value * ppo.masked_sum(kl, mask, dim=-1)
+        n = self.rollout_args.n
         if a.adv_estimator == "grpo":
-            advantages = ppo.grpo_advantages(scores, self.rollout_args.n, mask, norm_by_std=a.grpo_norm_by_std)
+            advantages = ppo.grpo_advantages(scores, n, mask, norm_by_std=a.grpo_norm_by_std)
+        elif a.adv_estimator == "rloo":
+            advantages = ppo.rloo_advantages(scores, n, mask)
         else:
-            advantages = ppo.rloo_advantages(scores, self.rollout_args.n, mask)
+            advantages = ppo.reinforce_plus_plus_baseline_advantages(scores, n, mask, self._all_ranks_sum)
         return advantages, advantages
 
     def _all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -384,9 +429,10 @@ class PPOModule(LightningModule):
                 share = self._share(m, tokens)
                 logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
                                                              exp["pos"][idx], p_len, self.rollout_args.temperature)
+                is_weights = exp["is_weights"][idx] if "is_weights" in exp else None
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
                                            a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm,
-                                           a.policy_ratio)
+                                           a.policy_ratio, a.policy_loss, is_weights)
                 logs.add(**{"actor/pg_loss": loss, "actor/pg_clipfrac": pg["clipfrac"] * share,
                             "actor/ppo_kl": pg["approx_kl"] * share})
                 if a.dual_clip is not None:  # how often the dual clip bounds a negative advantage's loss
@@ -446,7 +492,7 @@ class PPOModule(LightningModule):
         progress.increment_ready()
         progress.increment_completed()
 
-    def _log_iteration(self, metrics, timing, scores, results, roll, kl, mask, batch, values, returns) -> None:
+    def _log_iteration(self, metrics, timing, scores, results, roll, kl, mask, difficulties, values, returns) -> None:
         """Log verl-named metrics for this iteration (reward and pass rate in the progress bar)."""
         lengths = mask.sum(-1)
         n_tokens = float(lengths.sum() + roll.prompt_mask.sum())
@@ -462,7 +508,7 @@ class PPOModule(LightningModule):
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
-        metrics |= self._pass_rate_by_difficulty(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()])
+        metrics |= self._pass_rate_by_difficulty(results, difficulties) | self._sampling_stats
         metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
         by_difficulty = {k: metrics.pop(k) for k in self.DIFFICULTY_KEYS if k in metrics}
         # sync_dist: every logged value is the mean over ranks (each rank scored its own share of the prompts)
@@ -506,8 +552,9 @@ class PPOModule(LightningModule):
                 self.generate(batch, self.val_sampling())
             return
         roll, results = self.score_batch(batch)
-        self.val_metrics.update(results, [batch["difficulty"][i] for i in roll.prompt_index.tolist()],
-                                group_size=self.rollout_args.val_n)
+        index = roll.prompt_index.tolist()
+        self.val_metrics.update(results, [batch["difficulty"][i] for i in index], group_size=self.rollout_args.val_n,
+                                sources=[batch["data_source"][i] for i in index] if "data_source" in batch else None)
 
     def on_validation_epoch_end(self) -> None:
         """Log the accumulated validation metrics and reset them."""
@@ -525,7 +572,8 @@ class PPOModule(LightningModule):
         optimizer states. Under `ModelParallelStrategy` they stay: that strategy loads every key of the module (with
         `torch.distributed.checkpoint`) before `on_load_checkpoint` could put them back.
         """
-        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "kl_ctl": self.kl_ctl.state_dict(),
+        checkpoint["ppo_state"] = {"ppo_iteration": self.ppo_iteration, "prompt_batches": self.prompt_batches,
+                                   "kl_ctl": self.kl_ctl.state_dict(),
                                    "model_path": self.model_path, "rng": _rng_states_of_all_ranks()}
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
             frozen = self._frozen_keys()
@@ -538,6 +586,7 @@ class PPOModule(LightningModule):
             raise ValueError("checkpoint has no 'ppo_state': it was not written by PPOModule "
                              "(use the model class that wrote it, e.g. lit_codegen.sft.SFTModule)")
         self.ppo_iteration = state["ppo_iteration"]
+        self.prompt_batches = state.get("prompt_batches", self.ppo_iteration)  # older checkpoints: one per iteration
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.model_path = state["model_path"]
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one rank's states
@@ -612,6 +661,13 @@ def _sequences(roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     attn = torch.cat([roll.prompt_mask, roll.response_mask], dim=1).long()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     return seq, attn, pos
+
+
+def _done(value):
+    """A finished future holding `value` (the reward phase's results when they were needed early)."""
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 def _chunks(n: int, size: int) -> list[slice]:

@@ -56,6 +56,10 @@ class Rollout:
     """(N,) index of each response's prompt in the batch."""
     truncated: torch.Tensor
     """(N,) bool: the response hit `max_new_tokens` without an EOS."""
+    logprobs: torch.Tensor | None = None
+    """(N, R) float32 log-probs of the sampled tokens under the distribution the engine sampled from (after
+    temperature and top-p), 0 at padding; None where the engine does not report them (HF: it samples with the
+    trainer's own weights)."""
 
 
 class RolloutEngine(Protocol):

@@ -53,6 +53,7 @@ under `if __name__ == "__main__":`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import random
@@ -166,6 +167,8 @@ class VLLMRollout:
         path = resolve_model_path(model_path)
         self.stop_ids = stop_token_ids(tokenizer, _GenerationDefaults(path))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # the log-probs of the distribution sampled from, not the raw model's: what rollout correction needs
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if kv_cache_gib is None and self.on_cpu:
             kv_cache_gib = 1.0
         if kv_cache_gib is not None:
@@ -205,7 +208,8 @@ class VLLMRollout:
         Returns:
             A `Rollout` with N = B * n rows, on `input_ids.device`.
         """
-        return self.generate_with_logprobs(input_ids, attention_mask, params)[0]
+        rollout, logprobs = self.generate_with_logprobs(input_ids, attention_mask, params)
+        return dataclasses.replace(rollout, logprobs=logprobs)  # for rollout correction (`algorithm.rollout_is`)
 
     def generate_with_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams
@@ -218,8 +222,9 @@ class VLLMRollout:
             params: Sampling settings.
 
         Returns:
-            `(rollout, logprobs)`: logprobs is (N, R) float32, log p(token | prefix) from the raw model distribution
-            (before temperature and top-p), 0 where `response_mask` is 0. Useful to check engine/trainer agreement.
+            `(rollout, logprobs)`: logprobs is (N, R) float32, log p(token | prefix) under the distribution the
+            engine sampled from (`logprobs_mode="processed_logprobs"`: after temperature and top-p; greedy decoding
+            applies neither), 0 where `response_mask` is 0. What rollout correction compares with the trainer's.
         """
         from vllm import SamplingParams as VLLMSamplingParams
 

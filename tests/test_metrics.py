@@ -32,6 +32,19 @@ def test_known_values_per_difficulty_and_bands():
     assert metrics.compute()["val/num_programs"] == 1  # reset cleared the earlier programs
 
 
+def test_pass_rate_per_data_source():
+    metrics = PassRateMetrics()
+    metrics.update(results(1.0, 0.5, 0.0, 0.25), ["interview"] * 4,
+                   sources=["livecodebench", "taco", "livecodebench", "somewhere"])
+    out = metrics.compute()
+    assert out["val/pass_rate/livecodebench"] == 0.5 and out["val/pass_rate/taco"] == 0.5
+    assert "val/pass_rate/apps" not in out and "val/pass_rate/somewhere" not in out  # unknown: in the totals only
+    assert out["val/pass_rate"] == pytest.approx(1.75 / 4)
+    metrics.reset()
+    metrics.update(results(1.0), ["interview"])  # no sources given: no per-source entries
+    assert not any(key.endswith(("/taco", "/livecodebench")) for key in metrics.compute())
+
+
 def test_pass_at_k_known_values():
     assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the fraction correct

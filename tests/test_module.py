@@ -62,12 +62,20 @@ def test_max_steps_counts_ppo_iterations_not_optimizer_steps(ppo_epochs, mini, m
     assert module.ppo_iteration == 3 and t.global_step == 3
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo", "dr-grpo"])
+CRITIC_FREE = {  # test name: (adv_estimator, other settings)
+    "grpo": ("grpo", {}), "rloo": ("rloo", {}),
+    "dr-grpo": ("grpo", {"grpo_norm_by_std": False, "loss_agg": "seq-mean-token-sum-norm"}),
+    "cispo": ("grpo", {"policy_loss": "cispo"}),
+    "reinforce_plus_plus": ("reinforce_plus_plus", {}),
+    "reinforce_plus_plus_baseline": ("reinforce_plus_plus_baseline", {}),
+}
+
+
+@pytest.mark.parametrize("estimator", list(CRITIC_FREE))
 def test_critic_free_estimators_train_without_a_critic(estimator):
     L.seed_everything(0)
-    dr_grpo = {"grpo_norm_by_std": False, "loss_agg": "seq-mean-token-sum-norm"} if estimator == "dr-grpo" else {}
-    module, data = make(adv_estimator="grpo" if dr_grpo else estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1,
-                        ppo_epochs=2, **dr_grpo)
+    adv_estimator, settings = CRITIC_FREE[estimator]
+    module, data = make(adv_estimator=adv_estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1, ppo_epochs=2, **settings)
     module.configure_model()
     module._evaluator = _StubEvaluator([1.0, 0.0] * 4)  # the untrained model's programs would all score 0: no signal
     before = {n: p.detach().clone() for n, p in module.actor.named_parameters()}
@@ -85,9 +93,17 @@ def test_critic_free_estimators_train_without_a_critic(estimator):
     assert all(not torch.equal(before[n], p) for n, p in module.actor.named_parameters())  # the actor trained
     (exp, metrics), = seen
     # every prompt's two samples scored 1 and 0: leave-one-out 1 - 0, (1 - 0.5) / unbiased std 0.5 ** 0.5, or (Dr.
-    # GRPO) only centred
-    a = {"rloo": 1.0, "grpo": 0.5 / (0.5**0.5 + 1e-6), "dr-grpo": 0.5}[estimator]
-    torch.testing.assert_close(exp["advantages"], torch.tensor([a, -a] * 4)[:, None] * exp["mask"])
+    # GRPO) only centred; REINFORCE++ whitens over all response tokens of the batch the returns 1, 0 (no baseline)
+    # or the group-centred 0.5, -0.5 (responses differ in length, so the token mean is not 0)
+    mask = exp["mask"].bool()
+    if estimator.startswith("reinforce_plus_plus"):
+        raw = torch.tensor([1.0, 0.0] * 4) - (0.5 if estimator.endswith("baseline") else 0.0)
+        tokens = raw[:, None].expand_as(mask)[mask]
+        expected = torch.where(mask, (raw[:, None] - tokens.mean()) / tokens.std(), 0.0)
+    else:
+        a = {"rloo": 1.0, "grpo": 0.5 / (0.5**0.5 + 1e-6), "cispo": 0.5 / (0.5**0.5 + 1e-6), "dr-grpo": 0.5}[estimator]
+        expected = torch.tensor([a, -a] * 4)[:, None] * exp["mask"]
+    torch.testing.assert_close(exp["advantages"], expected, rtol=1e-4, atol=1e-5)
     # the KL loss (k3 to the reference) is 0 in epoch 1, where the actor is the reference, and positive in epoch 2
     assert metrics["actor/kl_loss"] > 1e-6
     assert float(t.callback_metrics["actor/kl_loss"]) == pytest.approx(metrics["actor/kl_loss"])
@@ -410,9 +426,11 @@ def test_cosine_schedule_and_no_code_penalty_known_values():
     factor = _lr_lambda(OptimArgs(warmup_steps=2, schedule="cosine", total_steps=12))
     assert [round(factor(s), 6) for s in (0, 1, 2, 7, 12, 20)] == [0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
     assert _lr_lambda(OptimArgs(warmup_steps=0))(50) == 1.0  # constant
-    module, _ = make(reward_kw={"no_code_penalty": -0.1})
+    from lit_codegen.experience import shaped_scores
+
     texts = ["```python\nx = 1\n```", "x = 1", "```text\nno code\n```", "```\nx = 1\n```"]
-    scores = module._scores([SimpleNamespace(pass_rate=0.5)] * 4, texts)
+    roll = SimpleNamespace(texts=texts, response_mask=torch.ones(4, 3))
+    scores = shaped_scores([SimpleNamespace(pass_rate=0.5)] * 4, roll, RewardArgs(no_code_penalty=-0.1), 12)
     torch.testing.assert_close(scores, torch.tensor([0.5, 0.4, 0.4, 0.5]))  # a text block is no code block
 
 
@@ -577,3 +595,26 @@ def test_no_gradient_is_held_after_an_iteration():
     trainer(1).fit(module, datamodule=data)
     held = [n for n, p in module.named_parameters() if p.grad is not None]
     assert not held, held[:3]
+
+
+def test_gspo_equals_ppo_on_policy_and_clips_whole_responses_after():
+    """GSPO's token form has PPO's gradient at ratio 1 (the first epoch); in the second epoch its clip acts on each
+    response's length-normalised ratio, not on tokens, so the gradients part (clip ranges of the GSPO paper)."""
+    grads = {}
+    for level in ("token", "sequence"):
+        L.seed_everything(0)
+        module, data = make(adv_estimator="grpo", kl_coef=0.0, lr=1e-3, ppo_epochs=2, mini=8, micro=8,
+                            policy_ratio=level, clip_ratio_low=3e-4, clip_ratio_high=4e-4, loss_agg="seq-mean")
+        module._evaluator = _StubEvaluator([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])
+        grads[level], step = [], module._step
+
+        def record(optimizer, model, step=step, out=grads[level]):
+            out.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return step(optimizer, model)
+
+        module._step = record
+        trainer(1).fit(module, datamodule=data)
+    (token_1, token_2), (seq_1, seq_2) = grads["token"], grads["sequence"]
+    for name, grad in token_1.items():
+        torch.testing.assert_close(seq_1[name], grad, rtol=1e-4, atol=1e-7)
+    assert max((seq_2[n] - g).abs().max() / g.abs().max().clamp(min=1e-12) for n, g in token_2.items()) > 0.01

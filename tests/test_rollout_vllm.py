@@ -124,11 +124,11 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hf_logprobs(model, roll) -> torch.Tensor:
-    """(N, R) log p(response token | prefix) under an HF model, 0 after the response ends."""
+def hf_logprobs(model, roll, temperature: float = 1.0) -> torch.Tensor:
+    """(N, R) log p(response token | prefix) under an HF model at `temperature`, 0 after the response ends."""
     seq = torch.cat([roll.prompt_ids, roll.response_ids], 1)
     attn = torch.cat([roll.prompt_mask, roll.response_mask], 1)
-    logits = model(input_ids=seq, attention_mask=attn, position_ids=positions(attn)).logits.float()
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=positions(attn)).logits.float() / temperature
     p_len = roll.prompt_ids.shape[1]
     logprobs = F.log_softmax(logits[:, p_len - 1 : -1], -1).gather(-1, roll.response_ids.unsqueeze(-1)).squeeze(-1)
     return logprobs * roll.response_mask
@@ -296,7 +296,9 @@ def test_sampling_semantics(engine, actor, trained_actor, tokenizer, prompts):
     assert (lengths[roll.truncated] == 16).all()  # a row without a stop token ran to max_new_tokens
     assert roll.texts == tokenizer.batch_decode(roll.response_ids, skip_special_tokens=True)
     assert len({tuple(r) for r in roll.response_ids.tolist()}) > 3, "samples should differ (temperature 1.5)"
-    assert (logprobs[roll.response_mask == 0] == 0).all() and (logprobs[roll.response_mask == 1] < 0).all()
+    # the log-probs of the distribution sampled from: after top-p 0.95 a token can be the only one left (log p = 0)
+    assert (logprobs[roll.response_mask == 0] == 0).all() and (logprobs[roll.response_mask == 1] <= 0).all()
+    assert (logprobs[roll.response_mask == 1] < 0).float().mean() > 0.5
     # Randomness comes from torch's global RNG, as in HFRollout: the same seed gives the same samples.
     rolls = []
     for seed in (7, 7, 8):
@@ -402,3 +404,17 @@ def test_engine_placement_follows_the_trainer_rank_and_device(tmp_path, monkeypa
     with _environment({"RANK": "1", "LOCAL_RANK": "2"}):
         assert (os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("1", "2")
     assert "RANK" not in os.environ and os.environ["LOCAL_RANK"] == "5"
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sampled_logprobs_are_those_of_the_tempered_distribution(engine, actor, prompts):
+    """Rollout correction compares the sampler's distribution with the trainer's: at temperature 1.5 the engine's
+    log-probs (on the rollout, as `generate` returns it) are log-softmax(logits / 1.5), not the raw model's."""
+    params = SamplingParams(n=2, temperature=1.5, max_new_tokens=12)
+    with torch.no_grad():
+        roll = engine.generate(*prompts, params)
+        tempered, raw = hf_logprobs(actor, roll, temperature=1.5), hf_logprobs(actor, roll)
+    assert roll.logprobs is not None and roll.logprobs.shape == roll.response_ids.shape
+    torch.testing.assert_close(roll.logprobs, tempered, atol=1e-4, rtol=0)
+    assert (roll.logprobs - raw).abs().max() > 0.1  # the raw model's would differ

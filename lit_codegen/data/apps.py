@@ -66,6 +66,12 @@ class AppsProblem:
         url: Where the problem comes from ("" if unknown).
         starter_code: Code the answer must start from ("" if none).
         source_split: The split the source puts the problem in (`train`/`test`), or None if it has none.
+        data_source: Dataset the problem comes from (`apps`, `taco`, `codecontests`, `livecodebench`, ...).
+        source_id: The source's own id of the problem ("" if none; APPS ids are `problem_id` itself).
+        platform: Judge the problem was published on (`codeforces`, `leetcode`, ...; "" if unknown).
+        release_date: `YYYY-MM-DD` the problem was published ("" if unknown).
+        tags: Topic tags (TACO, CodeContests' `cf_tags`).
+        skills: TACO's `skill_types`.
     """
 
     problem_id: int
@@ -76,6 +82,12 @@ class AppsProblem:
     url: str = ""
     starter_code: str = ""
     source_split: str | None = None
+    data_source: str = "apps"
+    source_id: str = ""
+    platform: str = ""
+    release_date: str = ""
+    tags: list[str] = field(default_factory=list)
+    skills: list[str] = field(default_factory=list)
 
     @property
     def fn_name(self) -> str | None:
@@ -240,12 +252,20 @@ def _collect(records: Iterable[tuple[str, dict | None, str | None, str | None]],
             result.skip("duplicate_problem_id", where)
             continue
         seen.add((split, problem.problem_id))
-        if max_tests is not None:  # cap while loading: some APPS problems carry megabytes of tests
-            io = problem.input_output  # the reward's subset: not simply the first tests (the prompt's examples)
-            keep = pick_tests(io, max_tests)
-            io["inputs"], io["outputs"] = [io["inputs"][i] for i in keep], [io["outputs"][i] for i in keep]
+        cap_tests(problem, max_tests)  # cap while loading: some APPS problems carry megabytes of tests
         result.problems.append(problem)
     return result
+
+
+def cap_tests(problem: AppsProblem, max_tests: int | None) -> None:
+    """Keep at most `max_tests` tests of `problem`, in place; None keeps all.
+
+    The kept tests are the reward's pseudo-random subset, not the first ones (often the prompt's examples).
+    """
+    if max_tests is not None:
+        io = problem.input_output
+        keep = pick_tests(io, max_tests)
+        io["inputs"], io["outputs"] = [io["inputs"][i] for i in keep], [io["outputs"][i] for i in keep]
 
 
 def _check_text_file(path: Path) -> None:

@@ -136,7 +136,7 @@ class PromptCollator:
         Returns:
             `input_ids` (B, P) long, left padded with the pad id; `attention_mask` (B, P) long, 1 = prompt token;
             `index` (B,) long row index in the parquet file; `problem_id` list[int]; `input_output` list[str]
-            (JSON tests); `difficulty` list[str].
+            (JSON tests); `difficulty` list[str]; `data_source` list[str].
         """
         width = max(len(ex["input_ids"]) for ex in examples)
         input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
@@ -152,6 +152,7 @@ class PromptCollator:
             "problem_id": [ex["problem_id"] for ex in examples],
             "input_output": [ex["input_output"] for ex in examples],
             "difficulty": [ex["difficulty"] for ex in examples],
+            "data_source": [ex["data_source"] for ex in examples],
         }
 
 
@@ -322,7 +323,7 @@ class AppsDataModule(_TokenizedDataModule):
         self.datasets: dict[str, list[dict[str, Any]]] = {}
 
     def _tokenize(self, split: str, tokenizer: Any) -> list[dict[str, Any]]:
-        rows = self._read(split, ["prompt", "raw_prompt", "problem_id", "input_output", "difficulty"])
+        rows = self._read(split, ["prompt", "raw_prompt", "problem_id", "input_output", "difficulty", "data_source"])
         ids = encode_prompts(prompt_texts(rows, self.template_type, tokenizer), self.template_type, tokenizer)
         examples = [
             {
@@ -331,6 +332,7 @@ class AppsDataModule(_TokenizedDataModule):
                 "problem_id": row["problem_id"],
                 "input_output": row["input_output"],
                 "difficulty": row["difficulty"],
+                "data_source": row["data_source"],
             }
             for i, row in enumerate(rows)
             if len(ids[i]) <= self.max_prompt_length
@@ -362,9 +364,14 @@ class AppsDataModule(_TokenizedDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming at the model's PPO iteration."""
+        """Training prompts, shuffled per epoch from `seed` if `shuffle`, resuming after the model's last batch.
+
+        The model's `prompt_batches` (batches drawn; more than its PPO iterations under dynamic sampling), else its
+        `ppo_iteration`.
+        """
         trainer = getattr(self, "trainer", None)
-        start = getattr(trainer.lightning_module, "ppo_iteration", 0) if trainer is not None else 0
+        model = trainer.lightning_module if trainer is not None else None
+        start = getattr(model, "prompt_batches", getattr(model, "ppo_iteration", 0)) if model is not None else 0
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(len(self.datasets.get("train", ())), self.train_batch_size, self.shuffle,
                                    self.seed, start_batch=start, world_size=world_size, rank=rank)

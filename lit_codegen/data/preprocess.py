@@ -1,8 +1,15 @@
-r"""Turn an APPS source into `train.parquet` and `test.parquet` with prompts, tests and verl-compatible columns.
+r"""Turn code-problem sources into `train.parquet` and `test.parquet` with prompts, tests and verl-compatible columns.
 
     python -m lit_codegen.data.preprocess --local_dir data/apps --template_type chat
     python -m lit_codegen.data.preprocess --source problems.jsonl --local_dir data/mine --template_type base \
         --difficulties introductory --max_tests 16 --test_size 0.2 --seed 1
+    python -m lit_codegen.data.preprocess --source BAAI/TACO livecodebench/code_generation_lite --weights 1 2 \
+        --after 2024-08-01 --local_dir data/mix
+
+Sources are APPS (the default), TACO, CodeContests, LiveCodeBench or DeepCoder, from their hub names or local files in
+their published layouts (`--format`, detected when left out; see `lit_codegen.data.sources`). Several sources are
+mixed (`lit_codegen.data.mix`): deduplicated by statement, resampled by `--weights`, and split by LiveCodeBench
+release date with `--after`.
 
 One row per valid problem; each valid problem lands in exactly one of the two files. Splits: a source with natural
 splits (hub `train.jsonl`/`test.jsonl`, APPS folder `train/`/`test/`) keeps them unless `--test_size` is given;
@@ -30,14 +37,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lit_codegen.data.apps import DIFFICULTIES, AppsProblem, DataError, load_apps
+from lit_codegen.data.apps import AppsProblem, DataError
+from lit_codegen.data.mix import apply_weights, check_weights, dedupe, parse_date, split_by_date
 from lit_codegen.data.prompts import TEMPLATE_TYPES, base_prompt, chat_messages, check_template_type
+from lit_codegen.data.sources import FORMATS, load_source
 
 log = logging.getLogger(__name__)
 
-DATA_SOURCE = "apps"
 DEFAULT_SOURCE = "codeparrot/apps"
 DEFAULT_TEST_SIZE = 0.1
+ID_STRIDE = 10**9  # problem_id of the i-th problem of the k-th --source, when ids are renumbered: k * ID_STRIDE + i
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 PARQUET_SCHEMA = pa.schema(
@@ -63,6 +72,11 @@ PARQUET_SCHEMA = pa.schema(
                 [("split", pa.string()), ("index", pa.int64()), ("problem_id", pa.int64()), ("difficulty", pa.string())]
             ),
         ),
+        ("source_id", pa.string()),
+        ("platform", pa.string()),
+        ("release_date", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("skills", pa.list_(pa.string())),
     ]
 )
 
@@ -88,7 +102,7 @@ def problem_to_row(problem: AppsProblem, template_type: str, split: str, index: 
         prompt = [{"role": "user", "content": raw_prompt}]
     tests = json.dumps(problem.input_output)
     return {
-        "data_source": DATA_SOURCE,
+        "data_source": problem.data_source,
         "problem_id": problem.problem_id,
         "split": split,
         "difficulty": problem.difficulty,
@@ -109,6 +123,11 @@ def problem_to_row(problem: AppsProblem, template_type: str, split: str, index: 
             "problem_id": problem.problem_id,
             "difficulty": problem.difficulty,
         },
+        "source_id": problem.source_id,
+        "platform": problem.platform,
+        "release_date": problem.release_date,
+        "tags": problem.tags,
+        "skills": problem.skills,
     }
 
 
@@ -175,10 +194,11 @@ def split_problems(
 ) -> tuple[list[AppsProblem], list[AppsProblem]]:
     """Split problems into (train, test); every problem lands in exactly one.
 
-    Natural splits (`source_split`) are kept when `test_size` is None and both are non-empty. Otherwise the problems
-    are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count >= 1, at least one
-    and at most all but one. One warning line is logged when a natural split was empty (so the other side was
-    shuffled) and when `test_size` asked for every problem. Both lists keep the source order.
+    Natural splits (`source_split`) are kept when `test_size` is None, both are non-empty and every problem has one.
+    Otherwise the problems are shuffled with `seed` and `test_size` of them go to test: a fraction in (0, 1) or a count
+    >= 1, at least one and at most all but one. One warning line is logged when a natural split was empty (so the
+    other side was shuffled), when some problems of a mix had none, and when `test_size` asked for every problem.
+    Both lists keep the source order.
 
     Args:
         problems: Validated problems (at least 2).
@@ -197,7 +217,11 @@ def split_problems(
         test = [p for p in problems if p.source_split == "test"]
         if train and test and len(train) + len(test) == len(problems):
             return train, test
-        if train or test:  # the source has natural splits, but one of them is empty
+        if train and test:  # a mix in which some sources have natural splits and others none
+            log.warning("%d of %d problems have no natural split (e.g. LiveCodeBench): shuffled all of them with "
+                        "--seed %d (or give --after for a date split)", len(problems) - len(train) - len(test),
+                        len(problems), seed)
+        elif train or test:  # the source has natural splits, but one of them is empty
             natural_split = "train" if train else "test"
         test_size = DEFAULT_TEST_SIZE
     check_test_size(test_size)
@@ -224,25 +248,74 @@ def split_problems(
     return train, test
 
 
+def _resolve_formats(sources: Sequence[str], formats: str | Sequence[str] | None) -> list[str | None]:
+    """One format (or None = detect) per source: one `--format` applies to every source."""
+    if formats is None or isinstance(formats, str):
+        formats = [formats] * len(sources)
+    if len(formats) not in (1, len(sources)):
+        raise DataError(f"--format needs one format, or one per --source: got {len(formats)} for {len(sources)}")
+    formats = list(formats) * (len(sources) if len(formats) == 1 else 1)
+    for fmt in formats:
+        if fmt is not None and fmt not in FORMATS:
+            raise DataError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return formats
+
+
+def _renumber(k: int, problems: list[AppsProblem]) -> list[AppsProblem]:
+    """Give the k-th source's problems ids `k * ID_STRIDE + i`, keeping an APPS id in `source_id`."""
+    for i, p in enumerate(problems):
+        if p.data_source == "apps" and not p.source_id:
+            p.source_id = str(p.problem_id)
+        p.problem_id = k * ID_STRIDE + i
+    return problems
+
+
+def load_entries(
+    sources: Sequence[str], formats: Sequence[str | None], max_tests: int | None, difficulties: Sequence[str] | None
+) -> list[tuple[int, AppsProblem]]:
+    """`(source index, problem)` of every valid problem of every source, after the `difficulties` filter.
+
+    APPS problems keep their ids when APPS is the only source; otherwise problems are renumbered (`_renumber`).
+    """
+    entries = []
+    for k, (source, fmt) in enumerate(zip(sources, formats)):
+        problems = load_source(source, fmt, max_tests).problems
+        if difficulties:
+            kept = [p for p in problems if p.difficulty in difficulties]
+            log.info("%s: kept %d of %d problems with difficulty in %s", source, len(kept), len(problems),
+                     list(difficulties))
+            problems = kept
+        if len(sources) > 1 or any(p.data_source != "apps" for p in problems):
+            problems = _renumber(k, problems)
+        entries += [(k, p) for p in problems]
+    return entries
+
+
 def preprocess(
-    source: str,
+    source: str | Sequence[str],
     local_dir: str | Path,
     template_type: str = "chat",
     difficulties: Sequence[str] | None = None,
     max_tests: int | None = None,
     test_size: float | None = None,
     seed: int = 0,
+    formats: str | Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
+    after: str | None = None,
 ) -> dict[str, Path]:
-    """Load, validate, filter and split an APPS source and write `train.parquet` and `test.parquet`.
+    """Load, validate, filter, mix and split sources and write `train.parquet` and `test.parquet`.
 
     Args:
-        source: Hub dataset id, `.jsonl` file or APPS folder (see `lit_codegen.data.apps.load_apps`).
+        source: One source or several: hub dataset ids, files or folders (see `lit_codegen.data.sources`).
         local_dir: Output folder (created if needed).
         template_type: `base` or `chat`.
-        difficulties: Keep only these difficulties (None keeps all).
+        difficulties: Keep only these difficulties (None keeps all; the values are each dataset's own).
         max_tests: Keep at most `max_tests` tests of each problem, a fixed pseudo-random subset (None keeps all).
         test_size: Fraction or count of problems for test; None = natural splits if present, else 0.1.
-        seed: Seed of the train/test shuffle.
+        seed: Seed of the train/test shuffle and of the `weights` resampling.
+        formats: One format for all sources or one per source (`lit_codegen.data.sources.FORMATS`); None detects.
+        weights: Per-source sampling weight of the training problems (`lit_codegen.data.mix.apply_weights`).
+        after: `YYYY-MM-DD`: LiveCodeBench problems released after it are the test split (`test_size` is unused).
 
     Returns:
         `{"train": path, "test": path}`.
@@ -251,24 +324,49 @@ def preprocess(
         DataError: Missing source, no problems left, bad arguments, or the output cannot be written.
     """
     check_template_type(template_type)
+    sources = [str(source)] if isinstance(source, (str, Path)) else [str(s) for s in source]
     # Arguments first: a typo should not cost a 1.3 GB download.
+    if not sources:
+        raise DataError("--source needs at least one source")
+    resolved = _resolve_formats(sources, formats)
     if max_tests is not None and max_tests < 1:
         raise DataError(f"--max_tests must be >= 1, got {max_tests}")
     if test_size is not None:
         check_test_size(test_size)
+    if weights is not None:
+        check_weights(weights, len(sources))
+    if after is not None:
+        after = parse_date(after)
     out = Path(local_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--local_dir {out} exists and is not a folder")
-    problems = load_apps(source, max_tests).problems
-    if difficulties:
-        kept = [p for p in problems if p.difficulty in difficulties]
-        log.info("kept %d of %d problems with difficulty in %s", len(kept), len(problems), list(difficulties))
-        problems = kept
-    if not problems:
-        raise DataError(f"no valid problems left in {source} (difficulties: {list(difficulties or []) or 'all'})")
-    train, test = split_problems(problems, test_size, seed)
+    entries = load_entries(sources, resolved, max_tests, difficulties)
+    if not entries:
+        raise DataError(f"no valid problems left in {', '.join(sources)} "
+                        f"(difficulties: {list(difficulties or []) or 'all'})")
+    if after is not None:
+        train_entries, test_entries = split_by_date(entries, after)
+    else:
+        origin = {id(p): k for k, p in entries}
+        train, test = split_problems([p for _, p in entries], test_size, seed)
+        train_entries, test_entries = [(origin[id(p)], p) for p in train], [(origin[id(p)], p) for p in test]
+    if len(sources) > 1 or after is not None:
+        test_entries, train_entries, dropped = dedupe(test_entries, train_entries, sources)
+        if dropped:
+            log.warning("dropped %d duplicate statements (split: dropped source <- kept source): %s",
+                        sum(dropped.values()), "; ".join(f"{k} x{n}" for k, n in sorted(dropped.items())))
+        else:
+            log.info("no duplicate statements across sources")
+    if weights is not None:
+        train_entries = apply_weights(train_entries, weights, seed)
+        log.info("training problems per source after --weights %s: %s", list(weights),
+                 dict(Counter(sources[k] for k, _ in train_entries)))
+    if not train_entries or not test_entries:
+        raise DataError(f"no {'train' if not train_entries else 'test'} problems left after mixing; "
+                        "check --weights, --after and the sources")
     try:
-        return write_splits({"train": train, "test": test}, out, template_type)
+        return write_splits({"train": [p for _, p in train_entries], "test": [p for _, p in test_entries]}, out,
+                            template_type)
     except OSError as err:
         raise DataError(f"cannot write to --local_dir {out}: {err}") from None
 
@@ -277,10 +375,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lit_codegen.data.preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--local_dir", required=True, help="output folder for train.parquet and test.parquet")
     parser.add_argument("--template_type", choices=TEMPLATE_TYPES, default="chat", help="prompt template")
-    parser.add_argument(
-        "--source", default=DEFAULT_SOURCE, help="hub dataset id, .jsonl file or APPS folder (default: %(default)s)"
-    )
-    parser.add_argument("--difficulties", nargs="+", choices=DIFFICULTIES, help="keep only these difficulties")
+    parser.add_argument("--source", nargs="+", default=[DEFAULT_SOURCE],
+                        help="hub dataset ids, files or folders in a published layout; several are mixed "
+                        "(default: %(default)s)")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, dest="formats", metavar="FORMAT",
+                        help=f"format of the sources ({'|'.join(FORMATS)}), one for all or one per source (default: "
+                        "detected from the hub name or the first record's fields)")
+    parser.add_argument("--weights", nargs="+", type=float,
+                        help="per-source sampling weight of the training problems: 0.5 keeps half, 2 repeats twice")
+    parser.add_argument("--after", metavar="YYYY-MM-DD",
+                        help="test split = LiveCodeBench problems released after this date; everything else trains")
+    parser.add_argument("--difficulties", nargs="+",
+                        help="keep only these difficulties (each dataset's own: APPS introductory|interview|"
+                        "competition, TACO EASY|MEDIUM|..., LiveCodeBench easy|medium|hard)")
     parser.add_argument("--max_tests", type=int,
                         help="keep at most N tests of each problem: a fixed pseudo-random subset, the one the reward's "
                         "max_tests picks (not just the first ones, often the statement's examples)")
@@ -306,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_tests,
             args.test_size,
             args.seed,
+            args.formats,
+            args.weights,
+            args.after,
         )
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,8 +9,9 @@ Examples::
         --output report.json --plot report.png
 
 Writes ``{"summary": {...}, "results": [...]}``: one result per scored solution, in the order of the
-solutions file, with ``problem_id``, ``difficulty``, ``pass_rate``, ``n_tests``, ``outcomes`` and the extra
-keys of the solution line. Exit status 0 when the run completed (whatever the scores), 2 with a one-line
+solutions file, with ``problem_id``, ``difficulty``, ``pass_rate``, ``n_tests``, ``outcomes``, the problem's
+``data_source`` when the data has one (preprocessed parquet files: the table then also has a row per source) and the
+extra keys of the solution line. Exit status 0 when the run completed (whatever the scores), 2 with a one-line
 reason on bad input. Bad input is found before scoring starts: bad options, an unwritable ``--output`` or
 ``--plot``, unreadable files, a solutions line carrying a computed key (``pass_rate``, ...) or naming a
 problem_id the data holds twice, and problems without usable tests.
@@ -349,6 +350,7 @@ def run(args: argparse.Namespace) -> dict:
                 **extra,  # first, so that a computed field always wins (load_solutions also rejects them)
                 "problem_id": line["problem_id"],
                 "difficulty": row.get("difficulty") or "unknown",  # missing, null and "" are one group
+                **({"data_source": row["data_source"]} if row.get("data_source") else {}),  # parquet rows have one
                 "pass_rate": result.pass_rate,
                 "n_tests": result.n_tests,
                 "outcomes": result.outcomes,

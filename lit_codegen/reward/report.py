@@ -1,4 +1,4 @@
-"""Summaries of evaluation results: score bands, accuracy per difficulty, verdict counts, a text table.
+"""Summaries of evaluation results: score bands, accuracy per difficulty and per data source, verdicts, a text table.
 
 Pure functions on plain dicts so that the CLI and the validation callback share them.
 
@@ -48,22 +48,29 @@ def _group_stats(rows: Sequence[dict]) -> dict:
 
 
 def summarize(results: Sequence[dict], wall_time_s: float | None = None, protections: Sequence[str] = ()) -> dict:
-    """Summary of scored solutions, overall and per difficulty.
+    """Summary of scored solutions, overall, per difficulty and per data source.
 
     Args:
-        results: one dict per scored solution with ``pass_rate``, ``n_tests``, ``outcomes`` and ``difficulty``.
+        results: one dict per scored solution with ``pass_rate``, ``n_tests``, ``outcomes``, ``difficulty`` and,
+            for problems of a preprocessed parquet file, ``data_source``.
         wall_time_s: evaluation wall time, for tests/s.
         protections: the evaluator's active protections, copied into the summary.
 
     Returns:
         ``{"count", "mean_pass_rate", "strict_accuracy", "score_bands", "by_difficulty": {name: same keys},
-        "verdicts": {verdict: count}, "n_tests", "wall_time_s", "tests_per_s", "protections"}``.
+        "by_source": {data_source: same keys} (results without ``data_source`` are left out), "verdicts":
+        {verdict: count}, "n_tests", "wall_time_s", "tests_per_s", "protections"}``.
     """
     summary = _group_stats(results)
     by_difficulty: dict[str, list[dict]] = {}
     for row in results:
         by_difficulty.setdefault(str(row.get("difficulty") or "unknown"), []).append(row)  # null, "" = unknown
     summary["by_difficulty"] = {name: _group_stats(rows) for name, rows in sorted(by_difficulty.items())}
+    by_source: dict[str, list[dict]] = {}
+    for row in results:
+        if row.get("data_source"):
+            by_source.setdefault(str(row["data_source"]), []).append(row)
+    summary["by_source"] = {name: _group_stats(rows) for name, rows in sorted(by_source.items())}
     summary["verdicts"] = dict(Counter(v for row in results for v in row["outcomes"]).most_common())
     summary["n_tests"] = sum(row["n_tests"] for row in results)
     summary["wall_time_s"] = wall_time_s
@@ -73,7 +80,7 @@ def summarize(results: Sequence[dict], wall_time_s: float | None = None, protect
 
 
 def format_table(summary: dict) -> str:
-    """A plain-text table of the summary by difficulty (plus the overall row).
+    """A plain-text table of the summary by difficulty, then by data source when there is one, plus the overall row.
 
     Args:
         summary: the output of :func:`summarize`.
@@ -85,8 +92,13 @@ def format_table(summary: dict) -> str:
         f"{b:>9}" for b in SCORE_BANDS
     )
     lines = [header, "-" * len(header)]
-    rows = list(summary["by_difficulty"].items()) + [("ALL", summary)]
-    for name, stats in rows:
+    rows = list(summary["by_difficulty"].items())
+    if summary.get("by_source"):
+        rows += [("source", None)] + list(summary["by_source"].items())
+    for name, stats in rows + [("ALL", summary)]:
+        if stats is None:  # the header of the per-source block
+            lines.append(f"{name:<14}")
+            continue
         bands = " ".join(f"{stats['score_bands'][b]:>9}" for b in SCORE_BANDS)
         lines.append(
             f"{name:<14}{stats['count']:>6}{stats['mean_pass_rate']:>11.3f}{stats['strict_accuracy']:>12.3f}  {bands}"

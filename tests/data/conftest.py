@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -54,3 +58,53 @@ def tokenizer() -> PreTrainedTokenizerFast:
         chat_template=CHAT_TEMPLATE,
         padding_side="left",
     )
+
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_arrow_stream(rows: list[dict], path: Path) -> None:
+    """An Arrow IPC stream file, the format of `datasets.save_to_disk` shards (TACO's `train/data-*.arrow`)."""
+    table = pa.Table.from_pylist(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _write_parquet(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory) -> dict[str, Path]:
+    """Each format's fixture problems in its published layout (see `fixtures/make_fixtures.py`).
+
+    `taco`: `train/` and `test/` with Arrow shards plus the `datasets` metadata files; `code_contests`:
+    `data/{train,valid,test}-00000-of-00001.parquet`; `livecodebench`: `test.jsonl`, `test2.jsonl`; `deepcoder`:
+    `<config>/<split>-00000-of-00001.parquet`.
+    """
+    root = tmp_path_factory.mktemp("published")
+    for split in ("train", "test"):
+        _write_arrow_stream(_read_jsonl(FIXTURES / "taco" / f"{split}.jsonl"),
+                            root / "taco" / split / "data-00000-of-00001.arrow")
+        (root / "taco" / split / "dataset_info.json").write_text("{}")
+        (root / "taco" / split / "state.json").write_text('{"_data_files": []}')
+    (root / "taco" / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    for split in ("train", "valid", "test"):
+        _write_parquet(_read_jsonl(FIXTURES / "code_contests" / f"{split}.jsonl"),
+                       root / "code_contests" / "data" / f"{split}-00000-of-00001.parquet")
+    shutil.copytree(FIXTURES / "livecodebench", root / "livecodebench")
+    for path in sorted((FIXTURES / "deepcoder").glob("*/*.jsonl")):
+        _write_parquet(_read_jsonl(path), root / "deepcoder" / path.parent.name / f"{path.stem}-00000-of-00001.parquet")
+    return {fmt: root / fmt for fmt in ("taco", "code_contests", "livecodebench", "deepcoder")}
+
+
+@pytest.fixture(scope="session")
+def programs() -> dict[str, dict[str, str]]:
+    """A right and a wrong program per fixture problem, keyed by the first line of its statement."""
+    return json.loads((FIXTURES / "programs.json").read_text(encoding="utf-8"))

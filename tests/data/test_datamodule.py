@@ -402,10 +402,10 @@ def test_prompts_get_special_tokens_only_under_the_base_template(tokenizer, monk
 def test_batches_are_long_tensors():
     from lit_codegen.data.datamodule import PromptCollator, SFTCollator
 
-    rest = {"problem_id": 1, "input_output": "", "difficulty": ""}
+    rest = {"problem_id": 1, "input_output": "", "difficulty": "", "data_source": "taco"}
     prompts = PromptCollator(0)([{"input_ids": [5, 6], "index": 3, **rest}, {"input_ids": [7], "index": 4, **rest}])
     assert prompts["input_ids"].tolist() == [[5, 6], [0, 7]] and prompts["attention_mask"].tolist() == [[1, 1], [0, 1]]
-    assert prompts["index"].tolist() == [3, 4]
+    assert prompts["index"].tolist() == [3, 4] and prompts["data_source"] == ["taco", "taco"]
     sft = SFTCollator(0)([{"input_ids": [5, 6, 8], "prompt_length": 1}, {"input_ids": [7], "prompt_length": 1}])
     assert sft["labels"].tolist() == [[IGNORE_INDEX, 6, 8], [IGNORE_INDEX] * 3]
     for batch in (prompts, sft):
