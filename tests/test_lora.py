@@ -1,11 +1,12 @@
 """LoRA (`--model.lora.rank > 0`): only adapters and the value head train, the reference is the base with adapters off.
 
 Behaviour on the tiny model, CPU: after PPO iterations every adapter and the value head moved while every base weight
-(actor and critic backbone) is bit-identical to the checkpoint's and the reference's log-probs are those of a freshly
+(actor and critic backbone) is bit-identical to the starting one and the reference's log-probs are those of a freshly
 loaded base model; the checkpoint holds adapters and optimizer states (no base weights) and a resume continues
 exactly; export writes merged weights (peft's `merge_and_unload`) or the adapters; the vLLM weight sync yields the
-merged weights of the adapted layers only. FSDP2 and vLLM engines are covered in tests/test_distributed.py and
-tests/test_rollout_vllm.py.
+merged weights of the adapted layers only; two FSDP2 ranks (tests/lora_dist_worker.py) and compiled layers do the
+same; the 1 x 80 GB recipe's memory plan and a CPU iteration of it. Real vLLM engines with LoRA: the `vllm`-marked
+tests in tests/test_rollout_vllm.py (scripts/ci_vllm.sh).
 """
 
 from pathlib import Path
