@@ -138,6 +138,11 @@ class RewardArgs:
     """Added to the reward of a response without a fenced python block (e.g. -0.1)."""
     memory_mb: int = 1024
     """Memory cap per program in MiB."""
+    reward_fn: str | None = None
+    """A reward hook: the import path (`package.module:function`) of a callable that gets, per training response,
+    `problem` (its dataset row), `response`, `program` and `result` (the evaluator's, with per-test verdicts) and
+    returns a float that replaces the pass rate (shaping terms still apply; see `lit_codegen.reward.hooks`). None =
+    the pass rate."""
     overlong_buffer_len: int = 0
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a response longer than `rollout.max_new_tokens` minus
     this many tokens loses up to `overlong_penalty_factor`, linearly with the excess (`ppo.overlong_penalty`;
