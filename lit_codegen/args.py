@@ -87,7 +87,8 @@ class PPOArgs:
     batches; logged as `train/num_gen_batches`, `train/num_generated_prompts`, `train/num_dropped_prompts`."""
     max_num_gen_batches: int = 10
     """Cap on the prompt batches one iteration of `filter_groups` generates (verl's name and default; 0 = no cap).
-    At the cap the iteration trains on the groups it has."""
+    At the cap the batch is topped up with the last round's dropped groups (zero advantage under group baselines),
+    so that every rank trains on the same number of sequences."""
     filter_truncated: bool = False
     """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
     still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""

@@ -109,13 +109,17 @@ class GroupBuffer:
     Rounds are added until `prompts_wanted` prompts are held.
     Each round's rows stay with their own results, problems and scores (nothing is re-scored or re-ordered);
     `take` returns the first `prompts_wanted` kept groups in the order they were generated (the surplus of the last
-    round is dropped, as in DAPO) and empties the buffer. The filter compares the pass rates, not the shaped scores
-    (DAPO filters on accuracy). Counters of the rounds since the last `take` are in `stats()`.
+    round is dropped, as in DAPO) and empties the buffer. When fewer were kept (the cap on rounds was reached), the
+    batch is topped up with the dropped groups of the last round, so that every data-parallel rank trains on the same
+    number of sequences (their collectives must match); under GRPO-style estimators those groups have zero advantage.
+    The filter compares the pass rates, not the shaped scores (DAPO filters on accuracy). Counters of the rounds since
+    the last `take` are in `stats()`.
     """
 
     def __init__(self, n: int, prompts_wanted: int) -> None:
         self.n, self.prompts_wanted = n, prompts_wanted
         self._parts: list[tuple[Rollout, list, list, torch.Tensor]] = []
+        self._dropped_last: tuple[Rollout, list, list, torch.Tensor] | None = None  # the last round's dropped groups
         self.rounds = self.generated = self.dropped = 0
 
     @property
@@ -142,17 +146,27 @@ class GroupBuffer:
         self.rounds += 1
         self.generated += len(results) // self.n
         self.dropped += int((~keep).sum()) // self.n
-        if keep.any():
-            rows = torch.nonzero(keep).squeeze(-1)
-            self._parts.append((select_rows(roll, rows), [results[i] for i in rows.tolist()],
-                                [problems[i] for i in rows.tolist()], scores[rows]))
+        self._dropped_last = None
+        for part, rows in ((self._parts, torch.nonzero(keep)), (None, torch.nonzero(~keep))):
+            rows = rows.squeeze(-1)
+            if len(rows):
+                chosen = (select_rows(roll, rows), [results[i] for i in rows.tolist()],
+                          [problems[i] for i in rows.tolist()], scores[rows])
+                if part is None:
+                    self._dropped_last = chosen
+                else:
+                    part.append(chosen)
 
     def take(self, pad_id: int) -> tuple[Rollout, list, list, torch.Tensor] | None:
-        """The first `prompts_wanted` kept groups: (rollout, results, problems, scores); None if none was kept.
+        """`prompts_wanted` groups: (rollout, results, problems, scores); None if nothing was added.
 
+        The first `prompts_wanted` kept groups, topped up from the last round's dropped groups when fewer were kept.
         The buffer and its counters start again.
         """
         parts, self._parts = self._parts, []
+        if self.prompts_wanted > sum(len(p[1]) for p in parts) // self.n and self._dropped_last is not None:
+            parts.append(self._dropped_last)  # the cap was reached: fill up with the last round's other groups
+        self._dropped_last = None
         self.rounds = self.generated = self.dropped = 0
         if not parts:
             return None

@@ -352,7 +352,7 @@ class PPOModule(LightningModule):
         """DAPO's dynamic sampling: buffer this round's groups whose pass rates differ; None until the batch is full.
 
         Once every rank holds a batch of them (or `max_num_gen_batches` rounds ran), returns (rollout, results,
-        problems, timing) of the kept groups. A rank that kept nothing trains on its last round unfiltered.
+        problems, timing) of a batch of groups (topped up with dropped ones at the cap, see `GroupBuffer`).
         """
         a, buffer = self.algo, self.group_buffer
         if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
@@ -366,7 +366,7 @@ class PPOModule(LightningModule):
         stats = buffer.stats()
         timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
         self._sampling_timing = {}
-        taken = buffer.take(self.tokenizer.pad_token_id) or (roll, results, problems, None)
+        taken = buffer.take(self.tokenizer.pad_token_id)
         self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
                                 stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
         return *taken[:3], timing
