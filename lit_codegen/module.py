@@ -3,9 +3,11 @@
 One `training_step` is one PPO iteration on a prompt batch, written as numbered phases:
 
     1. rollout      generate `rollout.n` responses per prompt (HF generate or vLLM)
-    2. reward       extract each program, score it in the sandbox (runs in the background during phase 3)
+    2. reward       extract each program, score it in the sandbox, apply the reward hook (in the background during
+                    phase 3); with DAPO's dynamic sampling, keep the groups that differ and refill from the next batch
     3. experience   old log-probs, reference log-probs and values of the sampled tokens
-    4. advantages   GAE with the critic, or GRPO / RLOO group baselines
+    4. advantages   GAE with the critic, GRPO / RLOO group baselines, or REINFORCE++ (lit_codegen.experience shapes
+                    the scores first)
     5. update       `ppo_epochs` x mini-batches (micro-batch gradient accumulation) for critic, then actor
     6. log          verl's metric names
 
