@@ -87,7 +87,8 @@ class PPOArgs:
     batches; logged as `train/num_gen_batches`, `train/num_generated_prompts`, `train/num_dropped_prompts`."""
     max_num_gen_batches: int = 10
     """Cap on the prompt batches one iteration of `filter_groups` generates (verl's name and default; 0 = no cap).
-    At the cap the iteration trains on the groups it has."""
+    At the cap the batch is topped up with the last round's dropped groups (zero advantage under group baselines),
+    so that every rank trains on the same number of sequences."""
     filter_truncated: bool = False
     """Overlong filtering (DAPO): truncated responses (no EOS within `rollout.max_new_tokens`) add no loss; they
     still count in their group's baseline. An alternative or addition to `reward.overlong_buffer_len`."""
@@ -138,6 +139,11 @@ class RewardArgs:
     """Added to the reward of a response without a fenced python block (e.g. -0.1)."""
     memory_mb: int = 1024
     """Memory cap per program in MiB."""
+    reward_fn: str | None = None
+    """A reward hook: the import path (`package.module:function`) of a callable that gets, per training response,
+    `problem` (its dataset row), `response`, `program` and `result` (the evaluator's, with per-test verdicts) and
+    returns a float that replaces the pass rate (shaping terms still apply; see `lit_codegen.reward.hooks`). None =
+    the pass rate."""
     overlong_buffer_len: int = 0
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a response longer than `rollout.max_new_tokens` minus
     this many tokens loses up to `overlong_penalty_factor`, linearly with the excess (`ppo.overlong_penalty`;

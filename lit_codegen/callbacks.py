@@ -19,6 +19,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_codegen.data.prompts import extract_program, has_code_block
+
 
 def rank_batch_indices(n_batches: int, world_size: int, rank: int) -> list[int]:
     """Batch i goes to rank i mod world size; every rank gets the same number of rounds (-1 = nothing left)."""
@@ -107,7 +109,8 @@ class PassRateValidation(Callback):
             problem_index = roll.prompt_index.tolist()
             metrics.update(results, [batch["difficulty"][j] for j in problem_index],
                            group_size=pl_module.rollout_args.val_n,
-                           sources=[batch["data_source"][j] for j in problem_index] if "data_source" in batch else None)
+                           sources=[batch["data_source"][j] for j in problem_index] if "data_source" in batch else None,
+                           no_code=[not has_code_block(t) for t in roll.texts], truncated=roll.truncated.tolist())
             for j, res in enumerate(results[: max(0, self.num_samples_logged - len(samples))]):
                 samples.append({"iteration": it, "problem_id": int(batch["problem_id"][problem_index[j]]),
                                 "response": roll.texts[j], "pass_rate": res.pass_rate, "outcomes": res.outcomes})
@@ -126,5 +129,68 @@ class PassRateValidation(Callback):
                 os.makedirs(logger.log_dir, exist_ok=True)
                 with open(os.path.join(logger.log_dir, "val_samples.jsonl"), "a") as f:
                     f.writelines(json.dumps(s) + "\n" for s in samples)
-        summary = "  ".join(f"{k}={v:.3f}" for k, v in values.items() if "/score_band/" not in k)
+        summary = "  ".join(f"{k}={v:.3f}" for k, v in values.items()
+                            if "/score_band/" not in k and "/verdict/" not in k)
         print(f"[validation @ iteration {it}] {summary}", flush=True)
+
+
+class TrainingSamples(Callback):
+    """Every `every_n_iterations` PPO iterations, a table of `num_samples` training rollouts to the logger.
+
+    Rows are drawn at random (seeded by the iteration) from every rank's responses of that iteration, the same number
+    per rank, so no response appears twice: prompt (the last `prompt_chars` characters), response, extracted program,
+    reward, pass rate and per-test verdicts. To wandb as the table `train/samples`, or appended to
+    `train_samples.jsonl` next to the CSV metrics (as `PassRateValidation` does with `val_samples.jsonl`).
+
+    Args:
+        every_n_iterations: Iterations between tables (the first after iteration `every_n_iterations`).
+        num_samples: Rows per table, over all ranks.
+        prompt_chars: Characters kept from the end of each prompt.
+    """
+
+    def __init__(self, every_n_iterations: int = 10, num_samples: int = 8, prompt_chars: int = 300) -> None:
+        if every_n_iterations < 1 or num_samples < 1:
+            raise ValueError("TrainingSamples needs every_n_iterations >= 1 and num_samples >= 1")
+        self.every_n_iterations, self.num_samples, self.prompt_chars = every_n_iterations, num_samples, prompt_chars
+        self._last_logged = -1
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        """After an iteration whose number is a multiple of `every_n_iterations`, log its table."""
+        it, last = getattr(pl_module, "ppo_iteration", 0), getattr(pl_module, "last_rollout", None)
+        if last is None or it == self._last_logged or it % self.every_n_iterations:
+            return  # no iteration finished (dynamic sampling still collecting), or not its turn
+        self._last_logged = it
+        rows = self.rows(pl_module, last, it, trainer.world_size, trainer.global_rank)
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)  # every rank reaches this
+            rows = [row for part in gathered for row in part]
+        self._write(trainer, rows, it)
+
+    def rows(self, pl_module: LightningModule, last: dict, it: int, world_size: int, rank: int) -> list[dict]:
+        """This rank's share of the table: ceil(num_samples / world_size) random rows of its last rollout."""
+        roll, results, problems, scores = last["roll"], last["results"], last["problems"], last["scores"]
+        k = min(-(-self.num_samples // world_size), len(results))
+        generator = torch.Generator().manual_seed(it * 1000 + rank)  # not the training RNG
+        picked = sorted(torch.randperm(len(results), generator=generator)[:k].tolist())
+        tokenizer = pl_module.tokenizer
+        out = []
+        for i in picked:
+            prompt = tokenizer.decode(roll.prompt_ids[i][roll.prompt_mask[i].bool()], skip_special_tokens=True)
+            out.append({"iteration": it, "problem_id": problems[i].get("problem_id"),
+                        "prompt": prompt[-self.prompt_chars:], "response": roll.texts[i],
+                        "program": extract_program(roll.texts[i]), "reward": float(scores[i]),
+                        "pass_rate": results[i].pass_rate, "outcomes": list(results[i].outcomes)})
+        return out
+
+    @rank_zero_only
+    def _write(self, trainer: Trainer, rows: list[dict], it: int) -> None:
+        rows = rows[: self.num_samples]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                columns = list(rows[0])
+                logger.log_table("train/samples", columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
+            elif logger.log_dir:
+                os.makedirs(logger.log_dir, exist_ok=True)
+                with open(os.path.join(logger.log_dir, "train_samples.jsonl"), "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)

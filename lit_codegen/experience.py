@@ -4,8 +4,8 @@
 
     scores = shaped_scores(results, roll, reward_args, max_new_tokens)
     buffer = GroupBuffer(n=4, prompts_wanted=64)
-    buffer.add(roll, results, difficulties, scores)   # keeps the prompts whose 4 scores differ
-    if buffer.full or rounds == cap: roll, results, difficulties, scores = buffer.take()
+    buffer.add(roll, results, problems, scores)   # keeps the prompts whose 4 pass rates differ
+    if buffer.full or rounds == cap: roll, results, problems, scores = buffer.take()
 """
 
 from __future__ import annotations
@@ -21,19 +21,31 @@ from lit_codegen.data.prompts import has_code_block
 from lit_codegen.rollout import Rollout
 
 
-def shaped_scores(results: list, roll: Rollout, reward: RewardArgs, max_new_tokens: int) -> torch.Tensor:
-    """Terminal reward (N,) of each response: its pass rate, plus the shaping terms that are switched on.
+def problem_rows(batch: dict, prompt_index: list[int]) -> list[dict]:
+    """The dataset row of each response's prompt, as Python values; the token tensors are left out.
+
+    The batch's per-prompt columns: `problem_id`, `difficulty`, `input_output`, `data_source`, ...
+    """
+    columns = {k: v.tolist() if torch.is_tensor(v) else v for k, v in batch.items()
+               if not (torch.is_tensor(v) and v.dim() != 1)}
+    return [{k: v[i] for k, v in columns.items()} for i in prompt_index]
+
+
+def shaped_scores(results: list, roll: Rollout, reward: RewardArgs, max_new_tokens: int,
+                  base: list[float] | None = None) -> torch.Tensor:
+    """Terminal reward (N,) of each response: its pass rate (or `base`), plus the shaping terms switched on.
 
     `reward.no_code_penalty` where a response has no fenced python block; DAPO's soft overlong punishment
     (`ppo.overlong_penalty`, `reward.overlong_buffer_len` > 0) on the response length, EOS included.
 
     Args:
         results: N evaluator results (`.pass_rate`).
+        base: N values replacing the pass rates (`reward.reward_fn`); None = the pass rates.
         roll: The rollout they score (texts, response_mask).
         reward: The reward settings.
         max_new_tokens: The generation limit the overlong window ends at.
     """
-    scores = torch.tensor([res.pass_rate for res in results], dtype=torch.float32)
+    scores = torch.tensor(base if base is not None else [res.pass_rate for res in results], dtype=torch.float32)
     if reward.no_code_penalty:
         no_code = torch.tensor([not has_code_block(t) for t in roll.texts])  # the chat template asks for one
         scores = scores + reward.no_code_penalty * no_code
@@ -95,15 +107,19 @@ class GroupBuffer:
     """DAPO's dynamic sampling (Yu et al. 2025): prompt groups whose `n` pass rates differ, over several rounds.
 
     Rounds are added until `prompts_wanted` prompts are held.
-    Each round's rows stay with their own results, difficulties and scores (nothing is re-scored or re-ordered);
+    Each round's rows stay with their own results, problems and scores (nothing is re-scored or re-ordered);
     `take` returns the first `prompts_wanted` kept groups in the order they were generated (the surplus of the last
-    round is dropped, as in DAPO) and empties the buffer. The filter compares the pass rates, not the shaped scores
-    (DAPO filters on accuracy). Counters of the rounds since the last `take` are in `stats()`.
+    round is dropped, as in DAPO) and empties the buffer. When fewer were kept (the cap on rounds was reached), the
+    batch is topped up with the dropped groups of the last round, so that every data-parallel rank trains on the same
+    number of sequences (their collectives must match); under GRPO-style estimators those groups have zero advantage.
+    The filter compares the pass rates, not the shaped scores (DAPO filters on accuracy). Counters of the rounds since
+    the last `take` are in `stats()`.
     """
 
     def __init__(self, n: int, prompts_wanted: int) -> None:
         self.n, self.prompts_wanted = n, prompts_wanted
         self._parts: list[tuple[Rollout, list, list, torch.Tensor]] = []
+        self._dropped_last: tuple[Rollout, list, list, torch.Tensor] | None = None  # the last round's dropped groups
         self.rounds = self.generated = self.dropped = 0
 
     @property
@@ -116,13 +132,13 @@ class GroupBuffer:
         """Whether `prompts_wanted` prompt groups are held."""
         return self.prompts >= self.prompts_wanted
 
-    def add(self, roll: Rollout, results: list, difficulties: list, scores: torch.Tensor) -> None:
+    def add(self, roll: Rollout, results: list, problems: list, scores: torch.Tensor) -> None:
         """Keep the groups of one round whose `n` pass rates are not all equal.
 
         Args:
             roll: The round's rollout (N rows, N = prompts x n, groups consecutive).
             results: Its N evaluator results.
-            difficulties: N difficulty labels (for the per-difficulty pass rates).
+            problems: N dataset rows of the responses' prompts (see `problem_rows`).
             scores: (N,) shaped scores.
         """
         pass_rates = torch.tensor([r.pass_rate for r in results], dtype=torch.float64)
@@ -130,29 +146,39 @@ class GroupBuffer:
         self.rounds += 1
         self.generated += len(results) // self.n
         self.dropped += int((~keep).sum()) // self.n
-        if keep.any():
-            rows = torch.nonzero(keep).squeeze(-1)
-            self._parts.append((select_rows(roll, rows), [results[i] for i in rows.tolist()],
-                                [difficulties[i] for i in rows.tolist()], scores[rows]))
+        self._dropped_last = None
+        for part, rows in ((self._parts, torch.nonzero(keep)), (None, torch.nonzero(~keep))):
+            rows = rows.squeeze(-1)
+            if len(rows):
+                chosen = (select_rows(roll, rows), [results[i] for i in rows.tolist()],
+                          [problems[i] for i in rows.tolist()], scores[rows])
+                if part is None:
+                    self._dropped_last = chosen
+                else:
+                    part.append(chosen)
 
     def take(self, pad_id: int) -> tuple[Rollout, list, list, torch.Tensor] | None:
-        """The first `prompts_wanted` kept groups: (rollout, results, difficulties, scores); None if none was kept.
+        """`prompts_wanted` groups: (rollout, results, problems, scores); None if nothing was added.
 
+        The first `prompts_wanted` kept groups, topped up from the last round's dropped groups when fewer were kept.
         The buffer and its counters start again.
         """
         parts, self._parts = self._parts, []
+        if self.prompts_wanted > sum(len(p[1]) for p in parts) // self.n and self._dropped_last is not None:
+            parts.append(self._dropped_last)  # the cap was reached: fill up with the last round's other groups
+        self._dropped_last = None
         self.rounds = self.generated = self.dropped = 0
         if not parts:
             return None
         roll = concat_rollouts([p[0] for p in parts], pad_id)
         results = [r for p in parts for r in p[1]]
-        difficulties = [d for p in parts for d in p[2]]
+        problems = [d for p in parts for d in p[2]]
         scores = torch.cat([p[3] for p in parts])
         rows = self.prompts_wanted * self.n
         if len(results) > rows:
             roll = select_rows(roll, torch.arange(rows))
-            results, difficulties, scores = results[:rows], difficulties[:rows], scores[:rows]
-        return roll, results, difficulties, scores
+            results, problems, scores = results[:rows], problems[:rows], scores[:rows]
+        return roll, results, problems, scores
 
     def stats(self) -> dict[str, float]:
         """Counters since the last `take`: generation rounds, prompts generated and dropped (all-equal groups)."""

@@ -18,6 +18,7 @@ from math import comb
 import torch
 from torchmetrics import Metric
 
+from lit_codegen.reward.evaluator import VERDICTS
 from lit_codegen.reward.report import SCORE_BANDS, score_band
 
 DIFFICULTIES = ("introductory", "interview", "competition")
@@ -51,12 +52,16 @@ class PassRateMetrics(Metric):
         for name in ("source_pass_rate_sum", "source_count"):  # per data source: (S,)
             self.add_state(name, default=torch.zeros(len(SOURCES), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("bands", default=torch.zeros(len(SCORE_BANDS), dtype=torch.float64), dist_reduce_fx="sum")
+        # tests by verdict; responses without a code block / truncated, and how many responses those were counted over
+        self.add_state("verdicts", default=torch.zeros(len(VERDICTS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("responses", default=torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pass_at_k_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_groups", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.k = 1
 
     def update(self, results: Sequence, difficulties: Sequence[str], group_size: int = 1,
-               sources: Sequence[str] | None = None) -> None:
+               sources: Sequence[str] | None = None, no_code: Sequence[bool] | None = None,
+               truncated: Sequence[bool] | None = None) -> None:
         """Add scored programs.
 
         Args:
@@ -64,7 +69,16 @@ class PassRateMetrics(Metric):
             difficulties: The difficulty of each program's problem.
             group_size: Consecutive programs per prompt (k of pass@k).
             sources: The `data_source` of each program's problem (None: no per-source entries).
+            no_code: Whether each response lacks a fenced code block (with `truncated`: adds `no_code_ratio` and
+                `truncated_ratio`; None: not reported).
+            truncated: Whether each response hit the length limit.
         """
+        for res in results:
+            for outcome in res.outcomes:
+                self.verdicts[VERDICTS.index(outcome)] += 1
+        if no_code is not None and truncated is not None:
+            self.responses += torch.tensor([sum(map(bool, no_code)), sum(map(bool, truncated)), len(no_code)],
+                                           dtype=torch.float64)
         for res, source in zip(results, sources or ()):
             if source in SOURCES:
                 self.source_pass_rate_sum[SOURCES.index(source)] += res.pass_rate
@@ -97,6 +111,12 @@ class PassRateMetrics(Metric):
         out[f"{p}/num_programs"] = total  # all ranks' programs: checks sharding (no drops/dups)
         for name, n in zip(SCORE_BANDS, self.bands.tolist()):
             out[f"{p}/score_band/{name.lower().replace(' ', '_')}"] = n / max(total, 1.0)
+        tests = float(self.verdicts.sum())
+        for name, n in zip(VERDICTS, self.verdicts.tolist()):
+            out[f"{p}/verdict/{name}"] = n / max(tests, 1.0)  # of all tests run
+        if self.responses[2] > 0:
+            out[f"{p}/no_code_ratio"] = float(self.responses[0] / self.responses[2])
+            out[f"{p}/truncated_ratio"] = float(self.responses[1] / self.responses[2])
         if self.k > 1:
             out[f"{p}/pass@{self.k}"] = float(self.pass_at_k_sum / self.n_groups.clamp(min=1))
         return out

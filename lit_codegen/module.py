@@ -3,9 +3,11 @@
 One `training_step` is one PPO iteration on a prompt batch, written as numbered phases:
 
     1. rollout      generate `rollout.n` responses per prompt (HF generate or vLLM)
-    2. reward       extract each program, score it in the sandbox (runs in the background during phase 3)
+    2. reward       extract each program, score it in the sandbox, apply the reward hook (in the background during
+                    phase 3); with DAPO's dynamic sampling, keep the groups that differ and refill from the next batch
     3. experience   old log-probs, reference log-probs and values of the sampled tokens
-    4. advantages   GAE with the critic, or GRPO / RLOO group baselines
+    4. advantages   GAE with the critic, GRPO / RLOO group baselines, or REINFORCE++ (lit_codegen.experience shapes
+                    the scores first)
     5. update       `ppo_epochs` x mini-batches (micro-batch gradient accumulation) for critic, then actor
     6. log          verl's metric names
 
@@ -22,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal
 
@@ -44,8 +46,8 @@ from lit_codegen.args import (
     check_reward_template,
 )
 from lit_codegen.callbacks import rank_batch_indices
-from lit_codegen.data.prompts import extract_program
-from lit_codegen.experience import GroupBuffer, shaped_scores
+from lit_codegen.data.prompts import extract_program, has_code_block
+from lit_codegen.experience import GroupBuffer, problem_rows, shaped_scores
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
 from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
@@ -53,6 +55,7 @@ from lit_codegen.models.logprob_head import install_logprob_head, response_logpr
 from lit_codegen.models.lora import AdaptersOff, add_lora, frozen_state_keys
 from lit_codegen.parallel import compile_decoder_layers, gathered, shard_model
 from lit_codegen.reward import Evaluator
+from lit_codegen.reward.hooks import hook_rewards, load_reward_fn, verdict_fractions
 from lit_codegen.rollout import HFRollout, Rollout, SamplingParams
 
 
@@ -116,6 +119,9 @@ class PPOModule(LightningModule):
         self.val_metrics = PassRateMetrics()
         self.actor = self.critic = self.ref = None
         self._evaluator: Evaluator | None = None
+        self.reward_fn = load_reward_fn(reward.reward_fn) if reward.reward_fn else None
+        self._reward_pool: ThreadPoolExecutor | None = None
+        self.last_rollout: dict | None = None  # this rank's last iteration (TrainingSamples logs it)
         self._engine = None
         self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
         self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized in setup)
@@ -243,6 +249,9 @@ class PPOModule(LightningModule):
         if self._evaluator is not None:
             self._evaluator.close()
             self._evaluator = None
+        if self._reward_pool is not None:
+            self._reward_pool.shutdown()
+            self._reward_pool = None
 
     # ----------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -255,18 +264,16 @@ class PPOModule(LightningModule):
         with _timer(timing, "gen"):
             roll = self.generate(batch, self.train_sampling())
         # 2. reward, in the background while phase 3 runs (DAPO's dynamic sampling needs it first)
-        tests = [batch["input_output"][i] for i in roll.prompt_index.tolist()]
-        programs = [extract_program(t) for t in roll.texts]
-        pending = self.evaluator.evaluate_async(programs, tests, max_tests=self.reward_args.max_tests)
-        difficulties = [batch["difficulty"][i] for i in roll.prompt_index.tolist()]
+        problems = problem_rows(batch, roll.prompt_index.tolist())
+        pending = self._reward_async(roll, problems, hook=not a.filter_groups)
         if a.filter_groups:
             with _timer(timing, "reward"):
-                results = pending.result()
-            collected = self._collect_groups(roll, results, difficulties, timing)
+                results, _ = pending.result()
+            collected = self._collect_groups(roll, results, problems, timing)
             if collected is None:
                 return  # the next prompt batch refills this one
-            roll, results, difficulties, timing = collected
-            pending = _done(results)
+            roll, results, problems, timing = collected
+            pending = self._reward_async(roll, problems, results)  # the hook, on the kept responses
         # 3. experience
         seq, attn, pos = _sequences(roll)
         p_len, mask = roll.prompt_ids.shape[1], roll.response_mask.to(torch.float32)
@@ -281,9 +288,10 @@ class PPOModule(LightningModule):
             with _timer(timing, "values"):
                 values = self._values(seq, attn, pos, p_len) * mask
         with _timer(timing, "reward"):
-            results = pending.result()
-        scores = shaped_scores(results, roll, self.reward_args, self.rollout_args.max_new_tokens).to(self.device)
+            results, base = pending.result()
+        scores = shaped_scores(results, roll, self.reward_args, self.rollout_args.max_new_tokens, base).to(self.device)
         self.last_scores = scores.detach().cpu()  # this rank's rewards of the last iteration (for callbacks)
+        self.last_rollout = dict(roll=roll, results=results, problems=problems, scores=self.last_scores)
         # 4. advantages
         kl = ppo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask if ref_logprobs is not None else None
         # the values this iteration uses (logged as such: the controller and the schedules step below)
@@ -320,7 +328,7 @@ class PPOModule(LightningModule):
         self._count_iteration()
         # 6. log
         timing["step"] = time.perf_counter() - t_start
-        self._log_iteration(metrics, timing, scores, results, roll, kl, mask, difficulties, values, returns)
+        self._log_iteration(metrics, timing, scores, results, roll, kl, mask, problems, values, returns)
 
     def train_sampling(self) -> SamplingParams:
         """Sampling settings of training rollouts."""
@@ -350,16 +358,35 @@ class PPOModule(LightningModule):
                       ([slice(None)] if grad else _chunks(seq.shape[0], self.algo.micro_batch_size))]
         return torch.cat(chunks).float()
 
-    def _collect_groups(self, roll: Rollout, results: list, difficulties: list, timing: dict):
+    def _reward_async(self, roll: Rollout, problems: list[dict], results: list | None = None, hook: bool = True):
+        """A Future of (evaluator results, reward-hook values or None) for the rollout's responses.
+
+        Computed in the background; with `results` given only the hook runs.
+        """
+        programs = [extract_program(t) for t in roll.texts]
+        evaluating = _done(results) if results is not None else self.evaluator.evaluate_async(
+            programs, [p["input_output"] for p in problems], max_tests=self.reward_args.max_tests)
+
+        def finish():
+            res = evaluating.result()
+            if self.reward_fn is None or not hook:
+                return res, None
+            return res, hook_rewards(self.reward_fn, self.reward_args.reward_fn, problems, roll.texts, programs, res)
+
+        if self._reward_pool is None:
+            self._reward_pool = ThreadPoolExecutor(1, thread_name_prefix="reward")
+        return self._reward_pool.submit(finish)
+
+    def _collect_groups(self, roll: Rollout, results: list, problems: list, timing: dict):
         """DAPO's dynamic sampling: buffer this round's groups whose pass rates differ; None until the batch is full.
 
         Once every rank holds a batch of them (or `max_num_gen_batches` rounds ran), returns (rollout, results,
-        difficulties, timing) of the kept groups. A rank that kept nothing trains on its last round unfiltered.
+        problems, timing) of a batch of groups (topped up with dropped ones at the cap, see `GroupBuffer`).
         """
         a, buffer = self.algo, self.group_buffer
         if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
             buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
-        buffer.add(roll, results, difficulties, torch.tensor([r.pass_rate for r in results]))
+        buffer.add(roll, results, problems, torch.tensor([r.pass_rate for r in results]))
         short = torch.tensor([float(not buffer.full)])
         rounds_left = a.max_num_gen_batches == 0 or buffer.rounds < a.max_num_gen_batches
         if self._all_ranks_sum(short).item() > 0 and rounds_left:
@@ -368,7 +395,7 @@ class PPOModule(LightningModule):
         stats = buffer.stats()
         timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
         self._sampling_timing = {}
-        taken = buffer.take(self.tokenizer.pad_token_id) or (roll, results, difficulties, None)
+        taken = buffer.take(self.tokenizer.pad_token_id)
         self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
                                 stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
         return *taken[:3], timing
@@ -492,7 +519,7 @@ class PPOModule(LightningModule):
         progress.increment_ready()
         progress.increment_completed()
 
-    def _log_iteration(self, metrics, timing, scores, results, roll, kl, mask, difficulties, values, returns) -> None:
+    def _log_iteration(self, metrics, timing, scores, results, roll, kl, mask, problems, values, returns) -> None:
         """Log verl-named metrics for this iteration (reward and pass rate in the progress bar)."""
         lengths = mask.sum(-1)
         n_tokens = float(lengths.sum() + roll.prompt_mask.sum())
@@ -508,7 +535,9 @@ class PPOModule(LightningModule):
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
-        metrics |= self._pass_rate_by_difficulty(results, difficulties) | self._sampling_stats
+        metrics |= self._pass_rate_by_difficulty(results, [p["difficulty"] for p in problems]) | self._sampling_stats
+        metrics |= verdict_fractions(results, "train")  # of all tests run: why programs fail
+        metrics["train/no_code_ratio"] = sum(not has_code_block(t) for t in roll.texts) / len(roll.texts)
         metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
         by_difficulty = {k: metrics.pop(k) for k in self.DIFFICULTY_KEYS if k in metrics}
         # sync_dist: every logged value is the mean over ranks (each rank scored its own share of the prompts)
@@ -554,7 +583,8 @@ class PPOModule(LightningModule):
         roll, results = self.score_batch(batch)
         index = roll.prompt_index.tolist()
         self.val_metrics.update(results, [batch["difficulty"][i] for i in index], group_size=self.rollout_args.val_n,
-                                sources=[batch["data_source"][i] for i in index] if "data_source" in batch else None)
+                                sources=[batch["data_source"][i] for i in index] if "data_source" in batch else None,
+                                no_code=[not has_code_block(t) for t in roll.texts], truncated=roll.truncated.tolist())
 
     def on_validation_epoch_end(self) -> None:
         """Log the accumulated validation metrics and reset them."""

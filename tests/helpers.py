@@ -32,6 +32,8 @@ def tiny_demo_config(path: Path, validate_every: int = 10, checkpoint_every: int
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"]["every_n_train_steps"] = checkpoint_every
+        if cb["class_path"].endswith("TrainingSamples"):
+            cb["init_args"]["every_n_iterations"] = 1
     path.write_text(yaml.safe_dump(cfg))
     return path
 

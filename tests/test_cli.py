@@ -1,6 +1,7 @@
 """The `lit-codegen` CLI: every YAML parses, the demo trains end to end, checkpoints validate and export."""
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -11,7 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import run_cli, tiny_demo_config
 from lit_codegen.cli import main
+from lit_codegen.data.prompts import extract_program
 from lit_codegen.models.critic import CriticModel
+from lit_codegen.reward import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -90,11 +93,31 @@ def test_demo_fit_logs_metrics_and_checkpoints(demo_run):
                 assert 0.0 <= float(row[key]) <= 1.0, (key, row[key])
         if row.get("response_length/mean"):
             assert 1.0 <= float(row["response_length/mean"]) <= 16.0  # tiny_demo_config: 16 new tokens at most
+    for prefix in ("train", "val"):  # why programs fail: fractions of all tests run, one per verdict
+        verdicts = [r for r in rows if r.get(f"{prefix}/verdict/passed")]
+        assert verdicts, f"{prefix}/verdict/* not logged"
+        for row in verdicts:
+            fractions = [float(row[f"{prefix}/verdict/{v}"]) for v in VERDICTS]
+            assert sum(fractions) == pytest.approx(1.0) and all(0 <= f <= 1 for f in fractions)
+        assert float(verdicts[-1][f"{prefix}/verdict/passed"]) < 1  # the warm-started tiny model fails some tests
+    assert any(r.get("train/no_code_ratio") for r in rows) and any(r.get("val/truncated_ratio") for r in rows)
     val_steps = sorted({int(r["step"]) for r in rows if r.get("val/pass_rate")})
     assert val_steps == [0, 2]  # before training and after the last (2nd) PPO iteration
     assert (demo_run / "checkpoints" / "last.ckpt").exists()
     (saved,) = demo_run.rglob("config.yaml")  # the resolved config beside the metrics ...
     assert "save_dir: ${trainer.default_root_dir}" in saved.read_text()  # ... with the run folder left a placeholder
+
+
+def test_demo_fit_writes_training_sample_tables(demo_run):
+    """tiny_demo_config logs 8 training rollouts after every iteration: real rows of that iteration's rollouts."""
+    (path,) = demo_run.rglob("train_samples.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1] * 8 + [2] * 8
+    for row in rows:
+        assert row["program"] == extract_program(row["response"]) and row["prompt"]
+        assert 1 <= len(row["outcomes"]) <= 4 and set(row["outcomes"]) <= set(VERDICTS)  # max_tests 4
+        assert row["pass_rate"] == row["outcomes"].count("passed") / len(row["outcomes"])
+        assert row["reward"] == pytest.approx(row["pass_rate"])  # no shaping in the demo
 
 
 def test_validate_subcommand_on_the_demo_checkpoint(demo_run, tmp_path):

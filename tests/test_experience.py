@@ -72,8 +72,13 @@ def test_group_buffer_keeps_differing_groups_in_order_until_full_and_drops_the_s
     buffer.prompts_wanted = 2
     buffer.add(rollout([1, 1, 1], [1] * 6, n=2), results(0, 1, 0, 1, 0, 1), ["c"] * 6, torch.zeros(6))
     assert buffer.take(pad_id=0)[0].texts == ["t1", "t2", "t3", "t4"]
-    buffer.add(rollout([1], [1, 1], n=2), results(1, 1), ["d"] * 2, torch.zeros(2))
-    assert buffer.take(pad_id=0) is None  # nothing kept
+    assert buffer.take(pad_id=0) is None  # nothing added
+    # short (the cap on rounds was reached): topped up with the last round's dropped groups, in order
+    buffer.prompts_wanted = 3
+    buffer.add(rollout([1, 1], [1] * 4, n=2), results(0, 1, 1, 1), ["e"] * 4, torch.zeros(4))  # keeps prompt 0
+    buffer.add(rollout([1, 1], [1] * 4, n=2, first_id=30), results(0, 0, 1, 1), ["f"] * 4, torch.zeros(4))
+    roll, res, problems, _ = buffer.take(pad_id=0)
+    assert roll.texts == ["t1", "t2", "t30", "t31", "t32", "t33"] and problems == ["e"] * 2 + ["f"] * 4
 
 
 def test_overlong_penalty_in_the_shaped_scores():
@@ -131,14 +136,19 @@ def test_dynamic_sampling_refills_the_batch_from_the_next_prompt_batches():
     assert logged["critic/pass_rate/mean"] == pytest.approx((1 + 0 + 0.2 + 0.1 + 1 + 0 + 1 + 0) / 8)
 
 
-def test_dynamic_sampling_stops_at_the_cap_and_trains_on_what_it_has():
+def test_dynamic_sampling_stops_at_the_cap_and_fills_the_batch_with_dropped_groups():
+    """At the cap the iteration trains on a full batch (every rank the same number of sequences): the kept group
+    first, then the last round's dropped ones, which have zero GRPO advantage."""
     L.seed_everything(0)
     module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, filter_groups=True, max_num_gen_batches=2, mini=8,
                         micro=8)
     module._evaluator = _RoundEvaluator([[0, 1] + [0] * 6, [1] * 8])  # 1 prompt kept of 8 generated
     seen = _record_experience(module)
     trainer(1).fit(module, datamodule=data)
-    assert module.ppo_iteration == 1 and seen[0]["seq"].shape[0] == 2
+    exp = seen[0]
+    assert module.ppo_iteration == 1 and exp["seq"].shape[0] == 8
+    per_row = (exp["advantages"] * exp["mask"]).sum(-1)
+    assert per_row[0] < 0 < per_row[1] and (per_row[2:] == 0).all()
 
 
 def test_truncated_responses_add_no_loss_with_filter_truncated():

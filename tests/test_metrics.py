@@ -13,7 +13,23 @@ from lit_codegen.metrics import PassRateMetrics, pass_at_k
 
 
 def results(*rates):
-    return [SimpleNamespace(pass_rate=r) for r in rates]
+    return [SimpleNamespace(pass_rate=r, outcomes=[]) for r in rates]
+
+
+def test_verdict_fractions_and_response_ratios():
+    """Fractions of all tests by verdict (over every program's tests) and of responses without code / truncated."""
+    metrics = PassRateMetrics()
+    programs = [SimpleNamespace(pass_rate=0.5, outcomes=["passed", "wrong_answer"]),
+                SimpleNamespace(pass_rate=0.0, outcomes=["timeout", "timeout", "runtime_error", "compile_error"])]
+    metrics.update(programs, ["interview"] * 2, no_code=[False, True], truncated=[True, True])
+    out = metrics.compute()
+    assert {k.split("/")[-1]: v for k, v in out.items() if "/verdict/" in k} == {
+        "passed": 1 / 6, "wrong_answer": 1 / 6, "timeout": 2 / 6, "runtime_error": 1 / 6, "compile_error": 1 / 6,
+        "memory_limit": 0.0, "output_limit": 0.0}
+    assert out["val/no_code_ratio"] == 0.5 and out["val/truncated_ratio"] == 1.0
+    metrics.reset()
+    metrics.update(results(1.0), ["interview"])
+    assert "val/no_code_ratio" not in metrics.compute()  # not given: not reported
 
 
 def test_known_values_per_difficulty_and_bands():
@@ -71,9 +87,9 @@ dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2
 from lit_codegen.metrics import PassRateMetrics
 m = PassRateMetrics()
 if rank == 0:  # only rank 0 sees an introductory problem
-    m.update([R(pass_rate=1.0), R(pass_rate=0.5)], ["introductory", "interview"])
+    m.update([R(pass_rate=1.0, outcomes=[]), R(pass_rate=0.5, outcomes=[])], ["introductory", "interview"])
 else:
-    m.update([R(pass_rate=0.0), R(pass_rate=0.25)], ["interview", "interview"])
+    m.update([R(pass_rate=0.0, outcomes=[]), R(pass_rate=0.25, outcomes=[])], ["interview", "interview"])
 print(json.dumps(m.compute()))
 dist.destroy_process_group()
 """
