@@ -1,4 +1,4 @@
-"""The README's algorithm table: the CPU demo trained with each recipe, same budget, several seeds.
+"""The algorithm table of docs/training.md: the CPU demo trained with each recipe, same budget, several seeds.
 
     python scripts/compare_algorithms.py --seeds 0 1 2 --out outputs/algorithms
     python scripts/compare_algorithms.py --seeds 0 --only grpo dapo --max_steps 10     # a quick look

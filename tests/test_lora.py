@@ -338,4 +338,4 @@ def test_lora_recipe_runs_one_iteration_with_the_tiny_model(tmp_path):
 
 def test_readme_shows_the_lora_recipes_memory_plan_as_the_script_prints_it(capsys):
     assert _memory_plan().main(["--config", str(LORA_RECIPE)]) == 0
-    assert capsys.readouterr().out.strip() in (LORA_RECIPE.parents[1] / "README.md").read_text()
+    assert capsys.readouterr().out.strip() in (LORA_RECIPE.parents[1] / "docs" / "scaling.md").read_text()

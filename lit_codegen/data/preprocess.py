@@ -17,7 +17,7 @@ otherwise the problems are shuffled with `--seed` and `--test_size` of them (def
 If one natural split is empty (a folder with only `train/` or only `test/`, or `--difficulties` removed all of one
 side), the problems are shuffled the same way and one warning line says so. Both files are built first and then
 written (temporary file + rename), so a failed run leaves the previous files of `--local_dir` untouched.
-The columns (`PARQUET_SCHEMA`) are a superset of verl's RL parquet schema, see the README's "Parquet schema".
+The columns (`PARQUET_SCHEMA`) are a superset of verl's RL parquet schema, see "Parquet schema" in docs/data.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ local files in the published layout and validates every record with `lit_codegen
     problems = load_source("tests/data/fixtures/livecodebench/test.jsonl", "livecodebench").problems
     problems[0].fn_name, problems[0].release_date  # -> 'countGreater', '2023-05-20'
 
-Formats (see the README's data table for fields and caveats): `apps` (handled by `lit_codegen.data.apps`), `taco`,
+Formats (see the table in docs/data.md for fields and caveats): `apps` (handled by `lit_codegen.data.apps`), `taco`,
 `code_contests`, `livecodebench`, `deepcoder`. Tests of converted formats are capped: a test whose input and output
 together exceed `MAX_TEST_BYTES` is dropped, and tests are kept in order (public, then private, then generated)
 only while the problem's tests stay within `MAX_PROBLEM_TEST_BYTES`.
@@ -385,7 +385,7 @@ def _local_records(path: Path, fmt: str) -> Iterator[tuple[Record, str | None]]:
 
 
 def _hub_records(name: str, fmt: str, config: str | None) -> Iterator[tuple[Record, str | None]]:
-    """Records of a hub dataset, loaded with `datasets.load_dataset` (the hub layouts are in the README table)."""
+    """Records of a hub dataset, loaded with `datasets.load_dataset` (hub layouts: docs/data.md)."""
     import datasets  # lazy: only hub sources need it
 
     try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of the Scale issue as one prepared call (~4 minutes on one H100; device time is lent by the quarter
-# hour): training-phase MFU of the Qwen2.5-0.5B architecture under FSDP2 + bf16-mixed + compile at the README's two
+# hour): training-phase MFU of the Qwen2.5-0.5B architecture under FSDP2 + bf16-mixed + compile at docs/results.md's two
 # micro-batch-96 workloads: 384 prompts with one optimizer step per model per iteration (the 40% row), then 192
 # prompts with two. Each falls back to micro-batch 64 if it runs out of memory, and runs one extra profiled iteration
 # (kernel table next to its JSON). Writes nvidia-smi's view, the JSON reports and the logs to OUT_DIR. Run from the
