@@ -136,17 +136,38 @@ def test_dynamic_sampling_refills_the_batch_from_the_next_prompt_batches():
     assert logged["critic/pass_rate/mean"] == pytest.approx((1 + 0 + 0.2 + 0.1 + 1 + 0 + 1 + 0) / 8)
 
 
-def test_dynamic_sampling_stops_at_the_cap_and_fills_the_batch_with_dropped_groups():
+def test_dynamic_sampling_adds_up_the_time_of_every_round():
+    """Two iterations of 3 and 2 generation rounds, each round's generation taking 0.1 s more: the logged
+    timing_s/gen of an iteration is the sum of its rounds."""
+    import time
+
+    L.seed_everything(0)
+    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, filter_groups=True, mini=8, micro=8)
+    module._evaluator = _RoundEvaluator([[0, 0, 1, 0, 1, 1, 1, 1], [0, 1, 0, 1, 1, 1, 1, 1], [0, 1] * 4,
+                                         [0, 1, 0, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0, 0]])
+    generate, logged = module.generate, []
+    module.generate = lambda batch, params: time.sleep(0.1) or generate(batch, params)
+    log_dict = module.log_dict
+    module.log_dict = lambda metrics, **kw: logged.append(dict(metrics)) or log_dict(metrics, **kw)
+    trainer(2).fit(module, datamodule=data)
+    iterations = [m for m in logged if "timing_s/gen" in m]
+    assert [m["train/num_gen_batches"] for m in iterations] == [3, 2]
+    for m in iterations:
+        assert 0.1 * m["train/num_gen_batches"] <= m["timing_s/gen"] < 0.1 * m["train/num_gen_batches"] + 0.9
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_dynamic_sampling_stops_at_the_cap_and_fills_the_batch_with_dropped_groups(cap):
     """At the cap the iteration trains on a full batch (every rank the same number of sequences): the kept group
     first, then the last round's dropped ones, which have zero GRPO advantage."""
     L.seed_everything(0)
-    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, filter_groups=True, max_num_gen_batches=2, mini=8,
+    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, filter_groups=True, max_num_gen_batches=cap, mini=8,
                         micro=8)
-    module._evaluator = _RoundEvaluator([[0, 1] + [0] * 6, [1] * 8])  # 1 prompt kept of 8 generated
+    module._evaluator = evaluator = _RoundEvaluator([[0, 1] + [0] * 6, [1] * 8])  # 1 prompt kept of 8 generated
     seen = _record_experience(module)
     trainer(1).fit(module, datamodule=data)
     exp = seen[0]
-    assert module.ppo_iteration == 1 and exp["seq"].shape[0] == 8
+    assert module.ppo_iteration == 1 and exp["seq"].shape[0] == 8 and len(evaluator.rounds) == 2 - cap
     per_row = (exp["advantages"] * exp["mask"]).sum(-1)
     assert per_row[0] < 0 < per_row[1] and (per_row[2:] == 0).all()
 
@@ -171,7 +192,7 @@ def test_rollout_correction_weights_and_mismatch_metrics():
     import dataclasses
 
     L.seed_everything(0)
-    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0)
+    module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, mini=8, micro=4)
     module.algo.rollout_is, module.algo.rollout_is_threshold = "token", 1.5
     generate = module.generate
 
@@ -180,7 +201,9 @@ def test_rollout_correction_weights_and_mismatch_metrics():
         return dataclasses.replace(roll, logprobs=roll.response_mask * 0.0)
 
     module.generate = with_sampler_logprobs
+    module._evaluator = _RoundEvaluator([[1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0]])
     seen, logged = _record_experience(module), {}
+    updates = _record_update_metrics(module)
     log_dict = module.log_dict
     module.log_dict = lambda metrics, **kw: logged.update(metrics) or log_dict(metrics, **kw)
     trainer(1).fit(module, datamodule=data)
@@ -188,5 +211,8 @@ def test_rollout_correction_weights_and_mismatch_metrics():
     mask = exp["mask"]
     expected = torch.clamp(torch.exp(exp["old_logprobs"]), max=1.5) * mask  # the sampler said log p = 0
     torch.testing.assert_close(exp["is_weights"] * mask, expected)
+    # the first (on-policy, ratio 1) mini-batch's token-mean loss is -A weighted by them
+    weighted = -(exp["advantages"] * expected).sum() / mask.sum()
+    assert updates["actor/pg_loss"] == pytest.approx(float(weighted), rel=1e-4)
     diff = exp["old_logprobs"][mask.bool()].abs().mean()
     assert logged["rollout_corr/logprob_abs_diff"] == pytest.approx(float(diff), rel=1e-4)

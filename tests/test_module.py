@@ -77,7 +77,10 @@ def test_critic_free_estimators_train_without_a_critic(estimator):
     adv_estimator, settings = CRITIC_FREE[estimator]
     module, data = make(adv_estimator=adv_estimator, n=2, kl_coef=0.0, kl_loss_coef=0.1, ppo_epochs=2, **settings)
     module.configure_model()
-    module._evaluator = _StubEvaluator([1.0, 0.0] * 4)  # the untrained model's programs would all score 0: no signal
+    # the untrained model's programs would all score 0: no signal; REINFORCE++ (no baseline) and its baseline variant
+    # whiten to the same values when every group has the same mean, so its groups differ there
+    pass_rates = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0] if estimator.startswith("reinforce") else [1.0, 0.0] * 4
+    module._evaluator = _StubEvaluator(pass_rates)
     before = {n: p.detach().clone() for n, p in module.actor.named_parameters()}
     seen, update = [], module._update_actor
 
@@ -97,7 +100,8 @@ def test_critic_free_estimators_train_without_a_critic(estimator):
     # or the group-centred 0.5, -0.5 (responses differ in length, so the token mean is not 0)
     mask = exp["mask"].bool()
     if estimator.startswith("reinforce_plus_plus"):
-        raw = torch.tensor([1.0, 0.0] * 4) - (0.5 if estimator.endswith("baseline") else 0.0)
+        raw = torch.tensor(pass_rates)
+        raw = raw - (raw.view(-1, 2).mean(-1).repeat_interleave(2) if estimator.endswith("baseline") else 0.0)
         tokens = raw[:, None].expand_as(mask)[mask]
         expected = torch.where(mask, (raw[:, None] - tokens.mean()) / tokens.std(), 0.0)
     else:
@@ -518,19 +522,27 @@ def test_gae_wiring_known_answer_with_discount_lambda_and_kl_penalty():
     torch.testing.assert_close(exp["returns"].double(), expected_ret, rtol=1e-4, atol=1e-5)
 
 
-def test_advantages_are_whitened_with_the_moments_of_all_ranks():
+@pytest.mark.parametrize("estimator", ["gae", "reinforce_plus_plus", "reinforce_plus_plus_baseline"])
+def test_advantages_are_whitened_with_the_moments_of_all_ranks(estimator):
     """Under data parallelism each rank whitens with the moments of the whole batch: another rank's advantages
-    (here: the sums of [2.0, 4.0, 9.0] injected through the all-rank sum) shift the mean and scale used on this one."""
+    (here: the sums of [2.0, 4.0, 9.0] injected through the all-rank sum) shift the mean and scale used on this one.
+    Before whitening: score - value (GAE), the score on every token (REINFORCE++), score - group mean (-baseline)."""
     L.seed_everything(0)
-    module, data = make(kl_coef=0.0)
-    module._evaluator = _StubEvaluator([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0])
+    module, data = make(estimator, kl_coef=0.0)
+    module._evaluator = _StubEvaluator(scores.tolist())
     other = torch.tensor([2.0 + 4.0 + 9.0, 4.0 + 16.0 + 81.0, 3.0], dtype=torch.float64)  # [sum, sum of squares, n]
     module._all_ranks_sum = lambda tensor: tensor + other if tensor.shape == (3,) else tensor
     seen = _record_experience(module)
     trainer(1).fit(module, datamodule=data)
     exp = seen[0]
     mask = exp["mask"].bool()
-    raw = (exp["returns"] - exp["values"])[mask].double()
+    if estimator == "gae":
+        per_token = exp["returns"] - exp["values"]
+    else:
+        per_seq = scores - (scores.view(-1, 2).mean(-1).repeat_interleave(2) if estimator.endswith("baseline") else 0)
+        per_token = per_seq[:, None].expand_as(mask)
+    raw = per_token[mask].double()
     everything = torch.cat([raw, torch.tensor([2.0, 4.0, 9.0], dtype=torch.float64)])
     expected = (raw - everything.mean()) / everything.std()
     torch.testing.assert_close(exp["advantages"][mask].double(), expected, rtol=1e-4, atol=1e-5)
