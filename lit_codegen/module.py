@@ -269,6 +269,7 @@ class PPOModule(LightningModule):
         if a.filter_groups:
             with _timer(timing, "reward"):
                 results, _ = pending.result()
+            timing["step"] = time.perf_counter() - t_start  # this round's share of the iteration, if it is not the last
             collected = self._collect_groups(roll, results, problems, timing)
             if collected is None:
                 return  # the next prompt batch refills this one
@@ -327,7 +328,7 @@ class PPOModule(LightningModule):
             self.kl_ctl.update(float(kl_sum / n_seqs), int(n_seqs))
         self._count_iteration()
         # 6. log
-        timing["step"] = time.perf_counter() - t_start
+        timing["step"] = timing.get("step", 0.0) + time.perf_counter() - t_start  # + earlier rounds (dynamic sampling)
         self._log_iteration(metrics, timing, scores, results, roll, kl, mask, problems, values, returns)
 
     def train_sampling(self) -> SamplingParams:
@@ -393,6 +394,7 @@ class PPOModule(LightningModule):
             self._sampling_timing = {k: self._sampling_timing.get(k, 0.0) + v for k, v in timing.items()}
             return None
         stats = buffer.stats()
+        timing.pop("step")  # the last round's is measured to the end of the iteration
         timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
         self._sampling_timing = {}
         taken = buffer.take(self.tokenizer.pad_token_id)
