@@ -1041,3 +1041,53 @@ def test_rollout_mismatch_metrics_known_answer():
     padded = ppo.rollout_mismatch_metrics(torch.cat([OLD_LP, t([[9.0] * 3])]), torch.cat([ROLLOUT_LP, t([[0.0] * 3])]),
                                           torch.cat([RC_MASK, t([[0] * 3])]))
     close(padded["ppl_ratio"], metrics["ppl_ratio"])
+
+
+def test_kl_penalty_defaults_to_k1_checks_shapes_and_clamps_the_log_ratio():
+    logprobs, ref = torch.tensor([[-1.0, -2.0, -30.0]]), torch.tensor([[-1.5, -1.0, 0.0]])
+    assert torch.equal(ppo.kl_penalty(logprobs, ref), logprobs - ref)  # k1 by default
+    with pytest.raises(ValueError, match=r"^Shape mismatch: logprobs=\(1, 3\), ref_logprobs=\(1, 2\)\.$"):
+        ppo.kl_penalty(logprobs, ref[:, :2], "k3")
+    # k3 far from the reference: the value is capped at 10, and the log-ratio's clamp at 20 keeps the gradient of a
+    # ratio beyond float32's exp range finite (0) instead of 0 * inf = nan
+    far = torch.tensor([[-100.0, 0.0]], requires_grad=True)
+    k3 = ppo.kl_penalty(far, torch.tensor([[0.0, -100.0]]), "k3")
+    assert k3.tolist() == [[10.0, 10.0]]
+    k3.sum().backward()
+    assert torch.isfinite(far.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (1, 4), (2, 1)])
+def test_logprobs_and_entropy_of_empty_and_one_row_or_one_token_batches(shape):
+    """Empty batches give empty (B, T) results; one row or one token is computed like any other."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(*shape, 7), torch.randint(0, 7, shape)
+    expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    probs = torch.softmax(logits, -1)
+    entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1)
+    for chunk in (1, 3, 1024):
+        got = ppo.logprobs_from_logits(logits, labels, chunk_tokens=chunk)
+        assert got.shape == shape
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(ppo.entropy_from_logits(logits, chunk_tokens=chunk), entropy)
+    with pytest.raises(ValueError, match=r"^chunk_tokens must be >= 1, got 0\.$"):
+        ppo.logprobs_from_logits(logits, labels, chunk_tokens=0)
+
+
+def test_whitening_over_batch_goes_through_the_all_rank_sum():
+    """One rank (the sum is the identity) gives the same advantages as no sum at all; the hook sees the sums."""
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.0]])
+    seen = []
+    one_rank, _ = ppo.reinforce_plus_plus_advantages(rewards, mask, all_reduce_sum=lambda t: seen.append(t) or t)
+    alone, _ = ppo.reinforce_plus_plus_advantages(rewards, mask)
+    torch.testing.assert_close(one_rank, alone)
+    assert len(seen) == 1 and seen[0].tolist() == [2.5, 2.25, 3.0]  # returns 1, 1, 0.5: sum, sum of squares, n
+
+
+def test_cispo_refuses_sequence_ratios_and_dual_clip_with_one_message():
+    x = torch.zeros(1, 2)
+    for kwargs in ({"ratio_level": "sequence"}, {"dual_clip": 3.0}):
+        with pytest.raises(ValueError, match=r"^loss_mode 'cispo' clips token weights: it takes ratio_level 'token' "
+                                             r"and no dual_clip\.$"):
+            ppo.policy_loss(x, x, x, torch.ones(1, 2), loss_mode="cispo", **kwargs)
