@@ -166,7 +166,8 @@ def test_memory_plan_of_the_recipe_fits_80_gb(capsys):
     resident = sum(r.gib for r in rows if "g" in r.phases and "a" in r.phases)
     assert totals["training"] == pytest.approx(resident + gib["FSDP all-gather working set"] + gib["Actor gradients"]
                                                + gib["Actor activations (1 micro-batch)"]
-                                               + gib["Actor LM head (fused, 1 block)"])
+                                               + gib["Actor LM head (fused, 1 block)"]
+                                               + gib["Packed attention mask (SDPA)"])
 
 
 def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
@@ -174,6 +175,7 @@ def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
     base = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
     memory_plan._apply_override(config, "model.init_args.algorithm.mini_batch_size=8")
     memory_plan._apply_override(config, "model.init_args.algorithm.micro_batch_size=8")
+    memory_plan._apply_override(config, "model.init_args.algorithm.max_tokens_per_micro_batch=16384")
     assert memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]["training"] > \
         base["training"]
     memory_plan._apply_override(config, "trainer.devices=8")
