@@ -17,7 +17,9 @@ Layouts: `fixed` = today's `micro_batch_size` rows padded to the rollout's wides
 `max_tokens_per_micro_batch` (rows of similar length, padding trimmed per micro-batch); `packed` = budget +
 `pack_sequences` (one row per micro-batch, no padding). Reported:
 
-- useful tokens/s = real (non-padding) prompt + response tokens of the rollout / time of the five passes;
+- useful tokens/s = real (non-padding) prompt + response tokens of the rollout / time of the five passes, in the
+  fastest measured iteration of each layout (the layouts run interleaved, `--rounds` times; the median is reported
+  too), because on a shared machine the other iterations measure the neighbours' load;
 - MFU on useful tokens = the multiply-adds of those tokens only (`gpu_ppo.sequence_macs` with each row's own
   lengths: 2 FLOPs per multiply-add, forward passes x 1, updates x 3) / time / peak, where the peak is this CPU's
   measured fp32 matmul rate on the same threads (CPUs have no datasheet figure for it).
@@ -104,8 +106,8 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run(model_dir: Path, roll: Rollout, algo: dict, iterations: int) -> dict:
-    """Train `iterations` PPO iterations on the rollout; medians of the passes over all but the first."""
+def run(model_dir: Path, roll: Rollout, algo: dict, iterations: int) -> list[dict[str, float]]:
+    """Train `iterations` PPO iterations on the rollout; the passes' seconds of each but the first."""
     seed_everything(0, verbose=False)
     rows = roll.response_ids.shape[0]
     algo = {"micro_batch_size": min(rows, 16)} | algo  # unused with a token budget, but checked against the mini-batch
@@ -117,17 +119,17 @@ def run(model_dir: Path, roll: Rollout, algo: dict, iterations: int) -> dict:
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, callbacks=[timings])
     trainer.fit(module, datamodule=OneBatch(rows, iterations))
-    measured = timings.records[1:] or timings.records
-    return {k: statistics.median(r[k] for r in measured) for k in PASSES}
+    return [{k: r[k] for k in PASSES} for r in timings.records[1:] or timings.records]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=32, help="Sequences in the rollout (one mini-batch).")
-    parser.add_argument("--iterations", type=int, default=3, help="PPO iterations per layout; the first is warm-up.")
+    parser.add_argument("--iterations", type=int, default=4, help="PPO iterations per run; the first is warm-up.")
+    parser.add_argument("--rounds", type=int, default=2, help="Runs of every layout, interleaved.")
     parser.add_argument("--micro_batch_size", type=int, default=8, help="Rows per micro-batch of `fixed`.")
     parser.add_argument("--budget_tokens", type=int, default=8192, help="Token budget of `budget` (padding counted).")
-    parser.add_argument("--packed_tokens", type=int, default=2048, help="Token budget of `packed`.")
+    parser.add_argument("--packed_tokens", type=int, default=1024, help="Token budget of `packed` (CPU: see above).")
     parser.add_argument("--layouts", default="fixed,budget,packed", help="Comma-separated layouts to run.")
     parser.add_argument("--json", type=Path, help="Write the report here.")
     args = parser.parse_args(argv)
@@ -155,14 +157,22 @@ def main(argv: list[str] | None = None) -> None:
                   "response_length": {"mean": statistics.fmean(r_lens), "median": statistics.median(r_lens),
                                       "max": max(r_lens)},
                   "threads": torch.get_num_threads(), "matmul_peak_gflops": peak / 1e9, "layouts": {}}
-        for name, algo in ((k, layouts[k]) for k in args.layouts.split(",")):
-            passes = run(model_dir, roll, algo, args.iterations)
-            seconds = sum(passes.values())
-            report["layouts"][name] = {"algorithm": algo, "passes_s": passes, "seconds": seconds,
+        names = args.layouts.split(",")
+        records: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for _ in range(args.rounds):  # interleaved, so a change in the machine's load hits every layout alike
+            for name in names:
+                records[name] += run(model_dir, roll, layouts[name], args.iterations)
+        for name in names:
+            totals = [sum(r.values()) for r in records[name]]
+            best = records[name][totals.index(min(totals))]
+            seconds = min(totals)  # the least disturbed iteration: the machine is shared
+            report["layouts"][name] = {"algorithm": layouts[name], "passes_s": best, "seconds": seconds,
+                                       "median_seconds": statistics.median(totals), "iterations": len(totals),
                                        "useful_tokens_per_s": useful / seconds,
                                        "mfu_useful": useful_flops / seconds / peak}
-            print(f"{name:7s} {seconds:7.2f} s  {useful / seconds:9.0f} useful tokens/s  "
-                  f"MFU(useful) {100 * useful_flops / seconds / peak:5.2f}%  {passes}", flush=True)
+            print(f"{name:7s} {seconds:7.2f} s (median {statistics.median(totals):.2f})  {useful / seconds:9.0f} "
+                  f"useful tokens/s  MFU(useful) {100 * useful_flops / seconds / peak:5.2f}%  "
+                  f"{ {k: round(v, 3) for k, v in best.items()} }", flush=True)
         base = report["layouts"].get("fixed", {}).get("seconds", float("nan"))
         for name, figures in report["layouts"].items():
             figures["speedup_vs_fixed"] = base / figures["seconds"]
