@@ -29,7 +29,16 @@ class PPOArgs:
     mini_batch_size: int = 16
     """Sequences per optimizer step (after `rollout.n` expansion). The rollout batch is split into mini-batches."""
     micro_batch_size: int = 16
-    """Sequences per forward/backward; gradients accumulate over a mini-batch."""
+    """Sequences per forward/backward; gradients accumulate over a mini-batch. Ignored when
+    `max_tokens_per_micro_batch` is set."""
+    max_tokens_per_micro_batch: int | None = None
+    """Group a mini-batch's rows into micro-batches of at most this many prompt + response tokens (padding counted
+    unless `pack_sequences`), rows of similar length together, instead of `micro_batch_size` rows; a longer row gets
+    one of its own (verl's `ppo_max_token_len_per_gpu`). None = `micro_batch_size` rows."""
+    pack_sequences: bool = False
+    """Concatenate each micro-batch's rows into one sequence without padding (positions restart per row, attention
+    stays within a row; verl's `use_remove_padding`). Exact. SDPA attends over the pack's dense (L, L) mask, so keep
+    `max_tokens_per_micro_batch` small (CPU bench: 1024) unless flash-attention's varlen kernel runs."""
     clip_ratio_low: float = 0.2
     """Lower clip of the probability ratio (1 - clip_ratio_low)."""
     clip_ratio_high: float = 0.2
@@ -252,6 +261,9 @@ def check_ppo_args(a: PPOArgs, r: RolloutArgs, reward: RewardArgs | None = None)
     if a.filter_groups and r.n < 2:
         raise ValueError("--model.algorithm.filter_groups compares the samples of each prompt: it needs "
                          "--model.rollout.n >= 2")
+    if a.max_tokens_per_micro_batch is not None and a.max_tokens_per_micro_batch < 1:
+        raise ValueError(f"--model.algorithm.max_tokens_per_micro_batch must be at least 1 (or null for "
+                         f"micro_batch_size rows), got {a.max_tokens_per_micro_batch}")
     if a.micro_batch_size > a.mini_batch_size:
         raise ValueError("--model.algorithm.micro_batch_size must be <= --model.algorithm.mini_batch_size")
     if r.val_n > 1 and r.val_greedy:

@@ -34,7 +34,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_codegen import ppo
+from lit_codegen import batching, ppo
 from lit_codegen.args import (
     LoraArgs,
     OptimArgs,
@@ -49,7 +49,7 @@ from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program, has_code_block
 from lit_codegen.experience import GroupBuffer, problem_rows, shaped_scores
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
-from lit_codegen.models.critic import CriticModel
+from lit_codegen.models.critic import CriticModel, response_values
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
 from lit_codegen.models.lora import AdaptersOff, add_lora, frozen_state_keys
@@ -346,18 +346,49 @@ class PPOModule(LightningModule):
         """Log-probs (N, R) of the response tokens under `model`, in micro-batches, without gradients."""
         out = []
         with torch.no_grad():
-            for idx in _chunks(seq.shape[0], self.algo.micro_batch_size):
+            for idx, real in self._micro_batches(torch.arange(seq.shape[0], device=seq.device), attn):
                 logprobs, _ = response_logprobs(model, seq[idx], attn[idx], pos[idx], p_len,
-                                                self.rollout_args.temperature)
-                out.append(logprobs)
-        return torch.cat(out)
+                                                self.rollout_args.temperature, self._layout)
+                out += [(idx, logprobs)] if real else []
+        return _in_row_order(out)
 
     def _values(self, seq, attn, pos, p_len: int, grad: bool = False) -> torch.Tensor:
         """Critic values (n, R) of the states before each response token."""
         with torch.set_grad_enabled(grad):
-            chunks = [self.critic(seq[i], attn[i], pos[i])[:, p_len - 1 : -1] for i in
-                      ([slice(None)] if grad else _chunks(seq.shape[0], self.algo.micro_batch_size))]
-        return torch.cat(chunks).float()
+            if grad:  # one micro-batch of the update
+                return response_values(self.critic, seq, attn, pos, p_len, self._layout).float()
+            micro = self._micro_batches(torch.arange(seq.shape[0], device=seq.device), attn)
+            out = [(i, response_values(self.critic, seq[i], attn[i], pos[i], p_len, self._layout)) for i, _ in micro]
+        return _in_row_order([(i, v) for (i, real), (_, v) in zip(micro, out) if real]).float()
+
+    @property
+    def _layout(self) -> str:
+        """How micro-batches reach the models: packed rows, padding-trimmed (token budget) or as padded."""
+        if self.algo.pack_sequences:
+            return "packed"
+        return "padded" if self.algo.max_tokens_per_micro_batch is None else "trimmed"
+
+    def _micro_batches(self, rows: torch.Tensor, attn: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """(row indices, real) of each micro-batch of `rows`: `micro_batch_size` rows, or by token budget.
+
+        With a token budget, ranks can group their rows into different numbers of micro-batches, but under data
+        parallelism every forward/backward is a collective (FSDP's all-gathers and reduce-scatters, DDP's
+        all-reduce): a rank with fewer appends micro-batches of its first row marked not real, whose outputs
+        and losses count nothing.
+        """
+        a = self.algo
+        if a.max_tokens_per_micro_batch is None:
+            return [(idx, True) for idx in rows.split(a.micro_batch_size)]
+        lengths = attn[rows].sum(-1).tolist()
+        groups = [(rows[g], True) for g in batching.token_budget_groups(lengths, a.max_tokens_per_micro_batch,
+                                                                        packed=a.pack_sequences)]
+        return groups + [(rows[:1], False)] * (self._most_on_any_rank(len(groups)) - len(groups))
+
+    def _most_on_any_rank(self, count: int) -> int:
+        """The largest `count` over the data-parallel ranks; every rank must call it when several run."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return count
+        return int(self.trainer.strategy.reduce(torch.tensor(count, device=self.device), reduce_op="max"))
 
     def _reward_async(self, roll: Rollout, problems: list[dict], results: list | None = None, hook: bool = True):
         """A Future of (evaluator results, reward-hook values or None) for the rollout's responses.
@@ -436,10 +467,10 @@ class PPOModule(LightningModule):
         for mb in self._minibatches(exp["seq"].shape[0]):
             opt.zero_grad(set_to_none=True)
             norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
-            for idx in mb.split(a.micro_batch_size):
+            for idx, real in self._micro_batches(mb, exp["attn"]):
                 values = self._values(exp["seq"][idx], exp["attn"][idx], exp["pos"][idx], p_len, grad=True)
-                loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx], exp["mask"][idx],
-                                                a.value_clip, a.loss_agg, norm)
+                loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx],
+                                                exp["mask"][idx] * real, a.value_clip, a.loss_agg, norm)
                 self.manual_backward(loss)
                 share = self._share(exp["mask"][idx], tokens)
                 logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * share})
@@ -453,11 +484,12 @@ class PPOModule(LightningModule):
         for mb in self._minibatches(exp["seq"].shape[0]):
             opt.zero_grad(set_to_none=True)
             norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
-            for idx in mb.split(a.micro_batch_size):
-                m = exp["mask"][idx]
+            for idx, real in self._micro_batches(mb, exp["attn"]):
+                m = exp["mask"][idx] * real  # a padding micro-batch (see _micro_batches) trains on no token
                 share = self._share(m, tokens)
                 logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
-                                                             exp["pos"][idx], p_len, self.rollout_args.temperature)
+                                                             exp["pos"][idx], p_len, self.rollout_args.temperature,
+                                                             self._layout)
                 is_weights = exp["is_weights"][idx] if "is_weights" in exp else None
                 loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
                                            a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm,
@@ -704,6 +736,12 @@ def _done(value):
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _in_row_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Concatenate (row indices, rows) of micro-batches that cover the rows 0..N-1 once, back in row order."""
+    rows = torch.cat([idx for idx, _ in parts])
+    return torch.cat([x for _, x in parts])[torch.argsort(rows)]
 
 
 def _as_list(x) -> list:

@@ -181,6 +181,9 @@ class Recipe:
     uses_critic: bool
     uses_ref: bool
     micro_batch_size: int
+    max_tokens_per_micro_batch: int | None
+    """The token budget of a micro-batch (None: `micro_batch_size` padded sequences)."""
+    pack_sequences: bool
     rollout_backend: str
     rollout_sequences: int
     """Sequences one rank generates per iteration (prompts per rank x n)."""
@@ -197,6 +200,17 @@ class Recipe:
     def sequence_length(self) -> int:
         """Padded prompt + response length."""
         return self.prompt_length + self.response_length
+
+    @property
+    def micro_batch_tokens(self) -> int:
+        """Tokens of the largest micro-batch: the budget, or `micro_batch_size` padded sequences."""
+        return self.max_tokens_per_micro_batch or self.micro_batch_size * self.sequence_length
+
+    @property
+    def micro_batch_detail(self) -> str:
+        if self.max_tokens_per_micro_batch is None:
+            return f"{self.micro_batch_size} x {self.sequence_length} tokens"
+        return f"{self.max_tokens_per_micro_batch} tokens{' packed' if self.pack_sequences else ''}"
 
     @classmethod
     def from_config(cls, config: dict) -> Recipe:
@@ -252,6 +266,8 @@ class Recipe:
             uses_critic=algo.adv_estimator == "gae",
             uses_ref=algo.kl_coef > 0 or algo.kl_loss_coef > 0,
             micro_batch_size=algo.micro_batch_size,
+            max_tokens_per_micro_batch=algo.max_tokens_per_micro_batch,
+            pack_sequences=algo.pack_sequences,
             rollout_backend=rollout.backend,
             rollout_sequences=data.get("train_batch_size", DATA_DEFAULTS["train_batch_size"]) * rollout.n,
             prompt_length=data.get("max_prompt_length", DATA_DEFAULTS["max_prompt_length"]),
@@ -363,8 +379,8 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
             recipe.rollout_sequences * arch.vocab * 4, "g")
 
     # One micro-batch of training (critic update, then actor update: never both at once).
-    tokens = recipe.micro_batch_size * seq
-    response_tokens = recipe.micro_batch_size * recipe.response_length
+    tokens = recipe.micro_batch_tokens
+    response_tokens = tokens if recipe.max_tokens_per_micro_batch else recipe.micro_batch_size * recipe.response_length
 
     def activations(a: Arch, adapters: bool = False) -> tuple[float, float, float]:
         """Bytes of one layer's, all layers', and the kept (checkpointed or not) activations of a micro-batch."""
@@ -386,9 +402,11 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
     # (with LoRA the head is frozen: no weight gradient, so no accumulator)
     head = block * (compute_b * 2 + 4 * 3) + (0 if lora else arch.vocab * arch.hidden * 4)
     if recipe.uses_critic:  # the critic's backbone keeps a decoder's activations; its value head is negligible
-        add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", critic_acts,
-            "c")
-    add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_size} x {seq} tokens, {how}", acts, "a")
+        add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_detail}, {how}", critic_acts, "c")
+    add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_detail}, {how}", acts, "a")
+    if recipe.pack_sequences:  # SDPA gets packed rows' block-diagonal attention as a dense bool mask
+        add("Packed attention mask (SDPA)", f"{tokens} x {tokens} bool (none with flash-attention varlen)",
+            tokens * tokens, "eca")
     add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad"
         + ("" if lora else ", fp32 weight-grad accumulator"), head, "a")
     add("  (activations without checkpointing)", f"{arch.layers} layers x {layer / tokens / 1024:.0f} KiB/token",
@@ -415,6 +433,14 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
     return rows, totals
 
 
+def _micro_batch_words(recipe: Recipe) -> str:
+    if recipe.max_tokens_per_micro_batch is None:
+        return (f"micro-batch {recipe.micro_batch_size} x ({recipe.prompt_length} prompt + {recipe.response_length} "
+                "response) tokens")
+    return (f"micro-batches of up to {recipe.max_tokens_per_micro_batch} prompt + response tokens"
+            f"{' packed without padding' if recipe.pack_sequences else ''}")
+
+
 def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float], gpu_gib: float) -> str:
     """The plan as a Markdown table with the phase totals underneath."""
     lines = [
@@ -423,8 +449,8 @@ def render(recipe: Recipe, arch: Arch, rows: list[Row], totals: dict[str, float]
         f"{recipe.world_size} GPU(s), parameters/gradients/optimizer sharded over {recipe.shards}, "
         f"{recipe.precision}, stored {recipe.dtype}, "
         f"gradient checkpointing {'on' if recipe.gradient_checkpointing else 'off'}, "
-        f"micro-batch {recipe.micro_batch_size} x ({recipe.prompt_length} prompt + {recipe.response_length} response) "
-        f"tokens, {recipe.rollout_sequences} rollout sequences per GPU, {recipe.rollout_backend} rollouts"
+        f"{_micro_batch_words(recipe)}, {recipe.rollout_sequences} rollout sequences per GPU, "
+        f"{recipe.rollout_backend} rollouts"
         + (f", LoRA rank {recipe.lora_rank} on {len(recipe.lora_targets)} projections per layer of the actor"
            f"{' and the critic' if recipe.lora_critic and recipe.uses_critic else ''}." if recipe.lora_rank else "."),
         "",

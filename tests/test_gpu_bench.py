@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from transformers import Qwen2Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,27 @@ def test_gpu_ppo_smoke_runs_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["iterations"]) == 1 and report["summary"]["training_tokens_per_s"] > 0
     assert report["workload"]["compile"] is False and "training:" in proc.stdout
+
+
+def test_ragged_mfu_counts_useful_tokens_only():
+    """Two rows of (prompt, response) = (256, 256) and (100, 50): FLOPs and tokens of those lengths, not the padding."""
+    config = Qwen2Config(**gpu_ppo.QWEN25_05B)
+    args = gpu_ppo.BenchArgs(prompts=2, warmup=0, iterations=1, ragged=True)
+    lengths = [(256, 256), (100, 50)]
+    macs = sum(gpu_ppo.sequence_macs(config, p, r, head) for p, r in lengths for head in ("response", "value"))
+    train_s = 6 * macs / 989e12 / 0.25  # at exactly 25% of the peak
+    record = {"timing_s/gen": 0.0, "timing_s/update_critic": train_s, "timing_s/update_actor": 0.0, "wall_s": 1.0}
+    summary = gpu_ppo.summarize([record], args, config, 989.0, lengths)
+    assert abs(summary["mfu_training"] - 0.25) < 1e-9
+    assert summary["useful_tokens"] == 662 and summary["training_tokens_per_s"] == 662 / train_s
+    assert summary["generation_tokens_per_s"] is None
+
+
+def test_ragged_rollout_lengths_are_long_tailed_and_end_with_eos():
+    roll = gpu_ppo.ragged_rollout(256, 64, 1024, vocab=300, low=3, eos=2, pad=0)
+    lengths = roll.response_mask.sum(-1)
+    assert lengths.min() >= 16 and lengths.max() <= 1024 and lengths.float().mean() > lengths.median()  # right tail
+    prompts = roll.prompt_mask.sum(-1)
+    assert prompts.min() >= 16 and prompts.max() <= 64 and (roll.prompt_mask[:, -1] == 1).all()  # left-padded
+    ends = roll.response_ids[torch.arange(256), lengths - 1]
+    assert ((ends == 2) | roll.truncated).all() and (roll.truncated == (lengths == 1024)).all()

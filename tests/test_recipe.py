@@ -166,7 +166,8 @@ def test_memory_plan_of_the_recipe_fits_80_gb(capsys):
     resident = sum(r.gib for r in rows if "g" in r.phases and "a" in r.phases)
     assert totals["training"] == pytest.approx(resident + gib["FSDP all-gather working set"] + gib["Actor gradients"]
                                                + gib["Actor activations (1 micro-batch)"]
-                                               + gib["Actor LM head (fused, 1 block)"])
+                                               + gib["Actor LM head (fused, 1 block)"]
+                                               + gib.get("Packed attention mask (SDPA)", 0.0))
 
 
 def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
@@ -174,6 +175,7 @@ def test_memory_plan_grows_with_the_micro_batch_and_shrinks_with_more_gpus():
     base = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]
     memory_plan._apply_override(config, "model.init_args.algorithm.mini_batch_size=8")
     memory_plan._apply_override(config, "model.init_args.algorithm.micro_batch_size=8")
+    memory_plan._apply_override(config, "model.init_args.algorithm.max_tokens_per_micro_batch=16384")
     assert memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)[1]["training"] > \
         base["training"]
     memory_plan._apply_override(config, "trainer.devices=8")
@@ -316,3 +318,11 @@ def test_gpu_bench_smoke_run_on_cpu(tmp_path):
     assert report["summary"]["generation_tokens_per_s"] > 0 and report["summary"]["training_tflops"] > 0
     assert report["parameters"] == memory_plan.Arch(64, 2, 4, 2, 128, 2048, True).actor_params()
     assert report["summary"]["mfu_training"] is None  # no peak on CPU
+
+
+def test_memory_plan_counts_the_dense_mask_of_packed_rows():
+    config = yaml.safe_load(RECIPE.read_text())
+    memory_plan._apply_override(config, "model.init_args.algorithm.pack_sequences=true")
+    rows, _ = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)
+    gib = {r.name: r.gib for r in rows}
+    assert gib["Packed attention mask (SDPA)"] == pytest.approx(8192**2 / 2**30)  # one bool per (query, key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import AutoModel
 
 from lit_codegen.models.loading import VALUE_HEAD_FILE, check_model_dir, dtype_of, resolve_model_path
+from lit_codegen.models.packing import pack, pad_responses, trim
 
 
 class CriticModel(nn.Module):
@@ -39,13 +41,14 @@ class CriticModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Value of every prefix.
 
         Args:
             input_ids: (B, T) token ids.
-            attention_mask: (B, T) 1 for real tokens, 0 for padding.
+            attention_mask: (B, T) 1 for real tokens, 0 for padding; None for packed rows (position ids restarting
+                at 0 at each row keep attention within it: `lit_codegen.models.packing`).
             position_ids: (B, T) positions, or None to let the backbone derive them.
 
         Returns:
@@ -99,6 +102,31 @@ class CriticModel(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
                   out_dir / VALUE_HEAD_FILE)
         return out_dir
+
+
+def response_values(critic: CriticModel, seq: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, prompt_len: int,
+                    layout: Literal["padded", "trimmed", "packed"] = "padded") -> torch.Tensor:
+    """Values (B, R) of the states before each response token of `seq[:, prompt_len:]`.
+
+    Args:
+        critic: The critic.
+        seq: (B, P + R) prompt + response ids (prompts left-padded, responses right-padded).
+        attn: (B, P + R) attention mask.
+        pos: (B, P + R) position ids.
+        prompt_len: P.
+        layout: As in `lit_codegen.models.logprob_head.response_logprobs`; `trimmed` and `packed` give zero values
+            at padding.
+
+    Returns:
+        (B, R) float32 values, differentiable when grad is enabled.
+    """
+    if layout == "packed":
+        packed = pack(seq, attn, pos, prompt_len)
+        return packed.unpack(critic(packed.input_ids, None, packed.position_ids)[0, packed.index])
+    if layout == "trimmed":
+        values = response_values(critic, *trim(seq, attn, pos, prompt_len))
+        return pad_responses(values, seq.shape[1] - prompt_len)
+    return critic(seq, attn, pos)[:, prompt_len - 1 : -1]
 
 
 def _load_backbone(path: str, dtype: torch.dtype) -> nn.Module:

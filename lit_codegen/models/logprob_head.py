@@ -19,11 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_codegen import ppo
+from lit_codegen.models.packing import pack, pad_responses, trim
+
+Layout = Literal["padded", "trimmed", "packed"]
 
 # Elements (tokens x vocabulary) of one projected block: 2**28 = 1766 tokens of Qwen2.5's 152k vocabulary, 512 MB
 # as bf16 logits. Big enough for an efficient matmul, small enough to leave memory for larger micro-batches.
@@ -216,14 +220,15 @@ class LogprobHead(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, **kwargs) -> None:
         super().__init__(in_features, out_features, bias=bias, **kwargs)
-        self._target: tuple[Tensor, float] | None = None
+        self._target: tuple[Tensor, float, bool] | None = None
 
     def forward(self, hidden: Tensor) -> Tensor:
         """Logits (B, T, V) unarmed; (B, R, 2) log-probs and entropies of the armed labels (B, R) when armed."""
         if self._target is None:
             return super().forward(hidden)
-        labels, temperature = self._target
-        hidden = hidden[:, :-1]
+        labels, temperature, shifted = self._target
+        if shifted:  # the R + 1 kept positions end with the last token, which predicts nothing
+            hidden = hidden[:, :-1]
         if self.bias is not None:  # no fused path for a biased head: its logits, then the blockwise functions
             logits = super().forward(hidden)
             return torch.stack([ppo.logprobs_from_logits(logits, labels, temperature),
@@ -235,9 +240,12 @@ class LogprobHead(nn.Linear):
         return torch.stack([logprobs.view(batch, length), entropy.view(batch, length)], dim=-1)
 
     @contextmanager
-    def armed(self, labels: Tensor, temperature: float):
-        """Within the block, forward passes score `labels` (B, R) at `temperature`."""
-        self._target = (labels, temperature)
+    def armed(self, labels: Tensor, temperature: float, shifted: bool = True):
+        """Within the block, forward passes score `labels` (B, R) at `temperature`.
+
+        `shifted`: the head gets R + 1 positions and drops the last; False: exactly the R predicting positions.
+        """
+        self._target = (labels, temperature, shifted)
         try:
             yield
         finally:
@@ -272,7 +280,7 @@ def install_logprob_head(model: nn.Module, compiled: bool = False) -> LogprobHea
 
 
 def response_logprobs(model: nn.Module, seq: Tensor, attn: Tensor, pos: Tensor, prompt_len: int,
-                      temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+                      temperature: float = 1.0, layout: Layout = "padded") -> tuple[Tensor, Tensor]:
     """Log-probs and entropies (B, R) of the response tokens `seq[:, prompt_len:]` under `model`.
 
     Runs the model's own forward (so FSDP hooks, checkpointing and compiled layers apply) with its `LogprobHead`
@@ -285,6 +293,8 @@ def response_logprobs(model: nn.Module, seq: Tensor, attn: Tensor, pos: Tensor, 
         pos: (B, P + R) position ids.
         prompt_len: P.
         temperature: The sampler's temperature.
+        layout: `padded` as given; `trimmed` without the columns that are padding in every row; `packed` as one
+            row without padding (`lit_codegen.models.packing`). The last two are zero at padding.
 
     Returns:
         (logprobs (B, R), entropy (B, R)), float32, differentiable when grad is enabled.
@@ -292,6 +302,15 @@ def response_logprobs(model: nn.Module, seq: Tensor, attn: Tensor, pos: Tensor, 
     head = model.get_output_embeddings()
     if not isinstance(head, LogprobHead):
         raise TypeError("response_logprobs needs install_logprob_head(model) first")
+    if layout == "packed":
+        packed = pack(seq, attn, pos, prompt_len)
+        with head.armed(seq[:, prompt_len:][packed.response_mask].unsqueeze(0), temperature, shifted=False):
+            out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
+                        logits_to_keep=packed.index).logits[0]  # (N, 2): no attention mask, so rows stay apart
+        return packed.unpack(out[:, 0]), packed.unpack(out[:, 1])
+    if layout == "trimmed":
+        logprobs, entropy = response_logprobs(model, *trim(seq, attn, pos, prompt_len), temperature)
+        return pad_responses(logprobs, seq.shape[1] - prompt_len), pad_responses(entropy, seq.shape[1] - prompt_len)
     labels = seq[:, prompt_len:]
     with head.armed(labels, temperature):
         out = model(input_ids=seq, attention_mask=attn, position_ids=pos, use_cache=False,

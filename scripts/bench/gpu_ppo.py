@@ -11,6 +11,12 @@ response runs to `--new_tokens` (end-of-sequence is suppressed with `min_new_tok
 (deterministic random pass rates; the sandbox is benchmarked by `scripts/bench/code_eval.py`, so `timing_s/reward`
 here is ~0 and says nothing about the evaluator).
 
+Ragged workload (`--ragged`): the rollout is prebuilt instead of generated (`ragged_rollout`: prompts of
+16..`prompt_len` tokens, responses of lognormal lengths, median 128 and sigma 1, clipped to 16..`new_tokens`, ending
+with end-of-sequence unless clipped), and tokens, FLOPs and MFU count the real tokens only (useful tokens), so the
+padding a layout computes shows as lost MFU. Compare `--micro_batch_size M` (fixed rows, today),
+`--max_tokens_per_micro_batch K` (token budget) and `--max_tokens_per_micro_batch K --pack_sequences` (+ packing).
+
 The bench changes two things in the module and says so in its output: phase timers synchronise the GPU (otherwise a
 phase's queued kernels are billed to the next phase), and the rollout engine and evaluator are the two swaps above.
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import statistics
@@ -43,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -54,7 +62,7 @@ from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.models.loading import load_tokenizer, resolve_model_path
 from lit_codegen.module import PPOModule
 from lit_codegen.reward import EvalResult
-from lit_codegen.rollout import HFRollout, SamplingParams
+from lit_codegen.rollout import HFRollout, Rollout, SamplingParams
 
 # Qwen2.5-0.5B's config.json (hub), checked against its model card: 0.49 B parameters, tied embeddings.
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -86,6 +94,9 @@ class BenchArgs:
     profile: bool = False  # one extra iteration (not in the means) whose update phases run under torch.profiler
     precision: str = "bf16-mixed"
     reference_steps: int = 5
+    ragged: bool = False  # prebuilt rollout of ragged lengths (`ragged_rollout`) instead of generating full length
+    max_tokens_per_micro_batch: int = 0  # PPOArgs' token budget (0 = micro_batch_size rows)
+    pack_sequences: bool = False  # PPOArgs.pack_sequences
 
 
 class FullLengthRollout(HFRollout):
@@ -146,6 +157,14 @@ class BenchPPOModule(PPOModule):
         sort_by = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=100)
         self.profile_table = (self.profile_table or "") + f"=== {name} ===\n{table}\n"
+
+    ragged: Rollout | None = None  # with --ragged: returned instead of generating (moved to the device)
+
+    def generate(self, batch: dict, params: SamplingParams) -> Rollout:
+        if self.ragged is None:
+            return super().generate(batch, params)
+        return dataclasses.replace(self.ragged, **{k: getattr(self.ragged, k).to(self.device) for k in
+                                                   ("prompt_ids", "prompt_mask", "response_ids", "response_mask")})
 
     @property
     def engine(self) -> FullLengthRollout:
@@ -238,6 +257,31 @@ def build_model_dir(out_dir: Path, config_values: dict, seed: int = 0, device: s
     return out_dir
 
 
+RESPONSE_MEDIAN, RESPONSE_SIGMA, MIN_TOKENS = 128, 1.0, 16
+
+
+def ragged_rollout(rows: int, max_prompt: int, max_response: int, vocab: int, low: int, eos: int, pad: int,
+                   seed: int = 0) -> Rollout:
+    """A rollout of ragged rows: prompts of 16..`max_prompt` random ids (uniform, left-padded), responses of
+    lognormal lengths (median 128 tokens, sigma 1: long-tailed like code rollouts) clipped to 16..`max_response`,
+    ending with `eos` unless clipped at `max_response` (then truncated). Fixed seed."""
+    rng = np.random.default_rng(seed)
+    p_lens = rng.integers(min(MIN_TOKENS, max_prompt), max_prompt + 1, rows)
+    r_lens = np.clip(np.round(rng.lognormal(np.log(RESPONSE_MEDIAN), RESPONSE_SIGMA, rows)),
+                     min(MIN_TOKENS, max_response), max_response).astype(int)
+    P, R = int(p_lens.max()), int(r_lens.max())
+    prompt_ids, prompt_mask = torch.full((rows, P), pad), torch.zeros(rows, P, dtype=torch.long)
+    response_ids, response_mask = torch.full((rows, R), pad), torch.zeros(rows, R, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    for i, (p, r) in enumerate(zip(p_lens, r_lens)):
+        prompt_ids[i, P - p :], prompt_mask[i, P - p :] = torch.randint(low, vocab, (p,), generator=g), 1
+        response_ids[i, :r], response_mask[i, :r] = torch.randint(low, vocab, (r,), generator=g), 1
+        if r < max_response:
+            response_ids[i, r - 1] = eos
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts=["x"] * rows,
+                   prompt_index=torch.arange(rows), truncated=torch.tensor(r_lens >= max_response))
+
+
 def prompt_loader(args: BenchArgs, vocab: int, first_id: int, seed: int = 0) -> DataLoader:
     """`iterations` batches of `prompts` random prompts of exactly `prompt_len` ids in [first_id, vocab)."""
     generator = torch.Generator().manual_seed(seed)
@@ -276,19 +320,29 @@ def sequence_macs(config: Qwen2Config, prompt_len: int, new_tokens: int, head: s
     return macs + head_tokens * m["lm_head"] + (seq_len * config.hidden_size if head == "value" else 0)
 
 
-def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tflops: float | None) -> dict:
-    """Means over the measured iterations (after `warmup`) and the derived throughput and MFU figures."""
+def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tflops: float | None,
+              lengths: list[tuple[int, int]] | None = None) -> dict:
+    """Means over the measured iterations (after `warmup`) and the derived throughput and MFU figures.
+
+    `lengths`: (prompt, response) tokens of each row of a ragged rollout; tokens, FLOPs and MFU then count the real
+    tokens only (useful tokens), whatever padding the micro-batches compute.
+    """
     measured = records[args.warmup : args.iterations] or records  # a profiled extra iteration is not measured
     mean = {k: statistics.fmean(r[k] for r in measured if k in r) for k in measured[0]}
-    n_seq, seq_len = args.prompts * args.n, args.prompt_len + args.new_tokens
-    tokens = n_seq * seq_len
-    actor, critic = (sequence_macs(config, args.prompt_len, args.new_tokens, head) for head in ("response", "value"))
+    n_seq = args.prompts * args.n
+    lengths = lengths or [(args.prompt_len, args.new_tokens)] * n_seq
+    n_seq = len(lengths)
+    seq_len = statistics.fmean(p + r for p, r in lengths)
+    new_tokens = statistics.fmean(r for _, r in lengths)
+    tokens = sum(p + r for p, r in lengths)
+    actor, critic = (statistics.fmean(sequence_macs(config, p, r, head) for p, r in lengths)
+                     for head in ("response", "value"))
     train_time = mean.get("timing_s/update_critic", 0.0) + mean.get("timing_s/update_actor", 0.0)
     trained_tokens = args.ppo_epochs * tokens
     model_flops = args.ppo_epochs * n_seq * 6 * (actor + critic)
     # checkpointing recomputes the decoder layers' forward (2 more FLOPs per MAC), not the LM or value head; the fused
     # LM head recomputes its projection in the backward pass
-    head_macs = args.new_tokens * matmul_params(config)["lm_head"]
+    head_macs = new_tokens * matmul_params(config)["lm_head"]
     layer_macs = actor + critic - head_macs - seq_len * config.hidden_size
     recompute = 2 * layer_macs if args.gradient_checkpointing else 0
     hardware_flops = args.ppo_epochs * n_seq * (6 * (actor + critic) + recompute + 2 * head_macs)
@@ -300,7 +354,8 @@ def summarize(records: list[dict], args: BenchArgs, config: Qwen2Config, peak_tf
         "iterations_measured": len(measured),
         "timing_s": {k.removeprefix("timing_s/"): v for k, v in mean.items() if k.startswith("timing_s/")},
         "wall_s_per_iteration": mean["wall_s"],
-        "generation_tokens_per_s": n_seq * args.new_tokens / mean["timing_s/gen"],
+        "generation_tokens_per_s": None if args.ragged else n_seq * args.new_tokens / mean["timing_s/gen"],
+        "useful_tokens": tokens,
         "training_tokens_per_s": trained_tokens / train_time if train_time else None,
         "training_tflops": model_flops / train_time / 1e12 if train_time else None,
         "mfu_training": model_flops / train_time / peak if peak and train_time else None,
@@ -366,11 +421,19 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
     module = BenchPPOModule(
         model=str(model_dir), dtype="float32", gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
         algorithm=PPOArgs(adv_estimator="gae", ppo_epochs=args.ppo_epochs, mini_batch_size=args.mini_batch_size,
-                          micro_batch_size=args.micro_batch_size, kl_coef=args.kl_coef),
+                          micro_batch_size=args.micro_batch_size, kl_coef=args.kl_coef,
+                          max_tokens_per_micro_batch=args.max_tokens_per_micro_batch or None,
+                          pack_sequences=args.pack_sequences),
         rollout=RolloutArgs(backend="hf", n=args.n, temperature=1.0, max_new_tokens=args.new_tokens),
         reward=RewardArgs(workers=1, max_tests=4), optim=OptimArgs(actor_lr=1e-6, critic_lr=1e-5),
     )
     module.profile_at = args.iterations if args.profile else None  # ppo_iteration counts from 0
+    if args.ragged:
+        tok = module.tokenizer
+        module.ragged = ragged_rollout(args.prompts * args.n, args.prompt_len, args.new_tokens, len(tok),
+                                       max(tok.all_special_ids) + 1, tok.eos_token_id, tok.pad_token_id)
+        roll = module.ragged
+        module.lengths = list(zip(roll.prompt_mask.sum(-1).tolist(), roll.response_mask.sum(-1).tolist()))
     recorder = IterationRecorder(args)
     trainer = Trainer(
         accelerator=accelerator, devices=1,
@@ -403,7 +466,7 @@ def run(args: BenchArgs, smoke: bool, peak_tflops: float | None, workdir: Path) 
         "reward": "stubbed (deterministic random pass rates); timing_s/reward excludes the sandbox",
         "timers": "phase timers synchronise the device (bench-only patch of lit_codegen.module._timer)",
         "iterations": recorder.iterations,
-        "summary": summarize(recorder.iterations, args, config, peak),
+        "summary": summarize(recorder.iterations, args, config, peak, getattr(module, "lengths", None)),
         "reference_fwd_bwd": reference,
         "profile": module.profile_table,
     }
@@ -459,6 +522,7 @@ def format_summary(report: dict) -> str:
         f"micro-batch {w['micro_batch_size']}, mini-batch {w['mini_batch_size']}, "
         f"checkpointing {w['gradient_checkpointing']}, compile {w['compile']}, {w['precision']}",
         "timing per iteration (s): " + "  ".join(f"{k}={v:.3f}" for k, v in s["timing_s"].items()),
+        "generation: not run (prebuilt ragged rollout)" if w["ragged"] else
         f"generation: {s['generation_tokens_per_s']:.0f} tokens/s",
         f"training: {s['training_tokens_per_s']:.0f} tokens/s (critic + actor update), "
         f"{s['training_tflops']:.1f} TFLOP/s, "
