@@ -137,8 +137,8 @@ def test_dynamic_sampling_refills_the_batch_from_the_next_prompt_batches():
 
 
 def test_dynamic_sampling_adds_up_the_time_of_every_round(monkeypatch):
-    """Two iterations of 3 and 2 generation rounds, on a clock that only moves (1 s) while a round generates: the
-    logged timing_s/gen of an iteration is the sum of its rounds' times."""
+    """Three iterations of 3, 2 and 1 generation rounds, on a clock that only moves (1 s) while a round generates:
+    the logged timing_s/gen (and timing_s/step) of an iteration is the sum of its rounds' times."""
     import lit_codegen.module
 
     clock = [0.0]
@@ -146,7 +146,7 @@ def test_dynamic_sampling_adds_up_the_time_of_every_round(monkeypatch):
     L.seed_everything(0)
     module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, filter_groups=True, mini=8, micro=8)
     module._evaluator = _RoundEvaluator([[0, 0, 1, 0, 1, 1, 1, 1], [0, 1, 0, 1, 1, 1, 1, 1], [0, 1] * 4,
-                                         [0, 1, 0, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0, 0]])
+                                         [0, 1, 0, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0, 0], [0, 1] * 4])
     generate, logged = module.generate, []
 
     def one_second_generation(batch, params):
@@ -156,10 +156,10 @@ def test_dynamic_sampling_adds_up_the_time_of_every_round(monkeypatch):
     module.generate = one_second_generation
     log_dict = module.log_dict
     module.log_dict = lambda metrics, **kw: logged.append(dict(metrics)) or log_dict(metrics, **kw)
-    trainer(2).fit(module, datamodule=data)
+    trainer(3).fit(module, datamodule=data)
     iterations = [m for m in logged if "timing_s/gen" in m]
     assert [(m["train/num_gen_batches"], m["timing_s/gen"], m["timing_s/step"]) for m in iterations] == [
-        (3, 3.0, 3.0), (2, 2.0, 2.0)]
+        (3, 3.0, 3.0), (2, 2.0, 2.0), (1, 1.0, 1.0)]
 
 
 @pytest.mark.parametrize("cap", [1, 2])
