@@ -4,8 +4,8 @@
 
     scores = shaped_scores(results, roll, reward_args, max_new_tokens)
     buffer = GroupBuffer(n=4, prompts_wanted=64)
-    buffer.add(roll, results, problems, scores)   # keeps the prompts whose 4 pass rates differ
-    if buffer.full or rounds == cap: roll, results, problems, scores = buffer.take()
+    buffer.add(roll, results, problems)   # keeps the prompts whose 4 pass rates differ
+    if buffer.full or rounds == cap: roll, results, problems = buffer.take(pad_id)
 """
 
 from __future__ import annotations
@@ -107,19 +107,19 @@ class GroupBuffer:
     """DAPO's dynamic sampling (Yu et al. 2025): prompt groups whose `n` pass rates differ, over several rounds.
 
     Rounds are added until `prompts_wanted` prompts are held.
-    Each round's rows stay with their own results, problems and scores (nothing is re-scored or re-ordered);
+    Each round's rows stay with their own results and problems (nothing is re-scored or re-ordered);
     `take` returns the first `prompts_wanted` kept groups in the order they were generated (the surplus of the last
     round is dropped, as in DAPO) and empties the buffer. When fewer were kept (the cap on rounds was reached), the
     batch is topped up with the dropped groups of the last round, so that every data-parallel rank trains on the same
     number of sequences (their collectives must match); under GRPO-style estimators those groups have zero advantage.
-    The filter compares the pass rates, not the shaped scores (DAPO filters on accuracy). Counters of the rounds since
+    The filter compares the pass rates (DAPO filters on accuracy), not the shaped scores. Counters of the rounds since
     the last `take` are in `stats()`.
     """
 
     def __init__(self, n: int, prompts_wanted: int) -> None:
         self.n, self.prompts_wanted = n, prompts_wanted
-        self._parts: list[tuple[Rollout, list, list, torch.Tensor]] = []
-        self._dropped_last: tuple[Rollout, list, list, torch.Tensor] | None = None  # the last round's dropped groups
+        self._parts: list[tuple[Rollout, list, list]] = []
+        self._dropped_last: tuple[Rollout, list, list] | None = None  # the last round's dropped groups
         self.rounds = self.generated = self.dropped = 0
 
     @property
@@ -132,14 +132,13 @@ class GroupBuffer:
         """Whether `prompts_wanted` prompt groups are held."""
         return self.prompts >= self.prompts_wanted
 
-    def add(self, roll: Rollout, results: list, problems: list, scores: torch.Tensor) -> None:
+    def add(self, roll: Rollout, results: list, problems: list) -> None:
         """Keep the groups of one round whose `n` pass rates are not all equal.
 
         Args:
             roll: The round's rollout (N rows, N = prompts x n, groups consecutive).
             results: Its N evaluator results.
             problems: N dataset rows of the responses' prompts (see `problem_rows`).
-            scores: (N,) shaped scores.
         """
         pass_rates = torch.tensor([r.pass_rate for r in results], dtype=torch.float64)
         keep = ppo.keep_groups(pass_rates, self.n)
@@ -151,14 +150,14 @@ class GroupBuffer:
             rows = rows.squeeze(-1)
             if len(rows):
                 chosen = (select_rows(roll, rows), [results[i] for i in rows.tolist()],
-                          [problems[i] for i in rows.tolist()], scores[rows])
+                          [problems[i] for i in rows.tolist()])
                 if part is None:
                     self._dropped_last = chosen
                 else:
                     part.append(chosen)
 
-    def take(self, pad_id: int) -> tuple[Rollout, list, list, torch.Tensor] | None:
-        """`prompts_wanted` groups: (rollout, results, problems, scores); None if nothing was added.
+    def take(self, pad_id: int) -> tuple[Rollout, list, list] | None:
+        """`prompts_wanted` groups: (rollout, results, problems); None if nothing was added.
 
         The first `prompts_wanted` kept groups, topped up from the last round's dropped groups when fewer were kept.
         The buffer and its counters start again.
@@ -173,12 +172,11 @@ class GroupBuffer:
         roll = concat_rollouts([p[0] for p in parts], pad_id)
         results = [r for p in parts for r in p[1]]
         problems = [d for p in parts for d in p[2]]
-        scores = torch.cat([p[3] for p in parts])
         rows = self.prompts_wanted * self.n
         if len(results) > rows:
             roll = select_rows(roll, torch.arange(rows))
-            results, problems, scores = results[:rows], problems[:rows], scores[:rows]
-        return roll, results, problems, scores
+            results, problems = results[:rows], problems[:rows]
+        return roll, results, problems
 
     def stats(self) -> dict[str, float]:
         """Counters since the last `take`: generation rounds, prompts generated and dropped (all-equal groups)."""

@@ -124,7 +124,7 @@ class PPOModule(LightningModule):
         self.last_rollout: dict | None = None  # this rank's last iteration (TrainingSamples logs it)
         self._engine = None
         self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
-        self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized in setup)
+        self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized by each first round)
         self._sampling_timing: dict[str, float] = {}
         self._sampling_stats: dict[str, float] = {}
 
@@ -418,7 +418,7 @@ class PPOModule(LightningModule):
         a, buffer = self.algo, self.group_buffer
         if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
             buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
-        buffer.add(roll, results, problems, torch.tensor([r.pass_rate for r in results]))
+        buffer.add(roll, results, problems)
         short = torch.tensor([float(not buffer.full)])
         rounds_left = a.max_num_gen_batches == 0 or buffer.rounds < a.max_num_gen_batches
         if self._all_ranks_sum(short).item() > 0 and rounds_left:
@@ -431,7 +431,7 @@ class PPOModule(LightningModule):
         taken = buffer.take(self.tokenizer.pad_token_id)
         self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
                                 stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
-        return *taken[:3], timing
+        return *taken, timing
 
     def _advantages(self, scores, values, kl, mask, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages and returns (N, R) with the configured estimator."""
@@ -732,10 +732,6 @@ def _done(value):
     future = Future()
     future.set_result(value)
     return future
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _in_row_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

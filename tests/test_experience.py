@@ -56,28 +56,26 @@ def results(*pass_rates):
 def test_group_buffer_keeps_differing_groups_in_order_until_full_and_drops_the_surplus():
     buffer = GroupBuffer(n=2, prompts_wanted=3)
     # round 1: prompt 0 all-fail, prompt 1 mixed, prompt 2 all-pass -> keeps prompt 1
-    buffer.add(rollout([1, 1, 1], [1] * 6, n=2), results(0, 0, 1, 0, 1, 1), ["a"] * 6, torch.arange(6.0))
+    buffer.add(rollout([1, 1, 1], [1] * 6, n=2), results(0, 0, 1, 0, 1, 1), ["a"] * 6)
     assert buffer.prompts == 1 and not buffer.full
     # round 2: both prompts mixed -> 3 held
-    buffer.add(rollout([1, 1], [1] * 4, n=2, first_id=20), results(0.5, 0, 0.2, 0.3), ["b"] * 4,
-               torch.arange(10.0, 14.0))
+    buffer.add(rollout([1, 1], [1] * 4, n=2, first_id=20), results(0.5, 0, 0.2, 0.3), ["b"] * 4)
     assert buffer.full and buffer.stats() == {"rounds": 2.0, "generated": 5.0, "dropped": 2.0}
-    roll, res, difficulties, scores = buffer.take(pad_id=0)
+    roll, res, problems = buffer.take(pad_id=0)
     assert roll.texts == ["t3", "t4", "t20", "t21", "t22", "t23"]  # each round's rows with their own results
-    assert [r.pass_rate for r in res] == [1, 0, 0.5, 0, 0.2, 0.3]
-    assert scores.tolist() == [2.0, 3.0, 10.0, 11.0, 12.0, 13.0] and difficulties == ["a"] * 2 + ["b"] * 4
+    assert [r.pass_rate for r in res] == [1, 0, 0.5, 0, 0.2, 0.3] and problems == ["a"] * 2 + ["b"] * 4
     assert roll.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert buffer.prompts == 0 and buffer.stats()["rounds"] == 0  # emptied
     # surplus: 2 wanted, 3 kept -> the first 2 in generation order
     buffer.prompts_wanted = 2
-    buffer.add(rollout([1, 1, 1], [1] * 6, n=2), results(0, 1, 0, 1, 0, 1), ["c"] * 6, torch.zeros(6))
+    buffer.add(rollout([1, 1, 1], [1] * 6, n=2), results(0, 1, 0, 1, 0, 1), ["c"] * 6)
     assert buffer.take(pad_id=0)[0].texts == ["t1", "t2", "t3", "t4"]
     assert buffer.take(pad_id=0) is None  # nothing added
     # short (the cap on rounds was reached): topped up with the last round's dropped groups, in order
     buffer.prompts_wanted = 3
-    buffer.add(rollout([1, 1], [1] * 4, n=2), results(0, 1, 1, 1), ["e"] * 4, torch.zeros(4))  # keeps prompt 0
-    buffer.add(rollout([1, 1], [1] * 4, n=2, first_id=30), results(0, 0, 1, 1), ["f"] * 4, torch.zeros(4))
-    roll, res, problems, _ = buffer.take(pad_id=0)
+    buffer.add(rollout([1, 1], [1] * 4, n=2), results(0, 1, 1, 1), ["e"] * 4)  # keeps prompt 0
+    buffer.add(rollout([1, 1], [1] * 4, n=2, first_id=30), results(0, 0, 1, 1), ["f"] * 4)
+    roll, res, problems = buffer.take(pad_id=0)
     assert roll.texts == ["t1", "t2", "t30", "t31", "t32", "t33"] and problems == ["e"] * 2 + ["f"] * 4
 
 
