@@ -1,6 +1,7 @@
 """Shared test helpers (import as `from helpers import ...`; pytest puts tests/ on sys.path)."""
 
 import copy
+import json
 import socket
 import subprocess
 import sys
@@ -45,6 +46,16 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True) -> su
     if check and out.returncode != 0:
         raise AssertionError(f"lit-codegen {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return out
+
+
+def run_two_ranks(worker: str, out: Path, *args: str, timeout: int = 900) -> list[dict]:
+    """Run tests/WORKER under `torch.distributed.run` with 2 processes (WORKER ... OUT ARGS) and return the JSON each
+    rank wrote to OUT/rank{0,1}.json."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name(worker)), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def free_port() -> int:

@@ -1,27 +1,18 @@
 """2-process CPU runs (gloo) of PPO with DDP and FSDP2 (ModelParallelStrategy): sharding, aggregation, validation."""
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import run_two_ranks
 from lit_codegen import ppo
 from lit_codegen.data.toy import read_toy_records
-
-WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_process_ppo_epoch(strategy, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), strategy, str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks("dist_worker.py", tmp_path, strategy, str(tmp_path))
     # every toy prompt trained on exactly once in the epoch, split over the two ranks
     seen = ranks[0]["problem_ids"] + ranks[1]["problem_ids"]
     all_ids = sorted(r["problem_id"] for r in read_toy_records())
@@ -63,12 +54,7 @@ def test_two_process_ppo_epoch(strategy, tmp_path):
 def test_two_process_resume_continues_each_ranks_random_streams(tmp_path):
     """Ranks seeded differently: 1 iteration + resume samples on every rank what a straight 2-iteration run samples
     (a checkpoint with rank 0's RNG states only makes rank 1 sample rank 0's stream after the resume)."""
-    worker = Path(__file__).with_name("resume_dist_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks("resume_dist_worker.py", tmp_path, str(tmp_path))
     for rank in ranks:
         assert len(rank["straight"]) == 2 and len(rank["first"]) == len(rank["resumed"]) == 1
         assert rank["first"][0] == rank["straight"][0]

@@ -17,7 +17,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from helpers import one_process_group
+from helpers import one_process_group, run_two_ranks
 from lit_codegen.args import LoraArgs, OptimArgs, PPOArgs, RewardArgs, RolloutArgs, check_lora_args
 from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.export import export_checkpoint
@@ -188,16 +188,7 @@ def test_fsdp2_two_ranks_train_adapters_on_a_sharded_frozen_base_and_export_what
     """2 ranks (gloo), FSDP2, bf16 base + fp32 adapters, bf16-mixed, checkpointing, KL penalty (reference = the
     sharded actor, adapters off): adapters and value head train identically on both ranks, the sharded base stays
     bit-identical, and the sharded checkpoint exports (merged) the weights the vLLM sync pushes."""
-    import json
-    import subprocess
-    import sys
-
-    worker = Path(__file__).with_name("lora_dist_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks("lora_dist_worker.py", tmp_path, str(tmp_path))
     assert ranks[0]["after"] == ranks[1]["after"] and ranks[0]["synced"] == ranks[1]["synced"]
     for rank in ranks:
         assert rank["sharded"] and rank["global_step"] == 2

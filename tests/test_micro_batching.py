@@ -1,14 +1,12 @@
 """Token-budget micro-batches and packed rows in `PPOModule`: the same gradients as fixed-size micro-batches."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from test_module import _shorten_responses, _StubEvaluator, make, trainer
+
+from helpers import run_two_ranks
 
 LENGTHS = torch.tensor([12, 1, 7, 3, 12, 0, 5, 9])  # ragged responses, one empty
 
@@ -70,12 +68,7 @@ def test_padding_micro_batches_for_other_ranks_change_no_gradient():
 def test_ranks_with_fewer_micro_batches_pad_to_the_most_under_fsdp(tmp_path):
     """2 processes, FSDP2: rank 0 has 1 token-budget micro-batch per pass, rank 1 has 4; rank 0 runs 3 padding ones
     (without them the ranks' collectives would not pair up and the run would hang)."""
-    worker = Path(__file__).with_name("micro_batch_dist_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks("micro_batch_dist_worker.py", tmp_path, str(tmp_path), timeout=600)
     # old log-probs, values, critic update, actor update (no reference: kl_coef 0)
     assert ranks[0]["counts"] == [[1, 4]] * 4 and ranks[1]["counts"] == [[4, 4]] * 4
     assert ranks[0]["actor_sum"] == pytest.approx(ranks[1]["actor_sum"], rel=1e-9)
