@@ -30,6 +30,7 @@ import fcntl
 import gc
 import io
 import json
+import marshal
 import math
 import os
 import pickle
@@ -134,10 +135,12 @@ import heapq
 from heapq import *
 """
 
-# Modules imported once in the worker so that a forked child starts with them warm.
+# Modules imported once in the worker so that a forked child starts with them warm: what competitive programs import.
+# Every module here makes every test's fork and exit dearer (page tables to copy and tear down), so nothing rare:
+# unittest.mock, once here, brought asyncio, ssl, socket, subprocess and logging (~90 modules) for no program.
 PREIMPORTS = (
     "array bisect collections copy dataclasses datetime decimal enum fractions functools heapq itertools json "
-    "math operator random re statistics string sys time typing unittest.mock"
+    "math operator random re statistics string sys time typing"
 ).split()
 
 # Linux constants (x86-64 and arm64 share these).
@@ -697,13 +700,13 @@ class Sandbox:
         """In a test's process: read the job the worker left in the job file, enter the sandbox, run the program."""
         code = EXIT_SETUP_FAILED
         try:
-            source, fn_name, test_input, cpu_limit = _PlainUnpickler(
-                io.BytesIO(os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0))
-            ).load()
+            source, fn_name, arguments, cpu_limit = marshal.loads(
+                os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0)
+            )
             if "random" in source:  # fresh random numbers, as os.fork() reseeds (see _fork_single_threaded)
                 random.seed()
             self._enter_sandbox(cpu_limit)
-            code = _execute(source, fn_name, test_input, self.child_state)
+            code = _execute(source, fn_name, arguments, self.child_state)
         except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
             try:
                 os.write(self.log_fd, f"sandbox_worker: test setup failed: {exc!r}\n".encode())
@@ -745,7 +748,8 @@ class Sandbox:
             os.pwrite(self.stdin_fd, data, 0)
         self._clean_workdir()
         cpu_limit = math.ceil(self.timeout) + 1
-        job = pickle.dumps((source, fn_name, test_input, cpu_limit), protocol=pickle.HIGHEST_PROTOCOL)
+        arguments = test_input if fn_name is not None else None  # standard input is in the stdin file already
+        job = marshal.dumps((source, fn_name, arguments, cpu_limit))  # plain values (JSON's); C only, few pages
         os.ftruncate(self.job_fd, 0)
         os.pwrite(self.job_fd, job, 0)
         os.write(self.to_template, b"f")  # the template forks the test, which reads the job file
@@ -1057,8 +1061,11 @@ class _ChildState:
         gc.freeze()
 
 
-def _execute(source: str, fn_name: str | None, test_input, state: _ChildState) -> int:
-    """Run the candidate once and return the exit code for the worker. Runs in the sandboxed child."""
+def _execute(source: str, fn_name: str | None, arguments: list | None, state: _ChildState) -> int:
+    """Run the candidate once and return the exit code for the worker. Runs in the sandboxed child.
+
+    ``arguments`` are the call's for call-based programs (None for standard-input ones, which read fd 0).
+    """
     stdout = state.stdout
     module = state.modules["__main__" if fn_name is None else "solution"]
     sys.modules[module.__name__] = module
@@ -1078,7 +1085,7 @@ def _execute(source: str, fn_name: str | None, test_input, state: _ChildState) -
                 _finish_like_python(module, stdout)  # what it printed counts in apps mode, as in the reference
                 return EXIT_NONZERO_EXIT
         if fn_name is not None:
-            result = _resolve_function(module, fn_name, source)(*test_input)
+            result = _resolve_function(module, fn_name, source)(*arguments)
             try:
                 payload = json.dumps(result, default=_numpy_to_json).encode()
             except (TypeError, ValueError, RecursionError):
