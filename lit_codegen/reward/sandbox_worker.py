@@ -1013,14 +1013,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _tasks_of_uid(uid: int) -> int:
-    """Processes and threads whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts."""
+def _tasks_of_uid(uid: int, proc: str = "/proc") -> int:
+    """Processes and threads whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts (``proc``: where /proc is)."""
     count = 0
-    for entry in os.scandir("/proc"):
+    for entry in os.scandir(proc):
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/status") as f:
+            with open(f"{proc}/{entry.name}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "Threads:")))
             if int(fields["Uid"].split()[0]) == uid:
                 count += int(fields["Threads"])
