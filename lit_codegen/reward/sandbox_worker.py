@@ -30,9 +30,11 @@ import fcntl
 import gc
 import io
 import json
+import marshal
 import math
 import os
 import pickle
+import random
 import resource
 import select
 import signal
@@ -133,10 +135,12 @@ import heapq
 from heapq import *
 """
 
-# Modules imported once in the worker so that a forked child starts with them warm.
+# Modules imported once in the worker so that a forked child starts with them warm: what competitive programs import.
+# Every module here makes every test's fork and exit dearer (page tables to copy and tear down), so nothing rare:
+# unittest.mock, once here, brought asyncio, ssl, socket, subprocess and logging (~90 modules) for no program.
 PREIMPORTS = (
     "array bisect collections copy dataclasses datetime decimal enum fractions functools heapq itertools json "
-    "math operator random re statistics string sys time typing unittest.mock"
+    "math operator random re statistics string sys time typing"
 ).split()
 
 # Linux constants (x86-64 and arm64 share these).
@@ -235,6 +239,25 @@ class _PathBeneathAttr(ctypes.Structure):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_libc_holding_gil = ctypes.PyDLL(None, use_errno=True)  # its calls keep the GIL: fork() is then taken with it held
+
+
+def _fork_single_threaded() -> int:
+    """fork(2) without CPython's at-fork hooks, for the template (one thread). Returns the pid, 0 in the child.
+
+    ``os.fork()`` runs the interpreter's fork hooks in both processes: they re-create the locks that other threads
+    might hold (threading, logging, the import lock) and reseed ``random``. With one thread no lock can be held by
+    another, so the hooks change nothing, but they run Python code that writes to ~200 pages the child shares with
+    the template: a bare fork and exit of a process with the pre-imported modules measured 0.9 ms of the child's
+    CPU with them and 0.3 ms without. The child reseeds ``random`` itself (:meth:`Sandbox._run_child`). The C
+    library's own fork handlers (malloc, stdio) run as with ``os.fork()``.
+    """
+    if threading.active_count() != 1:  # the template never starts a thread; should one exist, take the safe path
+        return os.fork()
+    pid = _libc_holding_gil.fork()
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "fork failed")
+    return pid
 
 
 def _check(result: int, what: str) -> int:
@@ -649,6 +672,10 @@ class Sandbox:
             os.wait4(-1, os.WNOHANG)
         except ChildProcessError:  # the template has no child yet
             pass
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):  # the tests' signal dispositions
+            signal.signal(sig, signal.SIG_DFL)
+        os.environ["HOME"] = os.environ["TMPDIR"] = self.workdir
+        self.child_state = _ChildState(self.header_globals)  # what every test starts from, built once
         while os.read(commands, 1) == b"f":
             if not self._fork_and_reap_test(commands, reports):
                 return
@@ -659,7 +686,7 @@ class Sandbox:
         Its own frame, so nothing of one test (its pid, exit status, CPU time and memory, which the test controls)
         is left in a live object of the template when the next test is forked.
         """
-        pid = os.fork()
+        pid = _fork_single_threaded()
         if pid == 0:
             self._run_child()  # never returns
         os.write(reports, _PID.pack(pid))
@@ -673,11 +700,13 @@ class Sandbox:
         """In a test's process: read the job the worker left in the job file, enter the sandbox, run the program."""
         code = EXIT_SETUP_FAILED
         try:
-            source, fn_name, test_input, cpu_limit = _PlainUnpickler(
-                io.BytesIO(os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0))
-            ).load()
+            source, fn_name, arguments, cpu_limit = marshal.loads(
+                os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0)
+            )
+            if "random" in source:  # fresh random numbers, as os.fork() reseeds (see _fork_single_threaded)
+                random.seed()
             self._enter_sandbox(cpu_limit)
-            code = _execute(source, fn_name, test_input, self.header_globals)
+            code = _execute(source, fn_name, arguments, self.child_state)
         except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
             try:
                 os.write(self.log_fd, f"sandbox_worker: test setup failed: {exc!r}\n".encode())
@@ -719,7 +748,8 @@ class Sandbox:
             os.pwrite(self.stdin_fd, data, 0)
         self._clean_workdir()
         cpu_limit = math.ceil(self.timeout) + 1
-        job = pickle.dumps((source, fn_name, test_input, cpu_limit), protocol=pickle.HIGHEST_PROTOCOL)
+        arguments = test_input if fn_name is not None else None  # standard input is in the stdin file already
+        job = marshal.dumps((source, fn_name, arguments, cpu_limit))  # plain values (JSON's); C only, few pages
         os.ftruncate(self.job_fd, 0)
         os.pwrite(self.job_fd, job, 0)
         os.write(self.to_template, b"f")  # the template forks the test, which reads the job file
@@ -793,8 +823,6 @@ class Sandbox:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             os._exit(EXIT_SETUP_FAILED)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
         os.dup2(self.stdin_fd, 0)
         os.dup2(self.stdout_fd, 1)
         os.dup2(self.devnull, 2)
@@ -819,7 +847,6 @@ class Sandbox:
             os.setgroups([])
             os.setresgid(self.uid, self.uid, self.uid)
             os.setresuid(self.uid, self.uid, self.uid)
-        os.environ["HOME"] = os.environ["TMPDIR"] = self.workdir
 
     def _kill_leftovers(self, pid: int) -> None:
         """Kill and reap everything the test started: its process group, the sandbox uid, any reparented orphan."""
@@ -986,14 +1013,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _tasks_of_uid(uid: int) -> int:
-    """Processes and threads whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts."""
+def _tasks_of_uid(uid: int, proc: str = "/proc") -> int:
+    """Processes and threads whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts (``proc``: where /proc is)."""
     count = 0
-    for entry in os.scandir("/proc"):
+    for entry in os.scandir(proc):
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/status") as f:
+            with open(f"{proc}/{entry.name}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "Threads:")))
             if int(fields["Uid"].split()[0]) == uid:
                 count += int(fields["Threads"])
@@ -1004,19 +1031,43 @@ def _tasks_of_uid(uid: int) -> int:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The trusted wrapper that runs inside the sandboxed child.
-def _execute(source: str, fn_name: str | None, test_input, header_globals: dict) -> int:
-    """Run the candidate once and return the exit code for the worker. Runs in the sandboxed child."""
-    if hasattr(sys, "set_int_max_str_digits"):
-        sys.set_int_max_str_digits(0)
-    stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 1 << 16), encoding="utf-8")
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
-    sys.stdout = sys.__stdout__ = stdout
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8")
-    sys.argv = ["solution.py"]
-    atexit._clear()  # only the program's own exit handlers run at its end, not the worker's
-    module = types.ModuleType("__main__" if fn_name is None else "solution")
-    module.__dict__.update(header_globals)
-    module.__builtins__ = builtins
+class _ChildState:
+    """The interpreter state every test starts from, built once in the template (each test gets a fresh copy).
+
+    Standard streams on fds 0-2 (the test's memory files once the child has set its fds up), ``sys.argv``, no
+    exit handlers of the worker, unlimited integer string conversion, and one module per kind of program (``__main__``
+    for standard-input programs, ``solution`` for call-based ones) holding the APPS import header. Building these per
+    test cost ~0.3 ms of copy-on-write faults (copying the header into a new module touches every object in it).
+    """
+
+    def __init__(self, header_globals: dict):
+        if hasattr(sys, "set_int_max_str_digits"):
+            sys.set_int_max_str_digits(0)
+        self.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 1 << 16), encoding="utf-8")
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+            io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8"
+        )
+        sys.stdout = sys.__stdout__ = self.stdout
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8")
+        sys.argv = ["solution.py"]
+        atexit._clear()  # only the program's own exit handlers run at its end, not the worker's
+        self.modules = {}
+        for name in ("__main__", "solution"):
+            module = types.ModuleType(name)
+            module.__dict__.update(header_globals)
+            module.__builtins__ = builtins
+            self.modules[name] = module
+        gc.collect()
+        gc.freeze()
+
+
+def _execute(source: str, fn_name: str | None, arguments: list | None, state: _ChildState) -> int:
+    """Run the candidate once and return the exit code for the worker. Runs in the sandboxed child.
+
+    ``arguments`` are the call's for call-based programs (None for standard-input ones, which read fd 0).
+    """
+    stdout = state.stdout
+    module = state.modules["__main__" if fn_name is None else "solution"]
     sys.modules[module.__name__] = module
     code = _compile(source, fn_name is None)
     if code is None:
@@ -1034,7 +1085,7 @@ def _execute(source: str, fn_name: str | None, test_input, header_globals: dict)
                 _finish_like_python(module, stdout)  # what it printed counts in apps mode, as in the reference
                 return EXIT_NONZERO_EXIT
         if fn_name is not None:
-            result = _resolve_function(module, fn_name, source)(*test_input)
+            result = _resolve_function(module, fn_name, source)(*arguments)
             try:
                 payload = json.dumps(result, default=_numpy_to_json).encode()
             except (TypeError, ValueError, RecursionError):

@@ -10,6 +10,9 @@ its own format: :func:`prime_code_tests`), run in a separate Python <= 3.10 venv
     /tmp/verl_venv/bin/pip install verl==0.9.1 --no-deps && /tmp/verl_venv/bin/pip install numpy
     python scripts/bench/code_eval.py --workers 2 --verl_python /tmp/verl_venv/bin/python
 
+Breakdown (``--breakdown``): CPU per test by process with one worker (evaluator, worker, template, test) and the
+test's page faults, from /proc.
+
 Load (``--load N``): N programs cycling through correct, wrong and hostile ones; prints wall time, leftover
 sandbox processes, open file descriptors and memory of the evaluator and its workers before and after.
 """
@@ -201,6 +204,42 @@ def _leftovers(ev: Evaluator) -> int:
     return count
 
 
+def _cpu_and_faults(pid: int) -> tuple[float, float, int]:
+    """A process's own CPU seconds, its reaped children's CPU seconds and its reaped children's minor page faults."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # fields from the third on (state, ppid, ...)
+    tick = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime) / tick, (cutime + cstime) / tick, int(fields[8])
+
+
+def run_breakdown(programs: list, tests: list, n_tests: int, timeout: float, repeat: int = 3) -> None:
+    """Where the CPU of one test goes, by process, with one worker: the evaluator (sending, judging), the worker
+    (job files, waiting, cleaning up after the test), the template (forking) and the test's own process (setup,
+    the program, exit), with the test's minor page faults (copy-on-write of the memory it shares with the template).
+    Read from /proc (the template reaps the tests, so their CPU and faults are its children's)."""
+    with Evaluator(workers=1, timeout=timeout) as ev:
+        ev.start()
+        worker, template = ev._pool[0].proc.pid, ev._pool[0].template_pid
+        before = [_cpu_and_faults(pid) for pid in (worker, template)]
+        own_before, start = time.process_time(), time.monotonic()
+        ev.evaluate(programs * repeat, tests * repeat)
+        wall, own = time.monotonic() - start, time.process_time() - own_before
+        after = [_cpu_and_faults(pid) for pid in (worker, template)]
+    n = n_tests * repeat
+    parts = {
+        "evaluator (send, judge)": own,
+        "worker (job, wait, clean up)": after[0][0] - before[0][0],
+        "template (fork)": after[1][0] - before[1][0],
+        "test process (setup, program, exit)": after[1][1] - before[1][1],
+    }
+    print(f"one worker, {n} tests: {wall / n * 1e3:.2f} ms/test wall, CPU per test:")
+    for name, seconds in parts.items():
+        print(f"  {name:<38} {seconds / n * 1e3:6.2f} ms")
+    print(f"  {'total':<38} {sum(parts.values()) / n * 1e3:6.2f} ms")
+    print(f"  test process minor page faults: {(after[1][2] - before[1][2]) / n:.0f} per test")
+
+
 def run_load(n: int, workers: int, timeout: float) -> None:
     """N programs cycling correct / wrong / hostile; prints leak and memory figures."""
     problems, solutions = load_mbpp()
@@ -250,6 +289,7 @@ def main() -> None:
     parser.add_argument("--verl_python", default="/tmp/verl_venv/bin/python")
     parser.add_argument("--limit", type=int, default=None, help="only the first N ground-truth programs")
     parser.add_argument("--load", type=int, default=0, help="run the load test with N programs instead")
+    parser.add_argument("--breakdown", action="store_true", help="CPU per test by process (one worker) instead")
     args = parser.parse_args()
     if args.load:
         run_load(args.load, args.workers, args.timeout)
@@ -260,6 +300,9 @@ def main() -> None:
     programs = [s["solution"] for s in truths]
     tests = [problems[s["problem_id"]]["input_output"] for s in truths]
     n_tests = sum(len(parse_tests(t).inputs) for t in tests)
+    if args.breakdown:
+        run_breakdown(programs, tests, n_tests, args.timeout)
+        return
     print(f"{len(programs)} ground-truth programs, {n_tests} tests, {args.workers} workers")
     rows = {
         "lit_codegen Evaluator (full isolation)": bench_ours(programs, tests, args.workers, args.timeout),

@@ -295,18 +295,28 @@ def test_forged_worker_messages_cannot_run_code():
         os.close(write_fd)
 
 
-def test_the_process_limit_without_root_counts_the_tasks_the_uid_already_runs():
+def test_the_process_limit_without_root_counts_the_tasks_the_uid_already_runs(tmp_path):
+    """Without root, RLIMIT_NPROC counts every task of the uid, so the limit is set above what the uid already runs:
+    every thread of every process of that uid (known answer on a made-up /proc), this process's threads included."""
     import threading
 
     from lit_codegen.reward.sandbox_worker import _tasks_of_uid
 
+    processes = {"10": (1000, 3), "11": (1000, 1), "12": (0, 40), "13": (1001, 2)}
+    for pid, (uid, threads) in processes.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nThreads:\t{threads}\n")
+    (tmp_path / "self").mkdir()  # not a pid
+    (tmp_path / "14").mkdir()  # a process that ended while /proc was read: no status file
+    assert _tasks_of_uid(1000, str(tmp_path)) == 4
+    assert _tasks_of_uid(0, str(tmp_path)) == 40
+
     stop = threading.Event()
-    before = _tasks_of_uid(os.getuid())
     threads = [threading.Thread(target=stop.wait) for _ in range(5)]
     for thread in threads:
         thread.start()
-    try:
-        assert _tasks_of_uid(os.getuid()) >= before + 5
+    try:  # live: other processes of the uid come and go, but this one's 6+ threads are counted
+        assert _tasks_of_uid(os.getuid()) >= threading.active_count() >= 6
     finally:
         stop.set()
         for thread in threads:

@@ -439,3 +439,22 @@ def test_a_test_after_many_programs_inherits_what_a_test_of_a_fresh_worker_inher
         after = printed(ev, FINGERPRINT)
     assert after == fresh
     assert fresh.splitlines()[4] == "[] True True 1000"  # and the program ran to the end
+
+
+def test_each_test_starts_as_after_os_fork(one_worker):
+    """Tests are forked without CPython's fork hooks (they only matter with other threads, which the template never
+    has), so what the hooks would have done must still hold: fresh random numbers in every test, and the one thread
+    is the main thread, which can start and join others."""
+    program = """
+import random, threading
+t = threading.Thread(target=lambda: None)
+t.start()
+t.join()
+print(random.getrandbits(64), threading.current_thread() is threading.main_thread(), threading.active_count())
+"""
+    worker = one_worker._pool[0]
+    replies = worker.run({"source": program, "fn_name": None, "inputs": ["", ""]}, deadline=time.monotonic() + 60)
+    replies.append(worker.run({"source": program, "fn_name": None, "inputs": [""]}, deadline=time.monotonic() + 60)[0])
+    lines = [payload.decode().split() for status, payload in replies]
+    assert [line[1:] for line in lines] == [["True", "1"]] * 3
+    assert len({line[0] for line in lines}) == 3  # equal by chance with probability 3 / 2**64
