@@ -7,9 +7,10 @@ log-probs and values are `lit_codegen.update`'s).
     buffer = GroupBuffer(n=4, prompts_wanted=64)
     buffer.add(roll, results, problems)   # keeps the prompts whose 4 pass rates differ
     if buffer.full or rounds == cap: roll, results, problems = buffer.take(pad_id)
+    # DynamicSampling does the above round by round, in step with the other data-parallel ranks
     advantages, returns = estimate_advantages(scores, values, kl, mask, algo, n, kl_coef, all_ranks_sum)
-    exp, metrics = training_batch(roll, seq, attn, pos, old_logprobs, ref_logprobs, values, advantages, returns,
-                                  algo)
+    exp, metrics = training_batch(roll, seq, attn, pos, mask, old_logprobs, ref_logprobs, values, advantages,
+                                  returns, algo)
 """
 
 from __future__ import annotations
@@ -272,3 +273,54 @@ def training_batch(roll: Rollout, seq: torch.Tensor, attn: torch.Tensor, pos: to
             exp["is_weights"] = ppo.rollout_is_weights(old_logprobs, sampler_logprobs, mask, algo.rollout_is,
                                                        algo.rollout_is_threshold)
     return exp, metrics
+
+
+class DynamicSampling:
+    """DAPO's dynamic sampling over prompt batches: a `GroupBuffer` filled round by round, one round per batch.
+
+    A batch of groups is complete once every data-parallel rank holds as many prompts as the first round had, or
+    after `max_rounds` rounds (0 = no cap). The time of the earlier rounds is added to the last round's, and the
+    round counters of the batch taken are `metrics` (`train/num_gen_batches`, `train/num_generated_prompts`,
+    `train/num_dropped_prompts`; empty until the first batch).
+    """
+
+    def __init__(self, n: int, max_rounds: int) -> None:
+        self.buffer = GroupBuffer(n, 1)  # sized by each batch's first round
+        self.max_rounds = max_rounds
+        self.metrics: dict[str, float] = {}
+        self._timing: dict[str, float] = {}  # the earlier rounds' phase times
+
+    def collect(self, roll: Rollout, results: list, problems: list, timing: dict[str, float],
+                all_ranks_sum: Callable[[torch.Tensor], torch.Tensor], pad_id: int) -> tuple | None:
+        """Buffer this round's groups whose pass rates differ; None until the batch is complete.
+
+        Args:
+            roll: The round's rollout (N rows, groups of `n` consecutive).
+            results: Its N evaluator results.
+            problems: N dataset rows of the responses' prompts (`problem_rows`).
+            timing: The round's phase times in seconds, with its `step` so far.
+            all_ranks_sum: A tensor summed over the data-parallel ranks; every rank must call it (once per round).
+            pad_id: Token id of the padding.
+
+        Returns:
+            None, or (rollout, results, problems, timing) of a batch of groups (topped up with dropped ones at the
+            cap, see `GroupBuffer`); its timing adds up every round's, but the last round's `step`, which the caller
+            measures to the end of the iteration.
+        """
+        buffer = self.buffer
+        if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
+            buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
+        buffer.add(roll, results, problems)
+        short = torch.tensor([float(not buffer.full)])
+        rounds_left = self.max_rounds == 0 or buffer.rounds < self.max_rounds
+        if all_ranks_sum(short).item() > 0 and rounds_left:
+            self._timing = {k: self._timing.get(k, 0.0) + v for k, v in timing.items()}
+            return None
+        stats = buffer.stats()
+        timing.pop("step")  # the last round's is measured to the end of the iteration
+        timing = {k: timing.get(k, 0.0) + self._timing.get(k, 0.0) for k in timing | self._timing}
+        self._timing = {}
+        taken = buffer.take(pad_id)
+        self.metrics = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts": stats["generated"],
+                        "train/num_dropped_prompts": stats["dropped"]}
+        return *taken, timing

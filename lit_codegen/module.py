@@ -11,10 +11,11 @@ One `training_step` is one PPO iteration on a prompt batch, written as numbered 
     5. update       `ppo_epochs` x mini-batches (micro-batch gradient accumulation) for critic, then actor
     6. log          verl's metric names
 
-All math lives in `lit_codegen.ppo`; this file only orchestrates. Step counting: Lightning's `global_step` counts
-every `optimizer.step()` under manual optimization; here the optimizers step through the strategy without being
-counted and each PPO iteration adds exactly one step, so `max_steps`, `val_check_interval`-style schedules and
-checkpoint frequencies are PPO iterations, as in verl.
+All math lives in `lit_codegen.ppo`, the experience (scores, dynamic sampling, advantages, the update's batch) in
+`lit_codegen.experience`, the update loop in `lit_codegen.update`; this file only orchestrates. Step counting:
+Lightning's `global_step` counts every `optimizer.step()` under manual optimization; here the optimizers step through
+the strategy without being counted and each PPO iteration adds exactly one step, so `max_steps`,
+`val_check_interval`-style schedules and checkpoint frequencies are PPO iterations, as in verl.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from lit_codegen.args import (
 from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program, has_code_block
 from lit_codegen.experience import (
-    GroupBuffer,
+    DynamicSampling,
     estimate_advantages,
     problem_rows,
     sequences,
@@ -130,9 +131,7 @@ class PPOModule(LightningModule):
         self.last_rollout: dict | None = None  # this rank's last iteration (TrainingSamples logs it)
         self._engine = None
         self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
-        self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized by each first round)
-        self._sampling_timing: dict[str, float] = {}
-        self._sampling_stats: dict[str, float] = {}
+        self.dynamic_sampling = DynamicSampling(rollout.n, algorithm.max_num_gen_batches)  # with `filter_groups`
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -276,7 +275,8 @@ class PPOModule(LightningModule):
             with _timer(timing, "reward"):
                 results, _ = pending.result()
             timing["step"] = time.perf_counter() - t_start  # this round's share of the iteration, if it is not the last
-            collected = self._collect_groups(roll, results, problems, timing)
+            collected = self.dynamic_sampling.collect(roll, results, problems, timing, self._all_ranks_sum,
+                                                      self.tokenizer.pad_token_id)
             if collected is None:
                 return  # the next prompt batch refills this one
             roll, results, problems, timing = collected
@@ -379,30 +379,6 @@ class PPOModule(LightningModule):
             self._reward_pool = ThreadPoolExecutor(1, thread_name_prefix="reward")
         return self._reward_pool.submit(finish)
 
-    def _collect_groups(self, roll: Rollout, results: list, problems: list, timing: dict):
-        """DAPO's dynamic sampling: buffer this round's groups whose pass rates differ; None until the batch is full.
-
-        Once every rank holds a batch of them (or `max_num_gen_batches` rounds ran), returns (rollout, results,
-        problems, timing) of a batch of groups (topped up with dropped ones at the cap, see `GroupBuffer`).
-        """
-        a, buffer = self.algo, self.group_buffer
-        if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
-            buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
-        buffer.add(roll, results, problems)
-        short = torch.tensor([float(not buffer.full)])
-        rounds_left = a.max_num_gen_batches == 0 or buffer.rounds < a.max_num_gen_batches
-        if self._all_ranks_sum(short).item() > 0 and rounds_left:
-            self._sampling_timing = {k: self._sampling_timing.get(k, 0.0) + v for k, v in timing.items()}
-            return None
-        stats = buffer.stats()
-        timing.pop("step")  # the last round's is measured to the end of the iteration
-        timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
-        self._sampling_timing = {}
-        taken = buffer.take(self.tokenizer.pad_token_id)
-        self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
-                                stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
-        return *taken, timing
-
     def _all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over the data-parallel ranks (unchanged on one device); every rank must call it."""
         return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").cpu()
@@ -452,7 +428,8 @@ class PPOModule(LightningModule):
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
-        metrics |= self._pass_rate_by_difficulty(results, [p["difficulty"] for p in problems]) | self._sampling_stats
+        metrics |= self._pass_rate_by_difficulty(results, [p["difficulty"] for p in problems])
+        metrics |= self.dynamic_sampling.metrics
         metrics |= verdict_fractions(results, "train")  # of all tests run: why programs fail
         metrics["train/no_code_ratio"] = sum(not has_code_block(t) for t in roll.texts) / len(roll.texts)
         metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
