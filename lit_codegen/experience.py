@@ -1,22 +1,28 @@
-"""The reward side of a PPO iteration's experience: shaped scores and DAPO's dynamic sampling.
+"""A PPO iteration's experience: shaped scores, DAPO's dynamic sampling, advantages and the update's batch.
 
-`PPOModule` calls these between the rollout and the forward passes; they hold no model.
+`PPOModule` calls these between the rollout and the update; they hold no model (the forward passes that give the
+log-probs and values are `lit_codegen.update`'s).
 
     scores = shaped_scores(results, roll, reward_args, max_new_tokens)
     buffer = GroupBuffer(n=4, prompts_wanted=64)
     buffer.add(roll, results, problems)   # keeps the prompts whose 4 pass rates differ
     if buffer.full or rounds == cap: roll, results, problems = buffer.take(pad_id)
+    # DynamicSampling does the above round by round, in step with the other data-parallel ranks
+    advantages, returns = estimate_advantages(scores, values, kl, mask, algo, n, kl_coef, all_ranks_sum)
+    exp, metrics = training_batch(roll, seq, attn, pos, mask, old_logprobs, ref_logprobs, values, advantages,
+                                  returns, algo)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from lit_codegen import ppo
-from lit_codegen.args import RewardArgs
+from lit_codegen.args import PPOArgs, RewardArgs
 from lit_codegen.data.prompts import has_code_block
 from lit_codegen.rollout import Rollout
 
@@ -181,3 +187,140 @@ class GroupBuffer:
     def stats(self) -> dict[str, float]:
         """Counters since the last `take`: generation rounds, prompts generated and dropped (all-equal groups)."""
         return {"rounds": float(self.rounds), "generated": float(self.generated), "dropped": float(self.dropped)}
+
+
+def sequences(roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + response ids, attention mask and position ids (N, P+R) that match generation's positions."""
+    seq = torch.cat([roll.prompt_ids, roll.response_ids], dim=1)
+    attn = torch.cat([roll.prompt_mask, roll.response_mask], dim=1).long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return seq, attn, pos
+
+
+def estimate_advantages(scores: torch.Tensor, values: torch.Tensor | None, kl: torch.Tensor | None,
+                        mask: torch.Tensor, algo: PPOArgs, n: int, kl_coef: float,
+                        all_ranks_sum: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns (N, R) with the configured estimator (`algo.adv_estimator`).
+
+    Args:
+        scores: Terminal reward (N,) of each response (`shaped_scores`).
+        values: Critic values (N, R), zero on padding; None without a critic.
+        kl: Per-token KL penalty (N, R) to the reference, zero on padding; None without a reference.
+        mask: Response mask (N, R), 1 = a response token trained on.
+        algo: PPO settings (`adv_estimator`, `gamma`, `lam`, `whiten_advantages`, `grpo_norm_by_std`).
+        n: Responses per prompt (groups are consecutive rows).
+        kl_coef: The KL controller's current coefficient.
+        all_ranks_sum: A tensor summed over the data-parallel ranks (whitening uses the moments of the whole batch);
+            every rank must call it.
+    """
+    a = algo
+    if a.adv_estimator in ("gae", "reinforce_plus_plus"):
+        rewards = ppo.terminal_token_rewards(scores, mask, kl, kl_coef)
+        if a.adv_estimator == "reinforce_plus_plus":  # whitened over the batch of all ranks, like GAE's
+            return ppo.reinforce_plus_plus_advantages(rewards, mask, a.gamma, all_ranks_sum)
+        advantages, returns = ppo.compute_gae(rewards, values, mask, a.gamma, a.lam)
+        if a.whiten_advantages:  # over the whole batch of all ranks, as on one device
+            moments = ppo.moments_from_sums(all_ranks_sum(ppo.masked_sums(advantages, mask)))
+            advantages = ppo.masked_whiten(advantages, mask, moments=moments)
+        return advantages * mask, returns
+    if kl is not None:  # the group baselines compare whole-sequence rewards: score minus the summed KL penalty
+        scores = scores - kl_coef * ppo.masked_sum(kl, mask, dim=-1)
+    if a.adv_estimator == "grpo":
+        advantages = ppo.grpo_advantages(scores, n, mask, norm_by_std=a.grpo_norm_by_std)
+    elif a.adv_estimator == "rloo":
+        advantages = ppo.rloo_advantages(scores, n, mask)
+    else:
+        advantages = ppo.reinforce_plus_plus_baseline_advantages(scores, n, mask, all_ranks_sum)
+    return advantages, advantages
+
+
+def training_batch(roll: Rollout, seq: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                   old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, values: torch.Tensor | None,
+                   advantages: torch.Tensor, returns: torch.Tensor,
+                   algo: PPOArgs) -> tuple[dict, dict[str, float]]:
+    """The update's inputs (`lit_codegen.update`) and the rollout-correction metrics.
+
+    With `algo.filter_truncated` (DAPO's overlong filtering) truncated responses add no loss; when the sampler
+    returned its log-probs (`roll.logprobs`), the mismatch to the trainer's is measured (`rollout_corr/*`) and with
+    `algo.rollout_is` the importance weights `is_weights` (N, R) correct for it.
+
+    Args:
+        roll: The rollout (`truncated` (N,), `logprobs` (N, R) or None, `response_ids` (N, R)).
+        seq: Prompt + response ids (N, P+R) (`sequences`).
+        attn: Their attention mask (N, P+R).
+        pos: Their position ids (N, P+R).
+        mask: Response mask (N, R), 1 = a response token trained on.
+        old_logprobs: The actor's log-probs (N, R) before the update.
+        ref_logprobs: The reference policy's (N, R), or None.
+        values: Critic values (N, R) or None.
+        advantages: Advantages (N, R).
+        returns: The critic's targets (N, R).
+        algo: `filter_truncated`, `rollout_is`, `rollout_is_threshold`.
+
+    Returns:
+        The experience dict (keys as the arguments, plus `is_weights` when on) and the `rollout_corr/*` metrics.
+    """
+    exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+               values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
+    metrics: dict[str, float] = {}
+    if algo.filter_truncated:  # DAPO's overlong filtering: truncated responses add no loss (they kept their baseline)
+        exp["mask"] = mask * ~roll.truncated[:, None].to(mask.device)
+    if roll.logprobs is not None:  # rollout correction: how far the sampler's distribution is from the trainer's
+        sampler_logprobs = roll.logprobs.to(mask.device)
+        metrics = {f"rollout_corr/{k}": float(v)
+                   for k, v in ppo.rollout_mismatch_metrics(old_logprobs, sampler_logprobs, mask).items()}
+        if algo.rollout_is is not None:
+            exp["is_weights"] = ppo.rollout_is_weights(old_logprobs, sampler_logprobs, mask, algo.rollout_is,
+                                                       algo.rollout_is_threshold)
+    return exp, metrics
+
+
+class DynamicSampling:
+    """DAPO's dynamic sampling over prompt batches: a `GroupBuffer` filled round by round, one round per batch.
+
+    A batch of groups is complete once every data-parallel rank holds as many prompts as the first round had, or
+    after `max_rounds` rounds (0 = no cap). The time of the earlier rounds is added to the last round's, and the
+    round counters of the batch taken are `metrics` (`train/num_gen_batches`, `train/num_generated_prompts`,
+    `train/num_dropped_prompts`; empty until the first batch).
+    """
+
+    def __init__(self, n: int, max_rounds: int) -> None:
+        self.buffer = GroupBuffer(n, 1)  # sized by each batch's first round
+        self.max_rounds = max_rounds
+        self.metrics: dict[str, float] = {}
+        self._timing: dict[str, float] = {}  # the earlier rounds' phase times
+
+    def collect(self, roll: Rollout, results: list, problems: list, timing: dict[str, float],
+                all_ranks_sum: Callable[[torch.Tensor], torch.Tensor], pad_id: int) -> tuple | None:
+        """Buffer this round's groups whose pass rates differ; None until the batch is complete.
+
+        Args:
+            roll: The round's rollout (N rows, groups of `n` consecutive).
+            results: Its N evaluator results.
+            problems: N dataset rows of the responses' prompts (`problem_rows`).
+            timing: The round's phase times in seconds, with its `step` so far.
+            all_ranks_sum: A tensor summed over the data-parallel ranks; every rank must call it (once per round).
+            pad_id: Token id of the padding.
+
+        Returns:
+            None, or (rollout, results, problems, timing) of a batch of groups (topped up with dropped ones at the
+            cap, see `GroupBuffer`); its timing adds up every round's, but the last round's `step`, which the caller
+            measures to the end of the iteration.
+        """
+        buffer = self.buffer
+        if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
+            buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
+        buffer.add(roll, results, problems)
+        short = torch.tensor([float(not buffer.full)])
+        rounds_left = self.max_rounds == 0 or buffer.rounds < self.max_rounds
+        if all_ranks_sum(short).item() > 0 and rounds_left:
+            self._timing = {k: self._timing.get(k, 0.0) + v for k, v in timing.items()}
+            return None
+        stats = buffer.stats()
+        timing.pop("step")  # the last round's is measured to the end of the iteration
+        timing = {k: timing.get(k, 0.0) + self._timing.get(k, 0.0) for k in timing | self._timing}
+        self._timing = {}
+        taken = buffer.take(pad_id)
+        self.metrics = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts": stats["generated"],
+                        "train/num_dropped_prompts": stats["dropped"]}
+        return *taken, timing

@@ -11,10 +11,11 @@ One `training_step` is one PPO iteration on a prompt batch, written as numbered 
     5. update       `ppo_epochs` x mini-batches (micro-batch gradient accumulation) for critic, then actor
     6. log          verl's metric names
 
-All math lives in `lit_codegen.ppo`; this file only orchestrates. Step counting: Lightning's `global_step` counts
-every `optimizer.step()` under manual optimization; here the optimizers step through the strategy without being
-counted and each PPO iteration adds exactly one step, so `max_steps`, `val_check_interval`-style schedules and
-checkpoint frequencies are PPO iterations, as in verl.
+All math lives in `lit_codegen.ppo`, the experience (scores, dynamic sampling, advantages, the update's batch) in
+`lit_codegen.experience`, the update loop in `lit_codegen.update`; this file only orchestrates. Step counting:
+Lightning's `global_step` counts every `optimizer.step()` under manual optimization; here the optimizers step through
+the strategy without being counted and each PPO iteration adds exactly one step, so `max_steps`,
+`val_check_interval`-style schedules and checkpoint frequencies are PPO iterations, as in verl.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import io
 import math
 import random
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal
@@ -34,7 +34,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_codegen import batching, ppo
+from lit_codegen import ppo, update
 from lit_codegen.args import (
     LoraArgs,
     OptimArgs,
@@ -47,11 +47,18 @@ from lit_codegen.args import (
 )
 from lit_codegen.callbacks import rank_batch_indices
 from lit_codegen.data.prompts import extract_program, has_code_block
-from lit_codegen.experience import GroupBuffer, problem_rows, shaped_scores
+from lit_codegen.experience import (
+    DynamicSampling,
+    estimate_advantages,
+    problem_rows,
+    sequences,
+    shaped_scores,
+    training_batch,
+)
 from lit_codegen.metrics import DIFFICULTIES, PassRateMetrics
-from lit_codegen.models.critic import CriticModel, response_values
+from lit_codegen.models.critic import CriticModel
 from lit_codegen.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
+from lit_codegen.models.logprob_head import install_logprob_head
 from lit_codegen.models.lora import AdaptersOff, add_lora, frozen_state_keys
 from lit_codegen.parallel import compile_decoder_layers, gathered, shard_model
 from lit_codegen.reward import Evaluator
@@ -124,9 +131,7 @@ class PPOModule(LightningModule):
         self.last_rollout: dict | None = None  # this rank's last iteration (TrainingSamples logs it)
         self._engine = None
         self._vllm_stale = True  # the engine starts from the path; the actor may be warm-started or resumed
-        self.group_buffer = GroupBuffer(rollout.n, 1)  # DAPO's dynamic sampling (sized by each first round)
-        self._sampling_timing: dict[str, float] = {}
-        self._sampling_stats: dict[str, float] = {}
+        self.dynamic_sampling = DynamicSampling(rollout.n, algorithm.max_num_gen_batches)  # with `filter_groups`
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -270,13 +275,14 @@ class PPOModule(LightningModule):
             with _timer(timing, "reward"):
                 results, _ = pending.result()
             timing["step"] = time.perf_counter() - t_start  # this round's share of the iteration, if it is not the last
-            collected = self._collect_groups(roll, results, problems, timing)
+            collected = self.dynamic_sampling.collect(roll, results, problems, timing, self._all_ranks_sum,
+                                                      self.tokenizer.pad_token_id)
             if collected is None:
                 return  # the next prompt batch refills this one
             roll, results, problems, timing = collected
             pending = self._reward_async(roll, problems, results)  # the hook, on the kept responses
-        # 3. experience
-        seq, attn, pos = _sequences(roll)
+        # 3. experience: the forward passes run while the sandbox scores
+        seq, attn, pos = sequences(roll)
         p_len, mask = roll.prompt_ids.shape[1], roll.response_mask.to(torch.float32)
         with _timer(timing, "old_log_prob"):
             old_logprobs = self._logprobs(self.actor, seq, attn, pos, p_len)
@@ -300,19 +306,12 @@ class PPOModule(LightningModule):
                                      for name, opt in zip(("actor", "critic"), self._raw_optimizers())}
         if a.kl_coef > 0:
             metrics["actor/kl_coef"] = self.kl_ctl.value
-        advantages, returns = self._advantages(scores, values, kl, mask, roll)
+        advantages, returns = estimate_advantages(scores, values, kl, mask, a, self.rollout_args.n, self.kl_ctl.value,
+                                                  self._all_ranks_sum)
         # 5. update
-        exp = dict(seq=seq, attn=attn, pos=pos, mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                   values=values, advantages=advantages, returns=returns, response_ids=roll.response_ids)
-        if a.filter_truncated:  # DAPO's overlong filtering: truncated responses add no loss (they kept their baseline)
-            exp["mask"] = mask * ~roll.truncated[:, None].to(self.device)
-        if roll.logprobs is not None:  # rollout correction: how far the sampler's distribution is from the trainer's
-            sampler_logprobs = roll.logprobs.to(self.device)
-            metrics |= {f"rollout_corr/{k}": float(v)
-                        for k, v in ppo.rollout_mismatch_metrics(old_logprobs, sampler_logprobs, mask).items()}
-            if a.rollout_is is not None:
-                exp["is_weights"] = ppo.rollout_is_weights(old_logprobs, sampler_logprobs, mask, a.rollout_is,
-                                                           a.rollout_is_threshold)
+        exp, correction = training_batch(roll, seq, attn, pos, mask, old_logprobs, ref_logprobs, values, advantages,
+                                         returns, a)
+        metrics |= correction
         actor_schedule, *critic_schedule = _as_list(self.lr_schedulers())  # each advances when its model trains
         if self.uses_critic:
             with _timer(timing, "update_critic"):
@@ -344,45 +343,16 @@ class PPOModule(LightningModule):
 
     def _logprobs(self, model, seq, attn, pos, p_len: int) -> torch.Tensor:
         """Log-probs (N, R) of the response tokens under `model`, in micro-batches, without gradients."""
-        out = []
-        with torch.no_grad():
-            for idx, real in self._micro_batches(torch.arange(seq.shape[0], device=seq.device), attn):
-                logprobs, _ = response_logprobs(model, seq[idx], attn[idx], pos[idx], p_len,
-                                                self.rollout_args.temperature, self._layout)
-                out += [(idx, logprobs)] if real else []
-        return _in_row_order(out)
+        return update.scoring_logprobs(model, seq, attn, pos, p_len, self.rollout_args.temperature,
+                                       update.layout(self.algo), self._micro_batches)
 
-    def _values(self, seq, attn, pos, p_len: int, grad: bool = False) -> torch.Tensor:
-        """Critic values (n, R) of the states before each response token."""
-        with torch.set_grad_enabled(grad):
-            if grad:  # one micro-batch of the update
-                return response_values(self.critic, seq, attn, pos, p_len, self._layout).float()
-            micro = self._micro_batches(torch.arange(seq.shape[0], device=seq.device), attn)
-            out = [(i, response_values(self.critic, seq[i], attn[i], pos[i], p_len, self._layout)) for i, _ in micro]
-        return _in_row_order([(i, v) for (i, real), (_, v) in zip(micro, out) if real]).float()
-
-    @property
-    def _layout(self) -> str:
-        """How micro-batches reach the models: packed rows, padding-trimmed (token budget) or as padded."""
-        if self.algo.pack_sequences:
-            return "packed"
-        return "padded" if self.algo.max_tokens_per_micro_batch is None else "trimmed"
+    def _values(self, seq, attn, pos, p_len: int) -> torch.Tensor:
+        """Critic values (N, R) of the states before each response token, without gradients."""
+        return update.scoring_values(self.critic, seq, attn, pos, p_len, update.layout(self.algo), self._micro_batches)
 
     def _micro_batches(self, rows: torch.Tensor, attn: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
-        """(row indices, real) of each micro-batch of `rows`: `micro_batch_size` rows, or by token budget.
-
-        With a token budget, ranks can group their rows into different numbers of micro-batches, but under data
-        parallelism every forward/backward is a collective (FSDP's all-gathers and reduce-scatters, DDP's
-        all-reduce): a rank with fewer appends micro-batches of its first row marked not real, whose outputs
-        and losses count nothing.
-        """
-        a = self.algo
-        if a.max_tokens_per_micro_batch is None:
-            return [(idx, True) for idx in rows.split(a.micro_batch_size)]
-        lengths = attn[rows].sum(-1).tolist()
-        groups = [(rows[g], True) for g in batching.token_budget_groups(lengths, a.max_tokens_per_micro_batch,
-                                                                        packed=a.pack_sequences)]
-        return groups + [(rows[:1], False)] * (self._most_on_any_rank(len(groups)) - len(groups))
+        """(row indices, real) of each micro-batch of `rows` (`update.micro_batches`; a collective under a budget)."""
+        return update.micro_batches(rows, attn, self.algo, self._most_on_any_rank)
 
     def _most_on_any_rank(self, count: int) -> int:
         """The largest `count` over the data-parallel ranks; every rank must call it when several run."""
@@ -409,132 +379,21 @@ class PPOModule(LightningModule):
             self._reward_pool = ThreadPoolExecutor(1, thread_name_prefix="reward")
         return self._reward_pool.submit(finish)
 
-    def _collect_groups(self, roll: Rollout, results: list, problems: list, timing: dict):
-        """DAPO's dynamic sampling: buffer this round's groups whose pass rates differ; None until the batch is full.
-
-        Once every rank holds a batch of them (or `max_num_gen_batches` rounds ran), returns (rollout, results,
-        problems, timing) of a batch of groups (topped up with dropped ones at the cap, see `GroupBuffer`).
-        """
-        a, buffer = self.algo, self.group_buffer
-        if buffer.rounds == 0:  # a new batch: as many prompts as the data module's batch
-            buffer.prompts_wanted = int(roll.prompt_index.max()) + 1
-        buffer.add(roll, results, problems)
-        short = torch.tensor([float(not buffer.full)])
-        rounds_left = a.max_num_gen_batches == 0 or buffer.rounds < a.max_num_gen_batches
-        if self._all_ranks_sum(short).item() > 0 and rounds_left:
-            self._sampling_timing = {k: self._sampling_timing.get(k, 0.0) + v for k, v in timing.items()}
-            return None
-        stats = buffer.stats()
-        timing.pop("step")  # the last round's is measured to the end of the iteration
-        timing = {k: timing.get(k, 0.0) + self._sampling_timing.get(k, 0.0) for k in timing | self._sampling_timing}
-        self._sampling_timing = {}
-        taken = buffer.take(self.tokenizer.pad_token_id)
-        self._sampling_stats = {"train/num_gen_batches": stats["rounds"], "train/num_generated_prompts":
-                                stats["generated"], "train/num_dropped_prompts": stats["dropped"]}
-        return *taken, timing
-
-    def _advantages(self, scores, values, kl, mask, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advantages and returns (N, R) with the configured estimator."""
-        a = self.algo
-        if a.adv_estimator in ("gae", "reinforce_plus_plus"):
-            rewards = ppo.terminal_token_rewards(scores, mask, kl, self.kl_ctl.value)
-            if a.adv_estimator == "reinforce_plus_plus":  # whitened over the batch of all ranks, like GAE's
-                return ppo.reinforce_plus_plus_advantages(rewards, mask, a.gamma, self._all_ranks_sum)
-            advantages, returns = ppo.compute_gae(rewards, values, mask, a.gamma, a.lam)
-            if a.whiten_advantages:  # over the whole batch of all ranks, as on one device
-                moments = ppo.moments_from_sums(self._all_ranks_sum(ppo.masked_sums(advantages, mask)))
-                advantages = ppo.masked_whiten(advantages, mask, moments=moments)
-            return advantages * mask, returns
-        if kl is not None:  # the group baselines compare whole-sequence rewards: score minus the summed KL penalty
-            scores = scores - self.kl_ctl.value * ppo.masked_sum(kl, mask, dim=-1)
-        n = self.rollout_args.n
-        if a.adv_estimator == "grpo":
-            advantages = ppo.grpo_advantages(scores, n, mask, norm_by_std=a.grpo_norm_by_std)
-        elif a.adv_estimator == "rloo":
-            advantages = ppo.rloo_advantages(scores, n, mask)
-        else:
-            advantages = ppo.reinforce_plus_plus_baseline_advantages(scores, n, mask, self._all_ranks_sum)
-        return advantages, advantages
-
     def _all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over the data-parallel ranks (unchanged on one device); every rank must call it."""
         return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum").cpu()
 
     def _update_critic(self, exp: dict, p_len: int) -> dict[str, float]:
-        """`ppo_epochs` x mini-batches of clipped value-loss steps; returns metrics averaged over mini-batches."""
-        a, opt = self.algo, self._raw_optimizers()[1]
-        stats = _Mean()
-        for mb in self._minibatches(exp["seq"].shape[0]):
-            opt.zero_grad(set_to_none=True)
-            norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
-            for idx, real in self._micro_batches(mb, exp["attn"]):
-                values = self._values(exp["seq"][idx], exp["attn"][idx], exp["pos"][idx], p_len, grad=True)
-                loss, clipfrac = ppo.value_loss(values, exp["values"][idx], exp["returns"][idx],
-                                                exp["mask"][idx] * real, a.value_clip, a.loss_agg, norm)
-                self.manual_backward(loss)
-                share = self._share(exp["mask"][idx], tokens)
-                logs.add(**{"critic/vf_loss": loss, "critic/vf_clipfrac": clipfrac * share})
-            stats.add(**logs.sums, **{"critic/grad_norm": self._step(opt, self.critic)})
-        return stats.result()
+        """The critic's `ppo_epochs` x mini-batches (`update.update_critic`); metrics averaged over mini-batches."""
+        return update.update_critic(exp, p_len, self.critic, self._raw_optimizers()[1], self.algo, self.rollout_args,
+                                    self.device, micro_batches=self._micro_batches, backward=self.manual_backward,
+                                    step=self._step)
 
     def _update_actor(self, exp: dict, p_len: int) -> dict[str, float]:
-        """`ppo_epochs` x mini-batches of clipped policy-loss steps (+ entropy bonus, + KL loss); averaged metrics."""
-        a, opt = self.algo, self._raw_optimizers()[0]
-        stats = _Mean()
-        for mb in self._minibatches(exp["seq"].shape[0]):
-            opt.zero_grad(set_to_none=True)
-            norm, tokens, logs = self._normalizer(exp["mask"][mb]), exp["mask"][mb].sum(), _Sum()
-            for idx, real in self._micro_batches(mb, exp["attn"]):
-                m = exp["mask"][idx] * real  # a padding micro-batch (see _micro_batches) trains on no token
-                share = self._share(m, tokens)
-                logprobs, entropy_tokens = response_logprobs(self.actor, exp["seq"][idx], exp["attn"][idx],
-                                                             exp["pos"][idx], p_len, self.rollout_args.temperature,
-                                                             self._layout)
-                is_weights = exp["is_weights"][idx] if "is_weights" in exp else None
-                loss, pg = ppo.policy_loss(logprobs, exp["old_logprobs"][idx], exp["advantages"][idx], m,
-                                           a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg, norm,
-                                           a.policy_ratio, a.policy_loss, is_weights)
-                logs.add(**{"actor/pg_loss": loss, "actor/pg_clipfrac": pg["clipfrac"] * share,
-                            "actor/ppo_kl": pg["approx_kl"] * share})
-                if a.dual_clip is not None:  # how often the dual clip bounds a negative advantage's loss
-                    logs.add(**{"actor/pg_clipfrac_lower": pg["clipfrac_lower"] * share})
-                entropy = ppo.aggregate_loss(entropy_tokens, m, a.loss_agg, norm)  # always logged
-                if a.entropy_coef > 0:
-                    loss = loss - a.entropy_coef * entropy
-                logs.add(**{"actor/entropy": entropy})
-                if a.kl_loss_coef > 0:
-                    kl_tokens = ppo.kl_penalty(logprobs, exp["ref_logprobs"][idx], "k3")
-                    kl_loss = ppo.aggregate_loss(kl_tokens, m, a.loss_agg, norm)
-                    loss = loss + a.kl_loss_coef * kl_loss
-                    logs.add(**{"actor/kl_loss": kl_loss})
-                self.manual_backward(loss)
-            stats.add(**logs.sums, **{"actor/grad_norm": self._step(opt, self.actor)})
-        return stats.result()
-
-    def _normalizer(self, mb_mask: torch.Tensor) -> float:
-        """Loss denominator of a mini-batch (summed micro-batch losses = the mini-batch loss).
-
-        Valid tokens for `token-mean`, non-empty sequences for the `seq-mean*` modes, times the constant
-        `max_new_tokens` for Dr. GRPO's `seq-mean-token-sum-norm`.
-        """
-        if self.algo.loss_agg == "token-mean":
-            return float(mb_mask.sum())
-        sequences = float(mb_mask.bool().any(-1).sum())
-        return sequences * self.rollout_args.max_new_tokens if self.algo.loss_agg.endswith("-norm") else sequences
-
-    @staticmethod
-    def _share(micro_mask: torch.Tensor, mb_tokens: torch.Tensor) -> torch.Tensor:
-        """Weight of a micro-batch's token-mean metrics (clip fractions, ppo_kl) in the mini-batch's mean.
-
-        Its share of the mini-batch's valid tokens, whatever the loss aggregation. A device scalar: no host sync.
-        """
-        return micro_mask.sum() / mb_tokens.clamp(min=1)
-
-    def _minibatches(self, n: int) -> Iterator[torch.Tensor]:
-        """Shuffled mini-batch indices for `ppo_epochs` passes over `n` sequences."""
-        for _ in range(self.algo.ppo_epochs):
-            perm = torch.randperm(n, device=self.device)
-            yield from perm.split(self.algo.mini_batch_size)
+        """The actor's `ppo_epochs` x mini-batches (`update.update_actor`); metrics averaged over mini-batches."""
+        return update.update_actor(exp, p_len, self.actor, self._raw_optimizers()[0], self.algo, self.rollout_args,
+                                   self.device, micro_batches=self._micro_batches, backward=self.manual_backward,
+                                   step=self._step)
 
     def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
         return [opt.optimizer for opt in _as_list(self.optimizers())]
@@ -569,7 +428,8 @@ class PPOModule(LightningModule):
             metrics["actor/reward_kl_penalty"] = ppo.masked_mean(kl, mask, dim=-1).mean().item()  # verl: mean per seq
         if values is not None:
             metrics["critic/vf_explained_var"] = ppo.explained_variance(values, returns, mask).item()
-        metrics |= self._pass_rate_by_difficulty(results, [p["difficulty"] for p in problems]) | self._sampling_stats
+        metrics |= self._pass_rate_by_difficulty(results, [p["difficulty"] for p in problems])
+        metrics |= self.dynamic_sampling.metrics
         metrics |= verdict_fractions(results, "train")  # of all tests run: why programs fail
         metrics["train/no_code_ratio"] = sum(not has_code_block(t) for t in roll.texts) / len(roll.texts)
         metrics |= {f"timing_s/{k}": v for k, v in timing.items()}
@@ -719,25 +579,11 @@ def _lr_lambda(o: OptimArgs):
     return factor
 
 
-def _sequences(roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt + response ids, attention mask and position ids (N, P+R) that match generation's positions."""
-    seq = torch.cat([roll.prompt_ids, roll.response_ids], dim=1)
-    attn = torch.cat([roll.prompt_mask, roll.response_mask], dim=1).long()
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    return seq, attn, pos
-
-
 def _done(value):
     """A finished future holding `value` (the reward phase's results when they were needed early)."""
     future = Future()
     future.set_result(value)
     return future
-
-
-def _in_row_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Concatenate (row indices, rows) of micro-batches that cover the rows 0..N-1 once, back in row order."""
-    rows = torch.cat([idx for idx, _ in parts])
-    return torch.cat([x for _, x in parts])[torch.argsort(rows)]
 
 
 def _as_list(x) -> list:
@@ -753,37 +599,6 @@ def _timer(timing: dict[str, float], key: str):
     start = time.perf_counter()
     yield
     timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
-
-
-class _Sum:
-    """Sums of scalar metrics over the micro-batches of one mini-batch, kept on the device (no sync per micro-batch)."""
-
-    def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-
-    def add(self, **values: torch.Tensor) -> None:
-        for k, v in values.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v.detach()
-
-    @property
-    def sums(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._sums.items()}
-
-
-class _Mean:
-    """Running means of scalar metrics over the mini-batches of one iteration."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, **values: float) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
-
-    def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
 __all__ = ["PPOModule", "PPOArgs", "RolloutArgs", "RewardArgs", "OptimArgs"]

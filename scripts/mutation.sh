@@ -8,10 +8,12 @@
 #             compare      lit_codegen/reward/compare.py      tests/reward/test_compare.py
 #             datamodule   lit_codegen/data/datamodule.py     tests/data/test_datamodule.py
 #             evaluator    lit_codegen/reward/evaluator.py    tests/reward/test_evaluator.py; scoring only
-#             module       lit_codegen/module.py              tests/test_module.py (but its two minutes-long tests) and
-#                                                                tests/test_experience.py;
-#                                                                advantage/update wiring only
-#             experience   lit_codegen/experience.py          tests/test_experience.py
+#             module       lit_codegen/module.py              tests/test_module.py (but its two minutes-long tests),
+#                                                                tests/test_micro_batching.py, tests/test_experience.py;
+#                                                                the wiring into update.py only
+#             update       lit_codegen/update.py              the same tests
+#             experience   lit_codegen/experience.py          tests/test_experience.py and tests/test_module.py (but its
+#                                                                two minutes-long tests)
 #     MUTANT_GLOB: only these mutants, e.g. 'lit_codegen.ppo.x_policy_loss*'
 #   MUTMUT_CHILDREN=4 scripts/mutation.sh ppo    more parallel test processes (default 2)
 #
@@ -21,7 +23,7 @@
 # Needs `pip install mutmut` (3.x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${1:?usage: scripts/mutation.sh ppo|compare|datamodule|evaluator|module|experience [MUTANT_GLOB ...]}"
+target="${1:?usage: scripts/mutation.sh ppo|compare|datamodule|evaluator|module|update|experience [MUTANT_GLOB ...]}"
 shift
 globs=("$@")
 case "$target" in
@@ -33,14 +35,19 @@ case "$target" in
     # the scoring: verdicts from replies, pass rates, limits checks; not the process plumbing
     [ ${#globs[@]} -gt 0 ] || globs=("lit_codegen.reward.evaluator.x?_Batch?*" "lit_codegen.reward.evaluator.x?EvalResult?*"
                                     "lit_codegen.reward.evaluator.x_check_limits__mutmut_*") ;;
-  module) module=lit_codegen/module.py; tests="tests/test_module.py tests/test_experience.py"
+  module) module=lit_codegen/module.py; tests="tests/test_module.py tests/test_micro_batching.py tests/test_experience.py"
     deselect="not compiled_layers and not max_steps_counts"  # minutes each; what they check is not this wiring
-    # the advantage and update wiring: rewards -> advantages/returns -> the PPO losses and optimizer steps
+    # the wiring into lit_codegen.update: scoring passes, micro-batches, the two updates and the optimizer step
     # (mutmut names a method's mutants lit_codegen.module.x?PPOModule?METHOD__mutmut_N)
-    [ ${#globs[@]} -gt 0 ] || for method in _collect_groups _advantages _update_critic _update_actor _normalizer \
-        _share _minibatches _step; do globs+=("lit_codegen.module.x?PPOModule?${method}__mutmut_*"); done ;;
-  experience) module=lit_codegen/experience.py; tests="tests/test_experience.py" ;;
-  *) echo "unknown target '$target' (ppo, compare, datamodule, evaluator, module or experience)" >&2; exit 2 ;;
+    # (not _most_on_any_rank: only the 2-process test reaches its collective, and torchrun's workers import the
+    # unmutated package)
+    [ ${#globs[@]} -gt 0 ] || for method in _logprobs _values _micro_batches _update_critic _update_actor _step; do
+        globs+=("lit_codegen.module.x?PPOModule?${method}__mutmut_*"); done ;;
+  update) module=lit_codegen/update.py; tests="tests/test_module.py tests/test_micro_batching.py tests/test_experience.py"
+    deselect="not compiled_layers and not max_steps_counts" ;;
+  experience) module=lit_codegen/experience.py; tests="tests/test_experience.py tests/test_module.py"
+    deselect="not compiled_layers and not max_steps_counts" ;;
+  *) echo "unknown target '$target' (ppo, compare, datamodule, evaluator, module, update or experience)" >&2; exit 2 ;;
 esac
 
 work=".mutation/$target"

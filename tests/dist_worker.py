@@ -15,6 +15,7 @@ import lightning as L
 import pyarrow.parquet as pq
 import torch
 
+import lit_codegen.module as module_lib
 from lit_codegen import ppo
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.callbacks import PassRateValidation
@@ -61,14 +62,14 @@ def main(strategy_name: str, out: Path) -> None:
         strategy = "ddp_find_unused_parameters_true"
     record = Record()
     advantage_sums = []  # per iteration: [sum, sum of squares, count] of this rank's whitened advantages
-    compute_advantages = module._advantages
+    compute_advantages = module_lib.estimate_advantages
 
     def capture_advantages(*args):
         advantages, returns = compute_advantages(*args)
         advantage_sums.append(ppo.masked_sums(advantages, args[3]).tolist())
         return advantages, returns
 
-    module._advantages = capture_advantages
+    module_lib.estimate_advantages = capture_advantages  # this worker process's PPOModule calls it by that name
     validation = PassRateValidation(every_n_iterations=0, before_training=True, at_end=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-import lit_codegen.module as module_lib
+from lit_codegen import batching
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.data.datamodule import AppsDataModule
 from lit_codegen.module import PPOModule
@@ -32,7 +32,7 @@ def main(out: Path) -> None:
                         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
     rank = trainer.global_rank
     if rank == 0:  # all rows in one micro-batch, whatever the budget
-        module_lib.batching.token_budget_groups = lambda lengths, max_tokens, packed: [list(range(len(lengths)))]
+        batching.token_budget_groups = lambda lengths, max_tokens, packed: [list(range(len(lengths)))]
     counts, micro_batches = [], module._micro_batches
 
     def counted(rows, attn):

@@ -8,7 +8,7 @@ import torch
 from test_module import _record_experience, _record_update_metrics, make, trainer
 
 from lit_codegen.args import RewardArgs
-from lit_codegen.experience import GroupBuffer, concat_rollouts, select_rows, shaped_scores
+from lit_codegen.experience import GroupBuffer, concat_rollouts, select_rows, sequences, shaped_scores
 from lit_codegen.rollout import Rollout
 
 
@@ -200,9 +200,10 @@ def test_rollout_correction_weights_and_mismatch_metrics():
     module.algo.rollout_is, module.algo.rollout_is_threshold = "token", 1.5
     generate = module.generate
 
-    def with_sampler_logprobs(batch, params):  # a sampler certain of every token it drew: log p = 0
+    def with_sampler_logprobs(batch, params):  # certain of every token it drew (log p = 0), or on odd rows: -20
         roll = generate(batch, params)
-        return dataclasses.replace(roll, logprobs=roll.response_mask * 0.0)
+        odd_rows = (torch.arange(len(roll.response_mask)) % 2)[:, None]
+        return dataclasses.replace(roll, logprobs=roll.response_mask * -20.0 * odd_rows)
 
     module.generate = with_sampler_logprobs
     module._evaluator = _RoundEvaluator([[1.0, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.0]])
@@ -213,10 +214,24 @@ def test_rollout_correction_weights_and_mismatch_metrics():
     trainer(1).fit(module, datamodule=data)
     exp = seen[0]
     mask = exp["mask"]
-    expected = torch.clamp(torch.exp(exp["old_logprobs"]), max=1.5) * mask  # the sampler said log p = 0
+    sampler = -20.0 * (torch.arange(len(mask)) % 2)[:, None] * mask
+    expected = torch.clamp(torch.exp(exp["old_logprobs"] - sampler), max=1.5) * mask
+    assert (expected[1::2] == 1.5 * mask[1::2]).all() and (expected[::2] < 1).all()  # capped, and not
     torch.testing.assert_close(exp["is_weights"] * mask, expected)
     # the first (on-policy, ratio 1) mini-batch's token-mean loss is -A weighted by them
     weighted = -(exp["advantages"] * expected).sum() / mask.sum()
     assert updates["actor/pg_loss"] == pytest.approx(float(weighted), rel=1e-4)
-    diff = exp["old_logprobs"][mask.bool()].abs().mean()
+    diff = (exp["old_logprobs"] - sampler)[mask.bool()].abs().mean()
     assert logged["rollout_corr/logprob_abs_diff"] == pytest.approx(float(diff), rel=1e-4)
+
+
+def test_sequences_positions_count_each_row_from_its_first_token():
+    """Left-padded prompts, right-padded responses: positions start at 0 on a row's first real token, as generation
+    numbered them (padding repeats a neighbour's position; it is masked)."""
+    roll = Rollout(prompt_ids=torch.tensor([[0, 5, 6], [7, 8, 9]]), prompt_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
+                   response_ids=torch.tensor([[3, 4], [2, 0]]), response_mask=torch.tensor([[1, 1], [1, 0]]),
+                   texts=["", ""], prompt_index=torch.tensor([0, 1]), truncated=torch.tensor([False, False]))
+    seq, attn, pos = sequences(roll)
+    assert seq.tolist() == [[0, 5, 6, 3, 4], [7, 8, 9, 2, 0]]
+    assert attn.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]] and attn.dtype == torch.long
+    assert pos.tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 3]]

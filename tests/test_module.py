@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 
 from lit_codegen.args import OptimArgs, PPOArgs, RewardArgs, RolloutArgs
 from lit_codegen.data.datamodule import AppsDataModule
+from lit_codegen.experience import estimate_advantages, sequences
 from lit_codegen.module import PPOModule
 
 
@@ -183,8 +184,8 @@ def test_group_estimators_subtract_the_kl_penalty_from_the_score(estimator):
     module, _ = make(adv_estimator=estimator, n=2, kl_coef=0.5)
     scores, mask = torch.tensor([1.0, 0.0, 0.5, 0.5]), torch.ones(4, 2)
     kl = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # the third response drifted: -0.5 * 2
-    without_kl, _ = module._advantages(scores, None, None, mask, None)
-    with_kl, _ = module._advantages(scores, None, kl, mask, None)
+    without_kl, _ = estimate_advantages(scores, None, None, mask, module.algo, 2, module.kl_ctl.value, None)
+    with_kl, _ = estimate_advantages(scores, None, kl, mask, module.algo, 2, module.kl_ctl.value, None)
     assert torch.equal(with_kl[:2], without_kl[:2])  # first group: no KL, same advantages
     assert torch.equal(without_kl[2:], torch.zeros(2, 2))  # second group: equal scores
     # ... until the penalty (0.5 x summed KL 2 = 1) makes the drifted sample the worse one: scores -0.5 and 0.5
@@ -257,7 +258,6 @@ class _StubEvaluator:
 def _fixed_rollout(module, data):
     """Two sampled responses to the first training prompt, and their summed log-probs under the current actor."""
     from lit_codegen.models.logprob_head import response_logprobs
-    from lit_codegen.module import _sequences
     from lit_codegen.rollout import HFRollout
 
     data.setup("fit")
@@ -267,7 +267,7 @@ def _fixed_rollout(module, data):
     assert roll.texts[0] != roll.texts[1]
 
     def summed_logprobs():
-        seq, attn, pos = _sequences(roll)
+        seq, attn, pos = sequences(roll)
         with torch.no_grad():
             logprobs, _ = response_logprobs(module.actor, seq, attn, pos, roll.prompt_ids.shape[1])
         return (logprobs * roll.response_mask).sum(-1)
@@ -575,7 +575,6 @@ def test_entropy_bonus_raises_the_entropy_and_kl_loss_pulls_towards_the_referenc
     """Both responses of each prompt score the same (GRPO advantages 0): one update moves the actor only through
     the entropy bonus (the entropy on the rollout rises) or the KL loss (the KL to the reference falls)."""
     from lit_codegen.models.logprob_head import response_logprobs
-    from lit_codegen.module import _sequences
 
     L.seed_everything(0)
     module, data = make(adv_estimator="grpo", n=2, kl_coef=0.0, lr=1e-4, mini=8, micro=8, **{setting: 0.5})
@@ -583,7 +582,7 @@ def test_entropy_bonus_raises_the_entropy_and_kl_loss_pulls_towards_the_referenc
     _perturb_actor(module)
     roll, _ = _fixed_rollout(module, data)
     module.generate = lambda batch, params: roll
-    seq, attn, pos = _sequences(roll)
+    seq, attn, pos = sequences(roll)
     mask = roll.response_mask.float()
 
     def measure():

@@ -19,7 +19,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def _rows():
-    """Left-padded prompts, right-padded responses, positions from 0 at each row's first token (as `_sequences`)."""
+    """Left-padded prompts, right-padded responses, positions from 0 at each row's first token (`sequences`)."""
     torch.manual_seed(0)
     seq = torch.randint(3, 600, (len(PROMPT_LENS), P + R))
     cols = torch.arange(P + R)
