@@ -90,7 +90,7 @@ class _Worker:
         self.config = config
         self.proc: subprocess.Popen | None = None
         self.protections: list[str] = []
-        self.template_pid: int | None = None  # the worker's child that forks the tests
+        self.template_pids: list[int] = []  # the worker's children that fork the tests
 
     def start(self) -> None:
         env = dict(_WORKER_ENV)
@@ -108,7 +108,7 @@ class _Worker:
     def wait_ready(self, timeout: float = 120.0) -> None:
         hello = self._receive(time.monotonic() + timeout)
         self.protections = hello["protections"]
-        self.template_pid = hello["template_pid"]
+        self.template_pids = hello["template_pids"]
 
     def run(self, request: dict, deadline: float) -> list:
         if self.proc is None or self.proc.poll() is not None:

@@ -28,6 +28,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import importlib.util
 import io
 import json
 import marshal
@@ -35,6 +36,7 @@ import math
 import os
 import pickle
 import random
+import re
 import resource
 import select
 import signal
@@ -45,6 +47,7 @@ import sysconfig
 import tempfile
 import threading
 import types
+import typing
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Protocol between evaluator and worker: 8-byte little-endian length, then a pickle.
@@ -134,6 +137,40 @@ import random
 import heapq
 from heapq import *
 """
+
+# Programs that name numpy run in the template that has it imported (a word ``np`` or ``numpy`` anywhere: a variable
+# called ``np`` only costs the dearer fork).
+_NAMES_NUMPY = re.compile(r"\bnp\b|numpy")
+
+
+def _lazy_numpy() -> types.ModuleType | None:
+    """The numpy module, loading itself on first attribute access (`importlib.util.LazyLoader`); None without numpy.
+
+    It is put in ``sys.modules``, and the template of the programs that do not name numpy binds ``np`` to it: a program
+    that still reaches numpy (``globals()["np"]``, ``__import__("num" + "py")``) gets the real module, after ~0.1 s of
+    importing.
+    """
+    spec = importlib.util.find_spec("numpy")
+    if spec is None:
+        return None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["numpy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Template(typing.NamedTuple):
+    """The worker's handle on a template.
+
+    Its pid, the pipe that sends it commands and the one it reports on, and the address space it started with.
+    """
+
+    pid: int
+    commands: int
+    reports: int
+    baseline_vm: int
+
 
 # Modules imported once in the worker so that a forked child starts with them warm: what competitive programs import.
 # Every module here makes every test's fork and exit dearer (page tables to copy and tear down), so nothing rare:
@@ -364,6 +401,14 @@ class _TestCgroup:
         with open(os.path.join(group, knob), "w") as f:
             f.write(str(value))
 
+    def raise_limit(self, memory_bytes: int) -> None:
+        """Raise the memory limit (the worker sets it again once both templates are up)."""
+        for group in self.dirs:
+            # v1 refuses a memory limit above the memory + swap one: raise that first
+            for knob in ("memory.max", "memory.memsw.limit_in_bytes", "memory.limit_in_bytes"):
+                if os.path.exists(os.path.join(group, knob)):
+                    self._write(group, knob, memory_bytes)
+
     def join(self) -> None:
         """Move the calling process (the worker) into the groups; the tests it forks start in them."""
         for group in self.dirs:
@@ -466,22 +511,15 @@ class Sandbox:
         self._preimport()
         self.header_globals = {}
         exec(compile(APPS_HEADER, "<apps-header>", "exec"), self.header_globals)
-        if "numpy" in sys.modules:
-            self.header_globals["np"] = sys.modules["numpy"]
-        gc.collect()
-        gc.freeze()  # the pre-imported objects are permanent: a test's garbage collection never walks (or copies) them
-        self.baseline_vm = self._status_bytes("VmSize")
+        numpy = _lazy_numpy()
+        if numpy is not None:
+            self.header_globals["np"] = numpy
+        self._freeze()
         self.cgroup, self.oom_kills = None, 0
         if full and root:
-            # a test may dirty every page it shares with the worker, and allocate memory_mb on top
-            limit = self._status_bytes("VmRSS") + (memory_mb << 20)
             try:
-                self.cgroup = _TestCgroup(f"litcg-{self.pid}", limit)
+                self.cgroup = _TestCgroup(f"litcg-{self.pid}", self._memory_limit())
                 self.cgroup.join()  # the worker itself: tests are forked into it (moving each test costs ~ms)
-                self.protections.append(
-                    f"cgroup: {limit >> 20} MiB of memory for all of a test's processes together (memfd and shared "
-                    "memory included; the interpreter's pages it touches count), CPU weight equal to other workers'"
-                )
             except (OSError, KeyError, ValueError) as exc:
                 self.protections.append(f"no memory cgroup ({exc}): the memory limit binds per process only")
         self.log_fd = _high_fd(os.dup(2))
@@ -490,7 +528,18 @@ class Sandbox:
         self.stdout_fd = _high_fd(os.memfd_create("stdout"))
         self.result_fd = _high_fd(os.memfd_create("result"))
         self.job_fd = _high_fd(os.memfd_create("job"))
-        self._start_template()
+        self.templates = [self._start_template()]
+        if numpy is not None:
+            numpy.ndarray  # the first attribute imports numpy, for the template of the programs that use it
+            self._freeze()
+            self.templates.append(self._start_template())
+        if self.cgroup is not None:
+            limit = self._memory_limit()
+            self.cgroup.raise_limit(limit)
+            self.protections.append(
+                f"cgroup: {limit >> 20} MiB of memory for all of a test's processes together (memfd and shared "
+                "memory included; the interpreter's pages it touches count), CPU weight equal to other workers'"
+            )
         self.protections.append(
             "tests are forked from a template process that never held a request or a reply: nothing of an earlier "
             "program (its source, its outputs) is in a test's memory, and no frame of the worker is on its stack"
@@ -615,13 +664,22 @@ class Sandbox:
     @staticmethod
     def _preimport() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        import importlib
+        for name in PREIMPORTS:
+            importlib.import_module(name)
 
-        for name in PREIMPORTS + ["numpy"]:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - numpy is optional
-                pass
+    def _freeze(self) -> None:
+        """Make what is imported so far permanent and note the address space it takes.
+
+        A test's garbage collection never walks (or copies) permanent objects; a test forked from the next template
+        may allocate `memory_mb` above that address space.
+        """
+        gc.collect()
+        gc.freeze()
+        self.baseline_vm = self._status_bytes("VmSize")
+
+    def _memory_limit(self) -> int:
+        """The cgroup's limit: a test may dirty every page it shares with the worker, and allocate memory_mb on top."""
+        return self._status_bytes("VmRSS") + (self.memory_mb << 20)
 
     @staticmethod
     def _status_bytes(field: str) -> int:
@@ -633,12 +691,16 @@ class Sandbox:
         return 0
 
     # -- the template -------------------------------------------------------------------------------------------------
-    def _start_template(self) -> None:
-        """Fork the template: a copy of the worker taken before any request, which forks every test on request.
+    def _start_template(self) -> "_Template":
+        """Fork a template: a copy of the worker taken before any request, which forks every test on request.
 
         The worker itself receives programs and holds the replies (earlier programs' outputs) in its heap, freed or
         not; a test forked from it would inherit them, and a program scanning its own memory could print a sibling's
-        answer. The template only ever sees one-byte commands.
+        answer. A template only ever sees one-byte commands.
+
+        There are two, forked before and after numpy is imported: forking a process and tearing the copy down costs
+        in proportion to the memory it maps, and numpy's ~14 MiB made every test ~0.4 ms dearer, for the few programs
+        that use it. Programs that do not name numpy run in the first, where ``np`` imports numpy on first use.
         """
         commands_r, commands_w = os.pipe()
         reports_r, reports_w = os.pipe()
@@ -652,8 +714,7 @@ class Sandbox:
                 os._exit(0)
         os.close(commands_r)
         os.close(reports_w)
-        self.template_pid = pid
-        self.to_template, self.from_template = _high_fd(commands_w), _high_fd(reports_r)
+        return _Template(pid, _high_fd(commands_w), _high_fd(reports_r), self.baseline_vm)
 
     def _template_loop(self, commands: int, reports: int) -> None:
         """In the template: per `f` command fork a test, report its pid; per `w` reap it, report how it ended.
@@ -752,10 +813,11 @@ class Sandbox:
         job = marshal.dumps((source, fn_name, arguments, cpu_limit))  # plain values (JSON's); C only, few pages
         os.ftruncate(self.job_fd, 0)
         os.pwrite(self.job_fd, job, 0)
-        os.write(self.to_template, b"f")  # the template forks the test, which reads the job file
-        (pid,) = _PID.unpack(_read_exact(self.from_template, _PID.size))
+        template = self.templates[-1] if _NAMES_NUMPY.search(source) else self.templates[0]
+        os.write(template.commands, b"f")  # the template forks the test, which reads the job file
+        (pid,) = _PID.unpack(_read_exact(template.reports, _PID.size))
         pidfd = os.pidfd_open(pid)  # before the template may reap it: the pid cannot be reused meanwhile
-        os.write(self.to_template, b"w")
+        os.write(template.commands, b"w")
         try:
             timed_out = not select.select([pidfd], [], [], self.timeout)[0]
         finally:
@@ -764,7 +826,7 @@ class Sandbox:
             if os.environ.get("LITCG_SANDBOX_DEBUG"):
                 self._describe(pid)
             os.kill(pid, signal.SIGKILL)
-        status, utime, stime, maxrss = _REPORT.unpack(_read_exact(self.from_template, _REPORT.size))
+        status, utime, stime, maxrss = _REPORT.unpack(_read_exact(template.reports, _REPORT.size))
         usage = types.SimpleNamespace(ru_utime=utime, ru_stime=stime, ru_maxrss=maxrss)
         self._kill_leftovers(pid)
         if self.ipc_namespace:
@@ -781,7 +843,7 @@ class Sandbox:
                 return "timeout", None
             if sig == signal.SIGXFSZ:
                 return "output_limit", None
-            if usage.ru_maxrss * 1024 >= self.baseline_vm + (self.memory_mb << 20) * 0.9 or self._oom_killed():
+            if usage.ru_maxrss * 1024 >= template.baseline_vm + (self.memory_mb << 20) * 0.9 or self._oom_killed():
                 return "memory_limit", None
             return "runtime_error", None
         code = os.WEXITSTATUS(status)
@@ -851,6 +913,7 @@ class Sandbox:
     def _kill_leftovers(self, pid: int) -> None:
         """Kill and reap everything the test started: its process group, the sandbox uid, any reparented orphan."""
         children_file = f"/proc/self/task/{self.pid}/children"
+        templates = {template.pid for template in self.templates}
         for attempt in range(10_000):
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -865,11 +928,11 @@ class Sandbox:
                 return  # no children left at all
             try:
                 with open(children_file) as f:
-                    others = [int(child) for child in f.read().split() if int(child) != self.template_pid]
+                    others = [int(child) for child in f.read().split() if int(child) not in templates]
             except OSError:
                 others = []
             if not others:
-                return  # the template alone is left (orphans of a test come back to the worker, its subreaper)
+                return  # the templates alone are left (orphans of a test come back to the worker, its subreaper)
             for child in others:
                 try:
                     os.kill(child, signal.SIGKILL)
@@ -924,9 +987,10 @@ class Sandbox:
                         pass
 
     def close(self) -> None:
-        """Stop the template, remove the scratch folder and its parent, and the cgroup."""
-        os.close(self.to_template)  # the template reads end of file and exits
-        os.waitpid(self.template_pid, 0)
+        """Stop the templates, remove the scratch folder and its parent, and the cgroup."""
+        for template in self.templates:
+            os.close(template.commands)  # the template reads end of file and exits
+            os.waitpid(template.pid, 0)
         _remove_tree(self.scratch_parent)
         if self.cgroup is not None:
             self.cgroup.close()
@@ -1210,7 +1274,11 @@ def main() -> None:
     if config is None:
         return
     sandbox = Sandbox(**config)
-    hello = {"pid": os.getpid(), "template_pid": sandbox.template_pid, "protections": sandbox.protections}
+    hello = {
+        "pid": os.getpid(),
+        "template_pids": [template.pid for template in sandbox.templates],
+        "protections": sandbox.protections,
+    }
     send_message(replies, hello)
     try:
         while (request := receive_message(requests)) is not None:

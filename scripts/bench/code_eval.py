@@ -188,7 +188,7 @@ def _leftovers(ev: Evaluator) -> int:
     """Processes started by this evaluator's workers that still exist (tests, their children or sandbox-uid
     processes), not counting each worker's template (the long-lived process that forks the tests)."""
     workers = {w.proc.pid for w in ev._pool}
-    templates = {w.template_pid for w in ev._pool}
+    templates = {pid for w in ev._pool for pid in w.template_pids}
     sandbox_uids = {str(sandbox_worker.SANDBOX_UID_BASE + pid) for pid in workers}
     count = 0
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -220,24 +220,26 @@ def run_breakdown(programs: list, tests: list, n_tests: int, timeout: float, rep
     Read from /proc (the template reaps the tests, so their CPU and faults are its children's)."""
     with Evaluator(workers=1, timeout=timeout) as ev:
         ev.start()
-        worker, template = ev._pool[0].proc.pid, ev._pool[0].template_pid
-        before = [_cpu_and_faults(pid) for pid in (worker, template)]
+        pids = [ev._pool[0].proc.pid, *ev._pool[0].template_pids]
+        before = [_cpu_and_faults(pid) for pid in pids]
         own_before, start = time.process_time(), time.monotonic()
         ev.evaluate(programs * repeat, tests * repeat)
         wall, own = time.monotonic() - start, time.process_time() - own_before
-        after = [_cpu_and_faults(pid) for pid in (worker, template)]
+        after = [_cpu_and_faults(pid) for pid in pids]
     n = n_tests * repeat
+    templates = range(1, len(pids))
     parts = {
         "evaluator (send, judge)": own,
         "worker (job, wait, clean up)": after[0][0] - before[0][0],
-        "template (fork)": after[1][0] - before[1][0],
-        "test process (setup, program, exit)": after[1][1] - before[1][1],
+        "templates (fork)": sum(after[i][0] - before[i][0] for i in templates),
+        "test process (setup, program, exit)": sum(after[i][1] - before[i][1] for i in templates),
     }
     print(f"one worker, {n} tests: {wall / n * 1e3:.2f} ms/test wall, CPU per test:")
     for name, seconds in parts.items():
         print(f"  {name:<38} {seconds / n * 1e3:6.2f} ms")
     print(f"  {'total':<38} {sum(parts.values()) / n * 1e3:6.2f} ms")
-    print(f"  test process minor page faults: {(after[1][2] - before[1][2]) / n:.0f} per test")
+    faults = sum(after[i][2] - before[i][2] for i in templates)
+    print(f"  test process minor page faults: {faults / n:.0f} per test")
 
 
 def run_load(n: int, workers: int, timeout: float) -> None:

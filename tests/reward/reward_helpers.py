@@ -22,7 +22,8 @@ def require_data() -> Path:
 def sandbox_leftovers(evaluator: Evaluator) -> list[int]:
     """PIDs of processes forked from the evaluator's workers (or their templates) still around (should be none)."""
     worker_pids = {w.proc.pid for w in evaluator._pool if w.proc is not None}
-    worker_pids |= {w.template_pid for w in evaluator._pool if w.proc is not None}  # tests are the templates' children
+    # tests are the templates' children
+    worker_pids |= {pid for w in evaluator._pool if w.proc is not None for pid in w.template_pids}
     leftovers = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in worker_pids:

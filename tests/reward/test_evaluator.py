@@ -166,6 +166,20 @@ def test_numpy_return_values_count_as_the_values_they_hold(evaluator):
     assert [r.pass_rate for r in evaluator.evaluate(programs, specs)] == [1.0, 1.0, 1.0, 0.0]
 
 
+def test_numpy_is_there_for_programs_that_do_not_name_it(evaluator):
+    """Programs that do not name numpy run in a template without it (cheaper to fork); `np` still imports it."""
+    programs = [
+        'print(globals()["n" + "p"].arange(int(input())).sum())',
+        'm = __import__("num" + "py")\nprint(m.arange(int(input())).sum() if m is globals()["n" + "p"] else -1)',
+        'import sys\nprint(sys.modules["__main__"].__dict__["n" + "p"].int64(int(input())) * 3 - 3 * 1)',
+    ]
+    spec = {"inputs": ["4\n"], "outputs": ["6\n"]}
+    spec_call = {"fn_name": "f", "inputs": [[4]], "outputs": [6]}
+    call = 'def f(n):\n    return getattr(globals()["n" + "p"], "arange")(n).sum()\n'
+    results = evaluator.evaluate(programs + [call], [spec, spec, {"inputs": ["3\n"], "outputs": ["6\n"]}, spec_call])
+    assert [r.outcomes for r in results] == [["passed"]] * 4
+
+
 def test_a_function_taking_a_dict_with_int_keys_passes_in_strict_mode(evaluator):
     (result,) = evaluator.evaluate(["def f(d):\n    return d[1]\n"],
                                    [{"fn_name": "f", "inputs": [[{"1": 5}]], "outputs": [5]}])
