@@ -528,7 +528,8 @@ class Sandbox:
         self.stdout_fd = _high_fd(os.memfd_create("stdout"))
         self.result_fd = _high_fd(os.memfd_create("result"))
         self.job_fd = _high_fd(os.memfd_create("job"))
-        self.templates = [self._start_template()]
+        self.templates: list[_Template] = []
+        self.templates.append(self._start_template())
         if numpy is not None:
             numpy.ndarray  # the first attribute imports numpy, for the template of the programs that use it
             self._freeze()
@@ -708,6 +709,9 @@ class Sandbox:
         if pid == 0:
             os.close(commands_w)
             os.close(reports_r)
+            for other in self.templates:  # else an earlier template would never read end of file
+                os.close(other.commands)
+                os.close(other.reports)
             try:
                 self._template_loop(commands_r, reports_w)
             finally:
