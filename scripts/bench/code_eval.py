@@ -189,7 +189,7 @@ def _rss_kb(pid: int) -> int:
 
 def _leftovers(ev: Evaluator) -> int:
     """Processes started by this evaluator's workers that still exist (tests, their children or sandbox-uid
-    processes), not counting each worker's template (the long-lived process that forks the tests)."""
+    processes), not counting each worker's templates (the long-lived processes that fork the tests)."""
     workers = {w.proc.pid for w in ev._pool}
     templates = {pid for w in ev._pool for pid in w.template_pids}
     sandbox_uids = {str(sandbox_worker.SANDBOX_UID_BASE + pid) for pid in workers}
@@ -218,9 +218,9 @@ def _cpu_and_faults(pid: int) -> tuple[float, float, int]:
 
 def run_breakdown(programs: list, tests: list, n_tests: int, timeout: float, repeat: int = 3) -> None:
     """Where the CPU of one test goes, by process, with one worker: the evaluator (sending, judging), the worker
-    (job files, waiting, cleaning up after the test), the template (forking) and the test's own process (setup,
-    the program, exit), with the test's minor page faults (copy-on-write of the memory it shares with the template).
-    Read from /proc (the template reaps the tests, so their CPU and faults are its children's)."""
+    (job files, waiting, cleaning up after the test), the templates (forking) and the test's own process (setup,
+    the program, exit), with the test's minor page faults (copy-on-write of the memory it shares with its template).
+    Read from /proc (the templates reap the tests, so their CPU and faults are their children's)."""
     with Evaluator(workers=1, timeout=timeout) as ev:
         ev.start()
         pids = [ev._pool[0].proc.pid, *ev._pool[0].template_pids]
