@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoModel
 
 from lit_codegen.models.loading import VALUE_HEAD_FILE, check_model_dir, dtype_of, resolve_model_path
-from lit_codegen.models.packing import pack, pad_responses, trim
+from lit_codegen.models.packing import pack, pad_responses, trim, varlen_attention
 
 
 class CriticModel(nn.Module):
@@ -41,21 +41,23 @@ class CriticModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
+        **attention_kwargs,
     ) -> torch.Tensor:
         """Value of every prefix.
 
         Args:
             input_ids: (B, T) token ids.
-            attention_mask: (B, T) 1 for real tokens, 0 for padding; None for packed rows (position ids restarting
-                at 0 at each row keep attention within it: `lit_codegen.models.packing`).
+            attention_mask: (B, T) 1 for real tokens, 0 for padding; None for packed rows.
             position_ids: (B, T) positions, or None to let the backbone derive them.
+            attention_kwargs: `Packed.attention_kwargs` for packed rows (under `varlen_attention`).
 
         Returns:
             (B, T) float32 values; entry t is the value of the state after reading tokens 0..t.
         """
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+            **attention_kwargs,
         ).last_hidden_state  # (B, T, H)
         # In the head's dtype, float32 (under FSDP2 its own unit keeps it so: `shard_model`), whatever bf16-mixed
         # autocast would make of it; called as a module so that FSDP2's hooks gather its parameters.
@@ -122,7 +124,9 @@ def response_values(critic: CriticModel, seq: torch.Tensor, attn: torch.Tensor, 
     """
     if layout == "packed":
         packed = pack(seq, attn, pos, prompt_len)
-        return packed.unpack(critic(packed.input_ids, None, packed.position_ids)[0, packed.index])
+        with varlen_attention(critic):
+            values = critic(packed.input_ids, None, packed.position_ids, **packed.attention_kwargs)
+        return packed.unpack(values[0, packed.index])
     if layout == "trimmed":
         values = response_values(critic, *trim(seq, attn, pos, prompt_len))
         return pad_responses(values, seq.shape[1] - prompt_len)

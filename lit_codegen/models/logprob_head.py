@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_codegen import ppo
-from lit_codegen.models.packing import pack, pad_responses, trim
+from lit_codegen.models.packing import pack, pad_responses, trim, varlen_attention
 
 Layout = Literal["padded", "trimmed", "packed"]
 
@@ -304,9 +304,10 @@ def response_logprobs(model: nn.Module, seq: Tensor, attn: Tensor, pos: Tensor, 
         raise TypeError("response_logprobs needs install_logprob_head(model) first")
     if layout == "packed":
         packed = pack(seq, attn, pos, prompt_len)
-        with head.armed(seq[:, prompt_len:][packed.response_mask].unsqueeze(0), temperature, shifted=False):
+        labels = seq[:, prompt_len:][packed.response_mask].unsqueeze(0)
+        with head.armed(labels, temperature, shifted=False), varlen_attention(model):
             out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
-                        logits_to_keep=packed.index).logits[0]  # (N, 2): no attention mask, so rows stay apart
+                        logits_to_keep=packed.index, **packed.attention_kwargs).logits[0]  # (N, 2)
         return packed.unpack(out[:, 0]), packed.unpack(out[:, 1])
     if layout == "trimmed":
         logprobs, entropy = response_logprobs(model, *trim(seq, attn, pos, prompt_len), temperature)

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from lit_codegen.models.critic import CriticModel, response_values
 from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
-from lit_codegen.models.packing import pack, trim
+from lit_codegen.models.packing import VARLEN, pack, trim, varlen_attention, varlen_attention_forward
 from lit_codegen.models.tiny import build_tiny_model
 
 P, R = 6, 7
@@ -41,6 +41,44 @@ def test_pack_keeps_real_tokens_with_positions_restarting_per_row():
     starts = torch.tensor([0, *lengths]).cumsum(0)
     want = [int(starts[b]) + PROMPT_LENS[b] - 1 + j for b in range(4) for j in range(RESPONSE_LENS[b])]
     assert packed.index.tolist() == want
+    assert packed.cu_seq_lens.tolist() == starts.tolist() and packed.max_length == max(lengths)
+
+
+def masked_attention(query, key, value, lengths):
+    """Reference: softmax attention over an explicit block-diagonal causal mask, float64. (1, H, L, D) in and out."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1).double(), value.repeat_interleave(groups, 1).double()
+    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    cols = torch.arange(row.numel())
+    allowed = (row[:, None] == row[None, :]) & (cols[:, None] >= cols[None, :])
+    scores = (query.double() @ key.transpose(-1, -2)) / query.shape[-1] ** 0.5
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ value
+
+
+def test_varlen_attention_keeps_each_row_causal_and_to_itself():
+    lengths = [5, 1, 9, 3]
+    torch.manual_seed(0)
+    query = torch.randn(1, 4, sum(lengths), 8, requires_grad=True)  # 4 query heads sharing 2 key/value heads
+    key, value = torch.randn(1, 2, sum(lengths), 8), torch.randn(1, 2, sum(lengths), 8)
+    cu = torch.tensor([0, *lengths]).cumsum(0).int()
+    out, _ = varlen_attention_forward(None, query, key, value, None, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    want = masked_attention(query, key, value, lengths)
+    assert out.shape == (1, sum(lengths), 4, 8)
+    torch.testing.assert_close(out.transpose(1, 2).double(), want, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(want.shape, dtype=torch.float64)
+    (got_grad,) = torch.autograd.grad((out.transpose(1, 2) * grad).sum(), query)
+    (want_grad,) = torch.autograd.grad((want * grad).sum(), query)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_varlen_attention_needs_the_packed_rows_and_restores_the_model(tiny_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    before = model.config._attn_implementation
+    ids = torch.randint(3, 600, (1, 6))
+    with pytest.raises(ValueError, match="Packed.attention_kwargs"), varlen_attention(model):
+        assert model.config._attn_implementation == VARLEN
+        model(input_ids=ids, position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]]))
+    assert model.config._attn_implementation == before
 
 
 def test_trim_drops_only_columns_that_are_padding_in_every_row():
