@@ -404,9 +404,6 @@ def plan(recipe: Recipe, arch: Arch, gpu_gib: float = GPU_GIB,
     if recipe.uses_critic:  # the critic's backbone keeps a decoder's activations; its value head is negligible
         add("Critic activations (1 micro-batch)", f"{recipe.micro_batch_detail}, {how}", critic_acts, "c")
     add("Actor activations (1 micro-batch)", f"{recipe.micro_batch_detail}, {how}", acts, "a")
-    if recipe.pack_sequences:  # SDPA gets packed rows' block-diagonal attention as a dense bool mask
-        add("Packed attention mask (SDPA)", f"{tokens} x {tokens} bool (none with flash-attention varlen)",
-            tokens * tokens, "eca")
     add("Actor LM head (fused, 1 block)", f"{block // arch.vocab} tok x {arch.vocab} logits + their grad"
         + ("" if lora else ", fp32 weight-grad accumulator"), head, "a")
     add("  (activations without checkpointing)", f"{arch.layers} layers x {layer / tokens / 1024:.0f} KiB/token",

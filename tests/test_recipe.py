@@ -320,9 +320,13 @@ def test_gpu_bench_smoke_run_on_cpu(tmp_path):
     assert report["summary"]["mfu_training"] is None  # no peak on CPU
 
 
-def test_memory_plan_counts_the_dense_mask_of_packed_rows():
+def test_memory_plan_of_packed_rows_is_that_of_the_token_budget():
+    """Packed rows attend through `cu_seq_lens` (no (L, L) mask): a pack of the budget's tokens needs no more."""
     config = yaml.safe_load(RECIPE.read_text())
-    memory_plan._apply_override(config, "model.init_args.algorithm.pack_sequences=true")
-    rows, _ = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)
-    gib = {r.name: r.gib for r in rows}
-    assert gib["Packed attention mask (SDPA)"] == pytest.approx(8192**2 / 2**30)  # one bool per (query, key)
+    plans = {}
+    for packed in ("true", "false"):
+        memory_plan._apply_override(config, f"model.init_args.algorithm.pack_sequences={packed}")
+        rows, totals = memory_plan.plan(memory_plan.Recipe.from_config(config), memory_plan.QWEN25_3B)
+        plans[packed] = ({r.name: r.gib for r in rows}, totals)
+    assert plans["true"] == plans["false"]
+    assert not any("mask" in name.lower() for name in plans["true"][0])

@@ -9,7 +9,9 @@ each row's real tokens from 0. Two layouts drop the padding before the forward p
   at each row. The forward runs under `varlen_attention(model)`: attention takes each row's span from
   `cu_seq_lens` (verl's `use_remove_padding` with flash-attention's varlen kernel) instead of a mask, so no FLOP
   and no (L, L) mask is spent on padding or on other rows: on CUDA torch's flash varlen kernel
-  (`torch.nn.attention.varlen.varlen_attn`), elsewhere causal SDPA row by row.
+  (`torch.nn.attention.varlen.varlen_attn`), elsewhere causal SDPA row by row. The choice is made by the
+  arguments each attention call gets, not by a switch, so gradient checkpointing's recomputation in the backward
+  pass (outside the `with`) takes the same path.
 
 The response scores (log-probs, entropies, values) of either layout come back as (B, R) in the padded layout, zero
 at padding, so the PPO math downstream does not change.
@@ -20,12 +22,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 try:  # torch >= 2.9 on CUDA: flash-attention's varlen kernel
     from torch.nn.attention.varlen import varlen_attn
@@ -33,8 +38,10 @@ except ImportError:  # pragma: no cover - older torch: the row-by-row path
     varlen_attn = None
 
 VARLEN = "lit_codegen_varlen"
-"""The attention implementation of packed rows (registered with transformers' `AttentionInterface`; it has no mask
-function, so transformers builds no mask for it)."""
+"""The attention implementation `varlen_attention` gives a model (registered with transformers): packed rows through
+`varlen_attention_forward`, every other forward exactly transformers' SDPA (its mask, its attention function)."""
+
+_PACKED_FORWARD: ContextVar[bool] = ContextVar("packed_forward", default=False)
 
 
 @dataclass
@@ -139,30 +146,32 @@ def varlen_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
                              attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                              sliding_window: int | None = None, cu_seq_lens_q: Tensor | None = None,
                              max_length_q: int | None = None, **kwargs) -> tuple[Tensor, None]:
-    """Causal attention of packed rows, each row attending only to its own earlier tokens.
+    """Causal attention of packed rows, each row attending only to its own earlier tokens; SDPA without them.
 
-    transformers' attention-function interface (`AttentionInterface`), for `VARLEN`: the model's forward gets the
-    packed row and `Packed.attention_kwargs`.
+    transformers' attention-function interface (`AttentionInterface`) for `VARLEN`. With `cu_seq_lens_q` (the
+    model's forward got a packed row and `Packed.attention_kwargs`) the rows' spans replace a mask; without it the
+    call is transformers' `sdpa_attention_forward` as it is (padded rows, generation).
 
     Args:
         module: The attention layer.
         query: (1, Hq, L, D) queries of the packed row.
         key: (1, Hkv, L, D), Hq a multiple of Hkv.
         value: (1, Hkv, L, D).
-        attention_mask: Must be None (the rows' spans come from `cu_seq_lens_q`).
-        dropout: Must be 0.
+        attention_mask: None for packed rows (their spans come from `cu_seq_lens_q`).
+        dropout: 0 for packed rows.
         scaling: Softmax scale (default 1 / sqrt(D)).
-        sliding_window: Must be None.
-        cu_seq_lens_q: (N + 1,) int32 row starts in the packed row, then L.
+        sliding_window: None for packed rows.
+        cu_seq_lens_q: (N + 1,) int32 row starts in the packed row, then L; None: not packed.
         max_length_q: The longest row's length.
-        **kwargs: The rest of what the layer passes (`cu_seq_lens_k` equals `cu_seq_lens_q` here); unused.
+        **kwargs: The rest of what the layer passes (for packed rows `cu_seq_lens_k` equals `cu_seq_lens_q`).
 
     Returns:
         ((1, L, Hq, D) attention output, None).
     """
-    if cu_seq_lens_q is None or max_length_q is None:
-        raise ValueError(f"attention {VARLEN!r} runs packed rows only: pass Packed.attention_kwargs to the forward")
-    if attention_mask is not None or query.shape[0] != 1:
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    if attention_mask is not None or query.shape[0] != 1 or max_length_q is None:
         raise ValueError(f"attention {VARLEN!r} takes one packed row and no attention mask")
     if dropout or sliding_window is not None:
         raise NotImplementedError(f"attention {VARLEN!r} has no dropout and no sliding window")
@@ -181,16 +190,25 @@ def varlen_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
     return out.transpose(1, 2).contiguous(), None
 
 
+def varlen_mask(*args, **kwargs) -> Tensor | None:
+    """Transformers' mask function for `VARLEN`: none in a packed forward (inside `varlen_attention`), else SDPA's."""
+    return None if _PACKED_FORWARD.get() else sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(VARLEN, varlen_attention_forward)
+AttentionMaskInterface.register(VARLEN, varlen_mask)
 
 
 @contextmanager
 def varlen_attention(model: nn.Module) -> Iterator[None]:
-    """Run `model`'s forward passes inside with `varlen_attention_forward` (packed rows), then restore its attention."""
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = VARLEN
+    """Packed forwards of `model` inside: pass `Packed.attention_kwargs` and no attention mask.
+
+    Gives the model the `VARLEN` attention implementation (and leaves it: outside packed forwards it is SDPA) and
+    tells its mask function to build no mask while inside.
+    """
+    model.config._attn_implementation = VARLEN
+    token = _PACKED_FORWARD.set(True)
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        _PACKED_FORWARD.reset(token)

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from lit_codegen.models.critic import CriticModel, response_values
 from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
-from lit_codegen.models.packing import VARLEN, pack, trim, varlen_attention, varlen_attention_forward
+from lit_codegen.models.packing import VARLEN, pack, trim, varlen_attention_forward
 from lit_codegen.models.tiny import build_tiny_model
 
 P, R = 6, 7
@@ -71,14 +71,34 @@ def test_varlen_attention_keeps_each_row_causal_and_to_itself():
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_varlen_attention_needs_the_packed_rows_and_restores_the_model(tiny_dir):
+def test_varlen_attention_is_sdpa_for_padded_rows_afterwards(tiny_dir):
+    """A model that ran packed rows keeps `VARLEN`, which is SDPA (mask and all) for every other forward."""
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    before = model.config._attn_implementation
-    ids = torch.randint(3, 600, (1, 6))
-    with pytest.raises(ValueError, match="Packed.attention_kwargs"), varlen_attention(model):
+    install_logprob_head(model)
+    seq, attn, pos = _rows()
+    with torch.no_grad():
+        before = response_logprobs(model, seq, attn, pos, P)
+        response_logprobs(model, seq, attn, pos, P, layout="packed")
         assert model.config._attn_implementation == VARLEN
-        model(input_ids=ids, position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]]))
-    assert model.config._attn_implementation == before
+        after = response_logprobs(model, seq, attn, pos, P)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_recomputes_packed_rows_the_same_way(tiny_dir):
+    """The backward pass recomputes checkpointed layers outside `varlen_attention`: same path, same gradients."""
+    seq, attn, pos = _rows()
+    grads = {}
+    for checkpointing in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        install_logprob_head(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        logprobs, _ = response_logprobs(model, seq, attn, pos, P, layout="packed")
+        logprobs.sum().backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_trim_drops_only_columns_that_are_padding_in_every_row():
