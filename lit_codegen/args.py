@@ -37,8 +37,9 @@ class PPOArgs:
     one of its own (verl's `ppo_max_token_len_per_gpu`). None = `micro_batch_size` rows."""
     pack_sequences: bool = False
     """Concatenate each micro-batch's rows into one sequence without padding (positions restart per row, attention
-    stays within a row; verl's `use_remove_padding`). Exact. SDPA attends over the pack's dense (L, L) mask, so keep
-    `max_tokens_per_micro_batch` small (CPU bench: 1024) unless flash-attention's varlen kernel runs."""
+    stays within a row; verl's `use_remove_padding`). Exact. Attention takes each row's span, no mask: flash varlen
+    on CUDA, SDPA row by row elsewhere (`lit_codegen.models.packing`). A pack holds up to `max_tokens_per_micro_batch`
+    real tokens (or `micro_batch_size` rows without a budget)."""
     clip_ratio_low: float = 0.2
     """Lower clip of the probability ratio (1 - clip_ratio_low)."""
     clip_ratio_high: float = 0.2

@@ -24,8 +24,9 @@ Layouts: `fixed` = today's `micro_batch_size` rows padded to the rollout's wides
   lengths: 2 FLOPs per multiply-add, forward passes x 1, updates x 3) / time / peak, where the peak is this CPU's
   measured fp32 matmul rate on the same threads (CPUs have no datasheet figure for it).
 
-On CPU, SDPA gets packed rows' block-diagonal attention as a dense (L, L) mask and computes all of it, so a packed
-micro-batch should stay short (`--packed_tokens`); flash-attention's varlen kernel on GPU skips the other rows' blocks.
+Packed rows attend row by row (`lit_codegen.models.packing.varlen_attention_forward`: causal SDPA per row on CPU,
+flash varlen on CUDA), so a pack may be as long as the budget; until 2026-12-04 they went through a dense (L, L) mask
+and only short packs (1,024 tokens) paid.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Runs of every layout, interleaved.")
     parser.add_argument("--micro_batch_size", type=int, default=8, help="Rows per micro-batch of `fixed`.")
     parser.add_argument("--budget_tokens", type=int, default=8192, help="Token budget of `budget` (padding counted).")
-    parser.add_argument("--packed_tokens", type=int, default=1024, help="Token budget of `packed` (CPU: see above).")
+    parser.add_argument("--packed_tokens", type=int, default=8192, help="Token budget of `packed`.")
     parser.add_argument("--layouts", default="fixed,budget,packed", help="Comma-separated layouts to run.")
     parser.add_argument("--json", type=Path, help="Write the report here.")
     args = parser.parse_args(argv)
