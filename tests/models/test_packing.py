@@ -76,11 +76,13 @@ def test_varlen_attention_is_sdpa_for_padded_rows_afterwards(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     install_logprob_head(model)
     seq, attn, pos = _rows()
+    prompts, prompt_mask = seq[:, :P], attn[:, :P]  # left-padded, as the HF rollout generates from them
+    generate = dict(attention_mask=prompt_mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        before = response_logprobs(model, seq, attn, pos, P)
+        before = response_logprobs(model, seq, attn, pos, P), model.generate(prompts, **generate)
         response_logprobs(model, seq, attn, pos, P, layout="packed")
         assert model.config._attn_implementation == VARLEN
-        after = response_logprobs(model, seq, attn, pos, P)
+        after = response_logprobs(model, seq, attn, pos, P), model.generate(prompts, **generate)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
