@@ -115,6 +115,11 @@ class AdaptersOff:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    @property
+    def config(self):
+        """The actor's config (packed rows set its attention implementation: `varlen_attention`)."""
+        return self.model.config
+
     def get_output_embeddings(self) -> nn.Module:
         """The actor's LM head (`response_logprobs` arms it)."""
         return self.model.get_output_embeddings()
