@@ -139,7 +139,8 @@ def _flash_varlen_options() -> dict | None:
     return options
 
 
-_FLASH_VARLEN = _flash_varlen_options()
+FLASH_VARLEN = _flash_varlen_options()
+"""The keyword arguments of causal `varlen_attn` in this torch (None: the row-by-row path runs on CUDA too)."""
 
 
 def varlen_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -176,12 +177,12 @@ def varlen_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
     if dropout or sliding_window is not None:
         raise NotImplementedError(f"attention {VARLEN!r} has no dropout and no sliding window")
     groups = query.shape[1] // key.shape[1]
-    if query.is_cuda and _FLASH_VARLEN is not None and query.dtype in (torch.float16, torch.bfloat16):
+    if query.is_cuda and FLASH_VARLEN is not None and query.dtype in (torch.float16, torch.bfloat16):
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (L, H, D)
-        if groups > 1 and "enable_gqa" not in _FLASH_VARLEN:
+        if groups > 1 and "enable_gqa" not in FLASH_VARLEN:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                          **_FLASH_VARLEN)
+                          **FLASH_VARLEN)
         return out.unsqueeze(0), None
     lengths = cu_seq_lens_q.diff().tolist()
     rows = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from lit_codegen.models.critic import CriticModel, response_values
 from lit_codegen.models.logprob_head import install_logprob_head, response_logprobs
-from lit_codegen.models.packing import _FLASH_VARLEN, varlen_attention_forward
+from lit_codegen.models.packing import FLASH_VARLEN, varlen_attention_forward
 from lit_codegen.models.tiny import build_tiny_model
 
 LENGTHS = [16, 1024, 300, 57, 700, 128, 31, 512]
@@ -104,7 +104,7 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "flash_varlen": _FLASH_VARLEN if device.type == "cuda" else None, "dtype": str(dtype)}
+              "flash_varlen": FLASH_VARLEN if device.type == "cuda" else None, "dtype": str(dtype)}
     report["attention"] = attention_check(device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp), num_hidden_layers=2, hidden_size=HEADS * HEAD_DIM,

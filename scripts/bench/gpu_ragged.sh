@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the ragged-rollouts issue as one prepared device call (~6 minutes on one H100/H200). First
+# The GPU check of the ragged-rollouts issue as one prepared device call (~3.5 minutes on one H200). First
 # `gpu_packing_check.py` (packed attention through torch's flash varlen kernel against a float64 reference), then
 # useful-token training MFU of the Qwen2.5-0.5B architecture (FSDP2 + bf16-mixed + compile) on `gpu_ppo.py --ragged`
 # (256 rows: prompts of 16-256 tokens, lognormal responses of 16-1,024 tokens, one mini-batch, one optimizer step per
