@@ -185,6 +185,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
@@ -226,8 +227,10 @@ def _seccomp_filter() -> ctypes.Structure | None:
     It fails with EPERM: the keyring and the calls in `_DENIED_SYSCALLS`; `socket()` of any family but IPv4/IPv6
     (those reach only the empty network namespace; unix sockets could reach a host service through a visible
     socket file, vsock the hypervisor, netlink the kernel); `clone`/`unshare` asking for a new user namespace (the
-    kernel attack surface most privilege escalations need). `clone3` fails with ENOSYS, since its flags sit in memory
-    a filter cannot read; the C library then falls back to `clone`. Foreign-ABI calls (32-bit, x32) fail too.
+    kernel attack surface most privilege escalations need); `clone` with ``CLONE_PARENT`` (a sibling of the test is a
+    child of the template, which neither kills it nor reaps it: as a zombie it would count against the sandbox uid's
+    process limit in every later test). `clone3` fails with ENOSYS, since its flags sit in memory a filter cannot
+    read; the C library then falls back to `clone`. Foreign-ABI calls (32-bit, x32) fail too.
     """
     arch = _SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
@@ -242,8 +245,9 @@ def _seccomp_filter() -> ctypes.Structure | None:
     for name in _DENIED_SYSCALLS:
         prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, eperm)]
     prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
-    for name in ("clone", "unshare"):  # flags are the first argument of both
-        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jset, 0, 1, CLONE_NEWUSER), (ret, 0, 0, eperm)]
+    for name in ("clone", "unshare"):  # flags are the first argument of both (CLONE_PARENT is not one of unshare's)
+        denied = CLONE_NEWUSER | CLONE_PARENT
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jset, 0, 1, denied), (ret, 0, 0, eperm)]
         prog += [(ret, 0, 0, allow)]
     prog += [(jeq, 0, 4, nr["socket"]), (ld, 0, 0, arg0), (jeq, 2, 0, AF_INET), (jeq, 1, 0, AF_INET6)]
     prog += [(ret, 0, 0, eperm)]
@@ -487,8 +491,8 @@ class Sandbox:
         self.seccomp = _seccomp_filter() if full else None
         if self.seccomp is not None:
             self.protections.append(
-                "seccomp: no kernel keyring, no new user namespaces, no sockets but IPv4/IPv6 (no unix, vsock or "
-                "netlink), no io_uring, bpf, perf_event_open or userfaultfd"
+                "seccomp: no kernel keyring, no new user namespaces, no CLONE_PARENT siblings, no sockets but "
+                "IPv4/IPv6 (no unix, vsock or netlink), no io_uring, bpf, perf_event_open or userfaultfd"
             )
         self.protections.append("test processes are the OOM killer's first choice (oom_score_adj 1000)")
         self.workdir = self._make_workdir()

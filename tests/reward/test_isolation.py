@@ -26,8 +26,8 @@ READ_SECRET = {"inputs": ["1\n"], "outputs": [SECRET + "\n"]}
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root")
 # Syscall numbers for the ctypes programs (the sandbox's Python has no wrapper for these calls).
 SYSCALLS = {
-    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272},
-    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97},
+    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "clone": 56},
+    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97, "clone": 220},
 }.get(os.uname().machine)
 needs_known_arch = pytest.mark.skipif(SYSCALLS is None, reason="syscall numbers known for x86_64 and aarch64 only")
 
@@ -191,6 +191,24 @@ print(libc.syscall({SYSCALLS["unshare"]}, 0x10000000), ctypes.get_errno())  # CL
     assert printed(one_worker, program).split() == ["-1", "1"]  # EPERM
     threads = "import threading\nt = threading.Thread(target=print, args=('t',))\nt.start()\nt.join()"
     assert printed(one_worker, threads) == "t\n"  # threads (clone3 falls back to clone) still work
+
+
+@needs_known_arch
+def test_siblings_of_a_test_cannot_be_made(one_worker):
+    """clone(CLONE_PARENT) would make the new process a child of the template: out of the worker's reach (it reaps and
+    lists its own children), it would stay a zombie and count against the process limit of every later test."""
+    program = f"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+pid = libc.syscall({SYSCALLS["clone"]}, 0x8000 | signal.SIGCHLD, 0, 0, 0, 0)  # CLONE_PARENT
+if pid == 0:
+    os._exit(0)
+print(pid, ctypes.get_errno())
+"""
+    for _ in range(40):  # more than the process limit, had they been made
+        assert printed(one_worker, program).split() == ["-1", "1"]  # EPERM
+    forks = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('forked')"
+    assert printed(one_worker, forks) == "forked\n"
 
 
 @needs_root
@@ -458,3 +476,4 @@ print(random.getrandbits(64), threading.current_thread() is threading.main_threa
     lines = [payload.decode().split() for status, payload in replies]
     assert [line[1:] for line in lines] == [["True", "1"]] * 3
     assert len({line[0] for line in lines}) == 3  # equal by chance with probability 3 / 2**64
+
