@@ -163,13 +163,15 @@ def _lazy_numpy() -> types.ModuleType | None:
 class _Template(typing.NamedTuple):
     """The worker's handle on a template.
 
-    Its pid, the pipe that sends it commands and the one it reports on, and the address space it started with.
+    Its pid, the pipe that sends it commands and the one it reports on, the address space it started with, and
+    whether its tests are the OOM killer's first choice.
     """
 
     pid: int
     commands: int
     reports: int
     baseline_vm: int
+    oom_first: bool
 
 
 # Modules imported once in the worker so that a forked child starts with them warm: what competitive programs import.
@@ -299,6 +301,24 @@ def _fork_single_threaded() -> int:
     if pid < 0:
         raise OSError(ctypes.get_errno(), "fork failed")
     return pid
+
+
+def _make_oom_first_choice() -> bool:
+    """Set this process's `oom_score_adj` to 1000, which its children inherit; False where /proc does not allow it.
+
+    The worker is not dumpable, and neither is a template forked from it, so their /proc files belong to root: without
+    root the file opens only while the process is dumpable, which it is for the moment of the write (a template is
+    started before any test exists).
+    """
+    _prctl(PR_SET_DUMPABLE, 1)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+        return True
+    except OSError:
+        return False
+    finally:
+        _prctl(PR_SET_DUMPABLE, 0)
 
 
 def _check(result: int, what: str) -> int:
@@ -494,7 +514,6 @@ class Sandbox:
                 "seccomp: no kernel keyring, no new user namespaces, no CLONE_PARENT siblings, no sockets but "
                 "IPv4/IPv6 (no unix, vsock or netlink), no io_uring, bpf, perf_event_open or userfaultfd"
             )
-        self.protections.append("test processes are the OOM killer's first choice (oom_score_adj 1000)")
         self.workdir = self._make_workdir()
         self.uid = None
         if full and root and all(_others_can_enter(d) for d in _python_dirs()):
@@ -542,6 +561,10 @@ class Sandbox:
         if numpy is not None:
             self._freeze()
             self.templates.append(self._start_template())
+        if all(template.oom_first for template in self.templates):
+            self.protections.append("test processes are the OOM killer's first choice (oom_score_adj 1000)")
+        else:
+            self.protections.append("oom_score_adj of the tests unchanged: /proc/self/oom_score_adj is not writable")
         if self.cgroup is not None:
             limit = self._memory_limit()
             self.cgroup.raise_limit(limit)
@@ -723,22 +746,28 @@ class Sandbox:
                 os.close(other.reports)
             try:
                 self._template_loop(commands_r, reports_w)
+            except BaseException as exc:  # noqa: BLE001 - the worker sees the pipe close; say why on its stderr
+                os.write(self.log_fd, f"sandbox_worker: template failed: {exc!r}\n".encode())
             finally:
                 os._exit(0)
         os.close(commands_r)
         os.close(reports_w)
-        return _Template(pid, _high_fd(commands_w), _high_fd(reports_r), self.baseline_vm)
+        ready = os.read(reports_r, 1)  # the template reports once its setup is done
+        if not ready:
+            os.waitpid(pid, 0)
+            raise RuntimeError("sandbox template failed to start (its reason is on the worker's stderr)")
+        return _Template(pid, _high_fd(commands_w), _high_fd(reports_r), self.baseline_vm, ready == b"o")
 
     def _template_loop(self, commands: int, reports: int) -> None:
         """In the template: per `f` command fork a test, report its pid; per `w` reap it, report how it ended.
 
         What every test inherits is set up here once: `oom_score_adj` 1000 (under memory pressure the kernel kills a
-        test first) and the seccomp filter (the template and a test's setup need none of the calls it denies).
+        test first) and the seccomp filter (the template and a test's setup need none of the calls it denies). Then it
+        reports one byte, ``o`` (or ``-`` when `oom_score_adj` could not be set), and waits for commands.
         """
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         self.pid = os.getpid()  # the tests' parent, which they check
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
+        oom_first = _make_oom_first_choice()
         if self.seccomp is not None:
             _prctl(PR_SET_NO_NEW_PRIVS, 1)  # needed without root; the template never executes a program
             _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.seccomp), 0, 0), "seccomp")
@@ -750,6 +779,7 @@ class Sandbox:
             signal.signal(sig, signal.SIG_DFL)
         os.environ["HOME"] = os.environ["TMPDIR"] = self.workdir
         self.child_state = _ChildState(self.header_globals)  # what every test starts from, built once
+        os.write(reports, b"o" if oom_first else b"-")  # ready
         while os.read(commands, 1) == b"f":
             if not self._fork_and_reap_test(commands, reports):
                 return
@@ -774,12 +804,12 @@ class Sandbox:
         """In a test's process: read the job the worker left in the job file, enter the sandbox, run the program."""
         code = EXIT_SETUP_FAILED
         try:
-            source, fn_name, arguments, cpu_limit = marshal.loads(
+            source, fn_name, arguments, cpu_limit, process_limit = marshal.loads(
                 os.pread(self.job_fd, os.fstat(self.job_fd).st_size, 0)
             )
             if "random" in source:  # fresh random numbers, as os.fork() reseeds (see _fork_single_threaded)
                 random.seed()
-            self._enter_sandbox(cpu_limit)
+            self._enter_sandbox(cpu_limit, process_limit)
             code = _execute(source, fn_name, arguments, self.child_state)
         except BaseException as exc:  # noqa: BLE001 - report sandbox setup failures on the worker's stderr
             try:
@@ -824,7 +854,9 @@ class Sandbox:
         self._clean_workdir()
         cpu_limit = math.ceil(self.timeout) + 1
         arguments = test_input if fn_name is not None else None  # standard input is in the stdin file already
-        job = marshal.dumps((source, fn_name, arguments, cpu_limit))  # plain values (JSON's); C only, few pages
+        # the process limit is counted here, in the worker: the template's copy of tasks_before is as old as the template
+        process_limit = self.tasks_before + self.max_processes
+        job = marshal.dumps((source, fn_name, arguments, cpu_limit, process_limit))  # plain values; C only, few pages
         os.ftruncate(self.job_fd, 0)
         os.pwrite(self.job_fd, job, 0)
         os.write(template.commands, b"f")  # the template forks the test, which reads the job file
@@ -892,7 +924,7 @@ class Sandbox:
         except OSError as exc:
             os.write(self.log_fd, f"sandbox_worker: timeout in {pid}: {exc}\n".encode())
 
-    def _enter_sandbox(self, cpu_limit: int) -> None:
+    def _enter_sandbox(self, cpu_limit: int, process_limit: int) -> None:
         """In the forked child: new session, fds, rlimits, Landlock, unprivileged uid. Order matters."""
         os.setsid()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -912,7 +944,7 @@ class Sandbox:
             resource.RLIMIT_CPU: (cpu_limit, cpu_limit + 1),
             resource.RLIMIT_AS: (address_space,) * 2,
             resource.RLIMIT_FSIZE: (self.output_limit + 1,) * 2,
-            resource.RLIMIT_NPROC: (self.tasks_before + self.max_processes,) * 2,
+            resource.RLIMIT_NPROC: (process_limit,) * 2,
             resource.RLIMIT_CORE: (0, 0),
             resource.RLIMIT_NOFILE: (256, 256),
         }

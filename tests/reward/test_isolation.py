@@ -7,6 +7,7 @@ bounded (a few KiB, one socket, a few seconds) and removes what it made, so it c
 sandbox failed. Root-only protections (namespaces) are skipped with the reason elsewhere.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -477,3 +478,49 @@ print(random.getrandbits(64), threading.current_thread() is threading.main_threa
     assert [line[1:] for line in lines] == [["True", "1"]] * 3
     assert len({line[0] for line in lines}) == 3  # equal by chance with probability 3 / 2**64
 
+
+WITHOUT_ROOT = """
+import importlib, json, os, sysconfig, threading
+from lit_codegen.reward import sandbox_worker as sw
+
+if os.geteuid() == 0:  # become an ordinary user, as most users of a cluster are, after importing what is needed
+    for name in sw.PREIMPORTS:
+        importlib.import_module(name)
+    exec(sw.APPS_HEADER, {})
+    sysconfig.get_paths()
+    os.chdir("/")
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+stop = threading.Event()
+for _ in range(40):  # the uid runs more tasks than a test may start
+    threading.Thread(target=stop.wait, daemon=True).start()
+sandbox = sw.Sandbox(timeout=5, memory_mb=256, output_limit_mb=4, max_processes=8)
+forks = "import os, time\\ncount = 0\\nfor _ in range(30):\\n    try:\\n        if os.fork() == 0:\\n"
+forks += "            time.sleep(30)\\n            os._exit(0)\\n        count += 1\\n    except OSError:\\n        break\\n"
+forks += "print(count)"
+threads = "import threading\\nt = threading.Thread(target=print, args=('thread',))\\nt.start()\\nt.join()"
+results = [
+    sandbox.run_program("print(input())", None, ["hello"]),
+    sandbox.run_program("print(open('/proc/self/oom_score_adj').read().strip())", None, [""]),
+    sandbox.run_program(threads, None, [""]),
+    sandbox.run_program(forks, None, [""]),
+]
+print(json.dumps({"uid": os.getuid(), "protections": sandbox.protections,
+                  "results": [[status, payload and payload.decode()] for (status, payload), in results]}))
+sandbox.close()
+"""
+
+
+def test_tests_run_without_root():
+    """As an ordinary user (the script drops root first when the tests run as root): tests run, are the OOM killer's
+    first choice, and the process limit counts the tasks the uid already runs, so a test can start a thread beside a
+    trainer with many threads, and still no more than 8 processes."""
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_ROOT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["uid"] != 0
+    assert "test processes are the OOM killer's first choice (oom_score_adj 1000)" in report["protections"]
+    hello, oom, thread, forks = report["results"]
+    assert hello == ["ok", "hello\n"] and oom == ["ok", "1000\n"] and thread == ["ok", "thread\n"]
+    assert forks[0] == "ok" and 1 <= int(forks[1]) < 8
