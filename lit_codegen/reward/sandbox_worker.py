@@ -854,9 +854,9 @@ class Sandbox:
         self._clean_workdir()
         cpu_limit = math.ceil(self.timeout) + 1
         arguments = test_input if fn_name is not None else None  # standard input is in the stdin file already
-        # the process limit is counted here, in the worker: the template's copy of tasks_before is as old as the template
+        # the process limit is counted here, in the worker: the template's copy of tasks_before is as old as it is
         process_limit = self.tasks_before + self.max_processes
-        job = marshal.dumps((source, fn_name, arguments, cpu_limit, process_limit))  # plain values; C only, few pages
+        job = marshal.dumps((source, fn_name, arguments, cpu_limit, process_limit))  # plain values, C only, few pages
         os.ftruncate(self.job_fd, 0)
         os.pwrite(self.job_fd, job, 0)
         os.write(template.commands, b"f")  # the template forks the test, which reads the job file
@@ -1050,7 +1050,7 @@ def _remove_tree(path: str) -> None:
     nor path length limits it.
     """
     try:
-        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = _open_folder(path)
     except OSError:
         try:
             os.unlink(path)  # a file or a symlink, or already gone
@@ -1059,7 +1059,6 @@ def _remove_tree(path: str) -> None:
         return
     moved, previous = 0, None
     try:
-        os.fchmod(top, 0o700)
         while subfolders := sorted(e.name for e in os.scandir(top) if e.is_dir(follow_symlinks=False)):
             if subfolders == previous:  # no progress (cannot happen as root): leave the rest
                 break
@@ -1078,16 +1077,40 @@ def _remove_tree(path: str) -> None:
         pass
 
 
+def _open_folder(name: str, dir_fd: int | None = None) -> int:
+    """Open a folder to list and empty it, never through a symlink; its mode is 0o700 afterwards.
+
+    A test may have taken every permission away from it: root opens it anyway, its owner (the worker, without root)
+    first gives them back. Nothing can swap the folder for a symlink meanwhile: every process of the test is gone.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:
+        if not stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+            raise
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        folder = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        os.fchmod(folder, 0o700)
+    except OSError:
+        pass  # not its owner (cannot happen: the tests run as the worker's uid or a uid root made for them)
+    return folder
+
+
 def _empty_one_level(top: int, name: str, moved: int) -> int:
     """Unlink the files in folder `name` of `top`, move its subfolders up into `top`, remove it; returns `moved`."""
     try:
-        folder = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+        folder = _open_folder(name, top)
     except OSError:
         return moved
     try:
-        os.fchmod(folder, 0o700)
         for entry in list(os.scandir(folder)):
             if entry.is_dir(follow_symlinks=False):
+                try:  # moving a folder to another parent rewrites its "..": without root that needs write access
+                    os.chmod(entry.name, 0o700, dir_fd=folder)
+                except OSError:
+                    pass
                 while True:  # a fresh name in `top`
                     moved += 1
                     try:

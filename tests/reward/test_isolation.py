@@ -497,30 +497,35 @@ for _ in range(40):  # the uid runs more tasks than a test may start
     threading.Thread(target=stop.wait, daemon=True).start()
 sandbox = sw.Sandbox(timeout=5, memory_mb=256, output_limit_mb=4, max_processes=8)
 forks = "import os, time\\ncount = 0\\nfor _ in range(30):\\n    try:\\n        if os.fork() == 0:\\n"
-forks += "            time.sleep(30)\\n            os._exit(0)\\n        count += 1\\n    except OSError:\\n        break\\n"
-forks += "print(count)"
+forks += "            time.sleep(30)\\n            os._exit(0)\\n        count += 1\\n"
+forks += "    except OSError:\\n        break\\nprint(count)"
 threads = "import threading\\nt = threading.Thread(target=print, args=('thread',))\\nt.start()\\nt.join()"
+vandal = "import os\\nos.makedirs('d/e/f')\\nfor path in ('d/e/f', 'd/e', 'd', '.'):\\n    os.chmod(path, 0o500)"
 results = [
+    sandbox.run_program(vandal, None, [""]),
+    sandbox.run_program("import os\\nprint(os.listdir('.'))", None, [""]),
     sandbox.run_program("print(input())", None, ["hello"]),
     sandbox.run_program("print(open('/proc/self/oom_score_adj').read().strip())", None, [""]),
     sandbox.run_program(threads, None, [""]),
     sandbox.run_program(forks, None, [""]),
 ]
-print(json.dumps({"uid": os.getuid(), "protections": sandbox.protections,
-                  "results": [[status, payload and payload.decode()] for (status, payload), in results]}))
+replies = [[status, None if payload is None else payload.decode()] for (status, payload), in results]
+print(json.dumps({"uid": os.getuid(), "protections": sandbox.protections, "results": replies}))
 sandbox.close()
 """
 
 
 def test_tests_run_without_root():
     """As an ordinary user (the script drops root first when the tests run as root): tests run, are the OOM killer's
-    first choice, and the process limit counts the tasks the uid already runs, so a test can start a thread beside a
-    trainer with many threads, and still no more than 8 processes."""
+    first choice, find their scratch folder empty after a test took write access away from the folders it made (the
+    worker gives it back: only root needs none), and the process limit counts the tasks the uid already runs, so a
+    test can start a thread beside a trainer with many threads, and still no more than 8 processes."""
     proc = subprocess.run([sys.executable, "-c", WITHOUT_ROOT], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["uid"] != 0
     assert "test processes are the OOM killer's first choice (oom_score_adj 1000)" in report["protections"]
-    hello, oom, thread, forks = report["results"]
+    vandal, listing, hello, oom, thread, forks = report["results"]
+    assert vandal == ["ok", ""] and listing == ["ok", "[]\n"]
     assert hello == ["ok", "hello\n"] and oom == ["ok", "1000\n"] and thread == ["ok", "thread\n"]
     assert forks[0] == "ok" and 1 <= int(forks[1]) < 8
