@@ -964,7 +964,13 @@ class Sandbox:
             os.setresuid(self.uid, self.uid, self.uid)
 
     def _kill_leftovers(self, pid: int) -> None:
-        """Kill and reap everything the test started: its process group, the sandbox uid, any reparented orphan."""
+        """Kill and reap everything the test started: its process group, any reparented orphan, the sandbox uid.
+
+        The test itself is reaped by now, so whatever it left behind is a child of the worker (its subreaper) or below
+        one: the seccomp filter denies ``CLONE_PARENT``, the one way to give the template a child. So while it is in
+        place, a worker with no child but its templates has nothing left to kill, and the kill of the whole sandbox
+        uid, which looks at every process of the machine, is skipped.
+        """
         children_file = f"/proc/self/task/{self.pid}/children"
         templates = {template.pid for template in self.templates}
         for attempt in range(10_000):
@@ -972,8 +978,6 @@ class Sandbox:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
-            if self.uid is not None:
-                self._kill_sandbox_uid()
             try:
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
@@ -983,9 +987,13 @@ class Sandbox:
                 with open(children_file) as f:
                     others = [int(child) for child in f.read().split() if int(child) not in templates]
             except OSError:
-                others = []
+                others = None  # cannot list them: the uid's kill is all there is
+            if others == [] and (self.seccomp is not None or self.uid is None):
+                return  # the templates alone are left
+            if self.uid is not None:
+                self._kill_sandbox_uid()
             if not others:
-                return  # the templates alone are left (orphans of a test come back to the worker, its subreaper)
+                return
             for child in others:
                 try:
                     os.kill(child, signal.SIGKILL)
