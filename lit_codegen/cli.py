@@ -12,6 +12,7 @@ from the model to the data module explicitly (`datamodule.connect(tokenizer)`) r
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 # Sandbox workers score programs while the forward passes run; spinning OpenMP threads would starve them (measured:
@@ -131,6 +132,10 @@ def _root_dir_resolved(config, subcommand: str | None):
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `lit-codegen` console script (returns None: the console wrapper exits with status 0)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Lightning warns at every periodic save under manual optimization that the checkpoint holds the weights after
+    # optimizer.step(), with a code sample for saving them before: after the step is what exact resume needs (the
+    # checkpoint of iteration N resumes at N + 1), so the warning and its sample do not apply here
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     LitCodegenCLI(
         LightningModule,
         LightningDataModule,
