@@ -215,28 +215,58 @@ SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
 AF_INET, AF_INET6 = 2, 10
 _SECCOMP_ARCH = {  # machine: (AUDIT_ARCH value, syscall numbers)
     "x86_64": (0xC000003E, {
-        "socket": 41, "clone": 56, "unshare": 272, "clone3": 435, "add_key": 248, "request_key": 249, "keyctl": 250,
+        "socket": 41, "clone": 56, "unshare": 272, "clone3": 435, "ioctl": 16,
+        "add_key": 248, "request_key": 249, "keyctl": 250,
         "io_uring_setup": 425, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+        "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "setxattrat": 463,
+        "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+        "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
+        "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
+        "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240,
     }),
     "aarch64": (0xC00000B7, {
-        "socket": 198, "clone": 220, "unshare": 97, "clone3": 435, "add_key": 217, "request_key": 218, "keyctl": 219,
+        "socket": 198, "clone": 220, "unshare": 97, "clone3": 435, "ioctl": 29,
+        "add_key": 217, "request_key": 218, "keyctl": 219,
         "io_uring_setup": 425, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+        "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "utimensat": 88,
+        "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54,
+        "shmget": 194, "semget": 190, "msgget": 186, "mq_open": 180,
     }),
 }
 # Denied outright: the kernel keyring (keys outlive the test and are shared by the uid: a channel between
-# programs), io_uring (can open sockets past the socket() rule), and kernel interfaces no program needs.
-_DENIED_SYSCALLS = ("add_key", "request_key", "keyctl", "io_uring_setup", "bpf", "perf_event_open", "userfaultfd")
+# programs), io_uring (can open sockets past the socket() rule), kernel interfaces no program needs, and setting file
+# times (the scratch folder and the memory files outlive the test: their times would carry 128 bits each to the next
+# test). Calls an architecture does not have (arm64 has no utime, chmod, chown...) are skipped.
+_DENIED_SYSCALLS = (
+    "add_key", "request_key", "keyctl", "io_uring_setup", "bpf", "perf_event_open", "userfaultfd",
+    "utime", "utimes", "futimesat", "utimensat",
+)
+# Extended attributes (ACLs included) outlive the test on the same files, kilobytes of them: setting one fails with
+# ENOTSUP, "not supported here", which copying code (shutil.copystat) already expects.
+_XATTR_SYSCALLS = ("setxattr", "lsetxattr", "fsetxattr", "setxattrat")
+# Inode flags (chattr: nodump, noatime, sync...) outlive the test too; the owner of a file may set some of them.
+FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
+# Without a private IPC namespace (no root) System V objects and POSIX message queues are host-wide and outlive the
+# test: creating or opening one is denied, so no test can reach an object another test left.
+_HOST_IPC_SYSCALLS = ("shmget", "semget", "msgget", "mq_open")
+# When the tests run as the trainer's uid (no root), they own the trainer's files, and Landlock does not cover a
+# file's mode or group: those of any file would carry data to the next test, and `chmod 000` on a checkpoint folder
+# would stop the trainer. Changing either is denied then.
+_OWNER_SYSCALLS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat")
 
 
-def _seccomp_filter() -> ctypes.Structure | None:
+def _seccomp_filter(private_ipc: bool, own_uid: bool) -> ctypes.Structure | None:
     """A classic-BPF seccomp program for this architecture, or None where the numbers are not known.
 
-    It fails with EPERM: the keyring and the calls in `_DENIED_SYSCALLS`; `socket()` of any family but IPv4/IPv6
-    (those reach only the empty network namespace; unix sockets could reach a host service through a visible
-    socket file, vsock the hypervisor, netlink the kernel); `clone`/`unshare` asking for a new user namespace (the
-    kernel attack surface most privilege escalations need); `clone` with ``CLONE_PARENT`` (a sibling of the test is a
-    child of the template, which neither kills it nor reaps it: as a zombie it would count against the sandbox uid's
-    process limit in every later test). `clone3` fails with ENOSYS, since its flags sit in memory a filter cannot
+    It fails with EPERM: the keyring, setting file times and the other calls in `_DENIED_SYSCALLS`; the ioctls
+    that set inode flags; `socket()` of any family but IPv4/IPv6 (those reach only the empty network namespace; unix
+    sockets could reach a host service through a visible socket file, vsock the hypervisor, netlink the kernel);
+    `clone`/`unshare` asking for a new user namespace (the kernel attack surface most privilege escalations need);
+    `clone` with ``CLONE_PARENT`` (a sibling of the test is a child of the template, which neither kills it nor reaps
+    it: as a zombie it would count against the sandbox uid's process limit in every later test); without
+    `private_ipc` (no IPC namespace of the worker's own), creating or opening System V IPC objects and POSIX message
+    queues; without `own_uid` (tests run as the trainer's uid), changing any file's mode or owner. Setting an
+    extended attribute fails with ENOTSUP. `clone3` fails with ENOSYS, since its flags sit in memory a filter cannot
     read; the C library then falls back to `clone`. Foreign-ABI calls (32-bit, x32) fail too.
     """
     arch = _SECCOMP_ARCH.get(os.uname().machine)
@@ -245,16 +275,22 @@ def _seccomp_filter() -> ctypes.Structure | None:
     audit_arch, nr = arch
     ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JSET|K, BPF_RET|K
     eperm, enosys, allow = SECCOMP_RET_ERRNO | errno.EPERM, SECCOMP_RET_ERRNO | errno.ENOSYS, SECCOMP_RET_ALLOW
-    arg0 = 16  # offsetof(struct seccomp_data, args[0]); its low 32 bits on a little-endian machine
+    enotsup = SECCOMP_RET_ERRNO | errno.ENOTSUP
+    arg0, arg1 = 16, 24  # offsetof(struct seccomp_data, args[i]); their low 32 bits on a little-endian machine
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
     if audit_arch == 0xC000003E:  # x32 system calls share the arch value, with bit 30 set in the number
         prog += [(0x35, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # BPF_JMP|JGE|K
-    for name in _DENIED_SYSCALLS:
-        prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, eperm)]
+    denied = _DENIED_SYSCALLS + (() if private_ipc else _HOST_IPC_SYSCALLS) + (() if own_uid else _OWNER_SYSCALLS)
+    for name, error in [(name, eperm) for name in denied] + [(name, enotsup) for name in _XATTR_SYSCALLS]:
+        if name in nr:
+            prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, error)]
     prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
+    prog += [(jeq, 0, 6, nr["ioctl"]), (ld, 0, 0, arg1)]  # the request is the second argument
+    prog += [(jeq, 3, 0, FS_IOC_SETFLAGS), (jeq, 2, 0, FS_IOC32_SETFLAGS), (jeq, 1, 0, FS_IOC_FSSETXATTR)]
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
     for name in ("clone", "unshare"):  # flags are the first argument of both (CLONE_PARENT is not one of unshare's)
-        denied = CLONE_NEWUSER | CLONE_PARENT
-        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jset, 0, 1, denied), (ret, 0, 0, eperm)]
+        flags = CLONE_NEWUSER | CLONE_PARENT
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jset, 0, 1, flags), (ret, 0, 0, eperm)]
         prog += [(ret, 0, 0, allow)]
     prog += [(jeq, 0, 4, nr["socket"]), (ld, 0, 0, arg0), (jeq, 2, 0, AF_INET), (jeq, 1, 0, AF_INET6)]
     prog += [(ret, 0, 0, eperm)]
@@ -513,12 +549,6 @@ class Sandbox:
                 + (" and POSIX message queue" if self.mqueue_dir else "")
                 + " is removed after every test"
             )
-        self.seccomp = _seccomp_filter() if full else None
-        if self.seccomp is not None:
-            self.protections.append(
-                "seccomp: no kernel keyring, no new user namespaces, no CLONE_PARENT siblings, no sockets but "
-                "IPv4/IPv6 (no unix, vsock or netlink), no io_uring, bpf, perf_event_open or userfaultfd"
-            )
         self.workdir = self._make_workdir()
         self.uid = None
         if full and root and all(_others_can_enter(d) for d in _python_dirs()):
@@ -533,6 +563,15 @@ class Sandbox:
         else:
             self.protections.append(
                 f"RLIMIT_NPROC = the uid's running tasks + {max_processes} (non-root: the limit counts the whole uid)"
+            )
+        self.seccomp = _seccomp_filter(private_ipc=self.ipc_namespace, own_uid=self.uid is not None) if full else None
+        if self.seccomp is not None:
+            self.protections.append(
+                "seccomp: no kernel keyring, no new user namespaces, no CLONE_PARENT siblings, no sockets but "
+                "IPv4/IPv6 (no unix, vsock or netlink), no io_uring, bpf, perf_event_open or userfaultfd; no file "
+                "times, extended attributes or inode flags set (they outlive the test)"
+                + ("" if self.ipc_namespace else "; no System V IPC objects or POSIX message queues (host-wide)")
+                + ("" if self.uid is not None else "; no file's mode or owner changed (tests own the trainer's files)")
             )
         self.tasks_before = 0  # tasks the uid already runs, added to RLIMIT_NPROC when tests share the uid
         self.tasks_counted_at = -math.inf

@@ -249,7 +249,9 @@ def test_environment_secrets_are_not_inherited(evaluator, monkeypatch):
 
 def test_a_test_cannot_break_the_scratch_folder_of_later_tests(evaluator):
     # take write access away from the scratch folder and from a folder in it, plant an input file
-    vandal = "import os\nos.makedirs('d/e')\nopen('input.txt', 'w').write('6')\nos.chmod('d', 0)\nos.chmod('.', 0o555)"
+    vandal = "import os\nos.makedirs('d/e')\nopen('input.txt', 'w').write('6')\n"
+    # without root chmod is denied
+    vandal += "try:\n    os.chmod('d', 0)\n    os.chmod('.', 0o555)\nexcept PermissionError:\n    pass"
     writer = "open('out.txt', 'w').write(input())\nimport os\nprint(open('out.txt').read() if not " \
              "os.path.exists('input.txt') else 'planted')"
     tests = {"inputs": ["7\n"], "outputs": ["7"]}

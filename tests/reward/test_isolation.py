@@ -7,6 +7,7 @@ bounded (a few KiB, one socket, a few seconds) and removes what it made, so it c
 sandbox failed. Root-only protections (namespaces) are skipped with the reason elsewhere.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -120,6 +121,72 @@ libc.mq_unlink(b"/litcg-answer")
 print(buf.raw[:n].decode() if n > 0 else "no queue")
 """
     printed(one_worker, writer)  # with Landlock the queue cannot even be created (EACCES); without, it is removed
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+
+
+# The files a test can reach that outlive it: its scratch folder (emptied, never re-created) and its standard streams
+# (memory files the worker reuses). Their contents are reset; what the program could attach to them must not stay.
+FILES_THAT_OUTLIVE_A_TEST = "('.', 0, 1, 3)"  # the scratch folder (cwd) and fds 0, 1, 3 (stdin, stdout, result)
+
+
+@needs_known_arch
+def test_extended_attributes_carry_nothing_to_the_next_program(one_worker):
+    """A user attribute holds kilobytes, an ACL a 32-bit id per entry: both stayed on the scratch folder and the
+    memory files, as root and without, until seccomp denied setting them."""
+    acl_with_secret = "struct.pack('<I', 2) + b''.join(struct.pack('<HHI', *e) for e in " \
+        f"[(1, 7, 2**32 - 1), (2, 4, {SECRET}), (4, 0, 2**32 - 1), (0x10, 4, 2**32 - 1), (0x20, 0, 2**32 - 1)])"
+    writer = f"""
+import os, struct
+errors = []
+for target in {FILES_THAT_OUTLIVE_A_TEST}:
+    for name, value in (("user.litcg", b"{SECRET}"), ("system.posix_acl_access", {acl_with_secret})):
+        try:
+            os.setxattr(target, name, value)
+        except OSError as exc:
+            errors.append(exc.errno)
+print(*errors)
+"""
+    reader = f"""
+import os, struct
+found = []
+for target in {FILES_THAT_OUTLIVE_A_TEST}:
+    for name in os.listxattr(target):
+        value = os.getxattr(target, name)
+        found.append(value.decode(errors="replace"))
+        if name == "system.posix_acl_access":
+            found += [str(struct.unpack_from("<I", value, 4 + 8 * i + 4)[0]) for i in range((len(value) - 4) // 8)]
+        os.removexattr(target, name)  # leave nothing behind even if the sandbox failed
+print("{SECRET}" if "{SECRET}" in found else found)
+"""
+    assert printed(one_worker, writer).split() == [str(errno.ENOTSUP)] * 8  # "not supported here", every time
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+
+
+@needs_known_arch
+def test_file_times_and_inode_flags_carry_nothing_to_the_next_program(one_worker):
+    """The scratch folder's times (128 bits) and its inode flags (`chattr +d`) stayed for the next test."""
+    writer = f"""
+import array, fcntl, os
+try:
+    os.utime(".", ns=({SECRET}, {SECRET}))
+except OSError as exc:
+    print(exc.errno)
+folder = os.open(".", os.O_RDONLY)
+flags = array.array("l", [0])
+fcntl.ioctl(folder, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+flags[0] |= 0x40  # FS_NODUMP_FL, which the owner may set
+try:
+    fcntl.ioctl(folder, 0x40086602, flags, True)  # FS_IOC_SETFLAGS
+except OSError as exc:
+    print(exc.errno)
+"""
+    reader = f"""
+import array, fcntl, os
+flags = array.array("l", [0])
+fcntl.ioctl(os.open(".", os.O_RDONLY), 0x80086601, flags, True)
+print("{SECRET}" if os.stat(".").st_mtime_ns == {SECRET} or flags[0] & 0x40 else "nothing")
+"""
+    assert printed(one_worker, writer).split() == [str(errno.EPERM)] * 2
     assert run(one_worker, reader).outcomes == ["wrong_answer"]
 
 
@@ -241,7 +308,8 @@ def test_test_processes_are_the_oom_killers_first_choice(one_worker):
 
 def test_thousands_of_nested_folders_do_not_kill_the_worker(one_worker):
     pid = one_worker._pool[0].proc.pid
-    deep = "import os\nfor i in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nos.chmod('.', 0o500)\nprint(1)"
+    deep = "import os\nfor i in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\n"
+    deep += "try:\n    os.chmod('.', 0o500)\nexcept PermissionError:\n    pass\nprint(1)"  # denied without root
     assert run(one_worker, deep, {"inputs": [""], "outputs": ["1\n"]}).outcomes == ["passed"]
     assert run(one_worker, "import os\nprint(os.listdir('.'))", {"inputs": [""], "outputs": ["[]\n"]}).passed
     assert one_worker._pool[0].proc.pid == pid  # the cleanup in between did not crash it
@@ -480,7 +548,7 @@ print(random.getrandbits(64), threading.current_thread() is threading.main_threa
 
 
 WITHOUT_ROOT = """
-import importlib, json, os, sysconfig, threading
+import importlib, json, os, sysconfig, tempfile, threading
 from lit_codegen.reward import sandbox_worker as sw
 
 if os.geteuid() == 0:  # become an ordinary user, as most users of a cluster are, after importing what is needed
@@ -504,7 +572,49 @@ forks = "import os, time\\ncount = 0\\nfor _ in range(30):\\n    try:\\n        
 forks += "            time.sleep(30)\\n            os._exit(0)\\n        count += 1\\n"
 forks += "    except OSError:\\n        break\\nprint(count)"
 threads = "import threading\\nt = threading.Thread(target=print, args=('thread',))\\nt.start()\\nt.join()"
-vandal = "import os\\nos.makedirs('d/e/f')\\nfor path in ('d/e/f', 'd/e', 'd', '.'):\\n    os.chmod(path, 0o500)"
+_, owned = tempfile.mkstemp(prefix="litcg-owned-")  # a file of the trainer's uid, outside the scratch folder
+vandal = f'''
+import os
+os.makedirs('d/e/f')
+denied = 0
+for path in ('d/e/f', 'd/e', 'd', '.', {owned!r}):
+    try:
+        os.chmod(path, 0o500)
+    except PermissionError:
+        denied += 1
+print(denied)
+'''
+channels_writer = '''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(0x5EC2E9, 4096, 0o1666)  # IPC_CREAT | 0666: host-wide without root
+if segment >= 0:
+    ctypes.memmove(libc.shmat(segment, None, 0), b"918273645", 9)
+for attempt in (lambda: os.setxattr(".", "user.litcg", b"918273645"),
+                lambda: os.setxattr(1, "user.litcg", b"918273645"),
+                lambda: os.utime(".", ns=(918273645, 918273645))):
+    try:
+        attempt()
+    except OSError:
+        pass
+print(segment)
+'''
+channels_reader = '''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+found = []
+segment = libc.shmget(0x5EC2E9, 0, 0)
+if segment >= 0:
+    found.append(ctypes.string_at(libc.shmat(segment, None, 0), 9).decode())
+    libc.shmctl(segment, 0, None)  # IPC_RMID: leave nothing behind even if the sandbox failed
+for target in (".", 1):
+    found += [os.getxattr(target, name).decode() for name in os.listxattr(target)]
+if os.stat(".").st_mtime_ns == 918273645:
+    found.append("the mtime")
+print(found)
+'''
 results = [
     sandbox.run_program(vandal, None, [""]),
     sandbox.run_program("import os\\nprint(os.listdir('.'))", None, [""]),
@@ -512,18 +622,26 @@ results = [
     sandbox.run_program("print(open('/proc/self/oom_score_adj').read().strip())", None, [""]),
     sandbox.run_program(threads, None, [""]),
     sandbox.run_program(forks, None, [""]),
+    sandbox.run_program(channels_writer, None, [""]),
+    sandbox.run_program(channels_reader, None, [""]),
 ]
+owned_mode = oct(os.stat(owned).st_mode & 0o777)
+os.remove(owned)
 replies = [[status, None if payload is None else payload.decode()] for (status, payload), in results]
-print(json.dumps({"uid": os.getuid(), "protections": sandbox.protections, "results": replies}))
+report = {"uid": os.getuid(), "protections": sandbox.protections, "results": replies, "owned_mode": owned_mode}
+print(json.dumps(report))
 sandbox.close()
 """
 
 
 def test_tests_run_without_root():
     """As an ordinary user (the script drops root first when the tests run as root): tests run, are the OOM killer's
-    first choice, find their scratch folder empty after a test took write access away from the folders it made (the
-    worker gives it back: only root needs none), and the process limit counts the tasks the uid already runs, so a
-    test can start a thread beside a trainer with many threads, and still no more than 8 processes."""
+    first choice, find their scratch folder empty after a test made folders in it (and, where seccomp cannot deny
+    chmod, took write access away from them: the worker gives it back), and the process limit counts the tasks the
+    uid already runs, so a test can start a thread beside a trainer with many threads, and still no more than 8
+    processes. The tests run as the trainer's uid: they cannot change the mode of the trainer's files, and neither a
+    host-wide System V segment nor the extended attributes or times of the scratch folder or the standard output
+    carry anything to the next program."""
     proc = subprocess.run([sys.executable, "-c", WITHOUT_ROOT], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -531,7 +649,10 @@ def test_tests_run_without_root():
         pytest.skip(report["skip"])
     assert report["uid"] != 0
     assert "test processes are the OOM killer's first choice (oom_score_adj 1000)" in report["protections"]
-    vandal, listing, hello, oom, thread, forks = report["results"]
-    assert vandal == ["ok", ""] and listing == ["ok", "[]\n"]
+    vandal, listing, hello, oom, thread, forks, channels_writer, channels_reader = report["results"]
+    assert vandal[0] == "ok" and listing == ["ok", "[]\n"]
+    if SYSCALLS is not None:  # seccomp's rules are known for this architecture
+        assert vandal[1] == "5\n" and report["owned_mode"] == "0o600"  # every chmod denied
+        assert channels_writer == ["ok", "-1\n"] and channels_reader == ["ok", "[]\n"]
     assert hello == ["ok", "hello\n"] and oom == ["ok", "1000\n"] and thread == ["ok", "thread\n"]
     assert forks[0] == "ok" and 1 <= int(forks[1]) < 8
