@@ -173,7 +173,10 @@ except OSError as exc:
     print(exc.errno)
 folder = os.open(".", os.O_RDONLY)
 flags = array.array("l", [0])
-fcntl.ioctl(folder, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+try:
+    fcntl.ioctl(folder, 0x80086601, flags, True)  # FS_IOC_GETFLAGS (some file systems have no flags)
+except OSError:
+    pass
 flags[0] |= 0x40  # FS_NODUMP_FL, which the owner may set
 try:
     fcntl.ioctl(folder, 0x40086602, flags, True)  # FS_IOC_SETFLAGS
@@ -183,7 +186,10 @@ except OSError as exc:
     reader = f"""
 import array, fcntl, os
 flags = array.array("l", [0])
-fcntl.ioctl(os.open(".", os.O_RDONLY), 0x80086601, flags, True)
+try:
+    fcntl.ioctl(os.open(".", os.O_RDONLY), 0x80086601, flags, True)
+except OSError:
+    pass
 print("{SECRET}" if os.stat(".").st_mtime_ns == {SECRET} or flags[0] & 0x40 else "nothing")
 """
     assert printed(one_worker, writer).split() == [str(errno.EPERM)] * 2
