@@ -385,6 +385,16 @@ def _high_fd(fd: int) -> int:
     return high
 
 
+def _open_as(path: str, target: int) -> None:
+    """Open `path` for reading and writing as descriptor `target` (inheritable), in a new open file description."""
+    fd = os.open(path, os.O_RDWR)
+    if fd == target:
+        os.set_inheritable(fd, True)
+    else:
+        os.dup2(fd, target)
+        os.close(fd)
+
+
 def _others_can_enter(path: str) -> bool:
     """True when a process of an unrelated uid can traverse every directory on the way to ``path``."""
     parts = os.path.abspath(path).split("/")
@@ -591,7 +601,6 @@ class Sandbox:
             except (OSError, KeyError, ValueError) as exc:
                 self.protections.append(f"no memory cgroup ({exc}): the memory limit binds per process only")
         self.log_fd = _high_fd(os.dup(2))
-        self.devnull = _high_fd(os.open(os.devnull, os.O_RDWR))
         self.stdin_fd = _high_fd(os.memfd_create("stdin"))
         self.stdout_fd = _high_fd(os.memfd_create("stdout"))
         self.result_fd = _high_fd(os.memfd_create("result"))
@@ -977,10 +986,15 @@ class Sandbox:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             os._exit(EXIT_SETUP_FAILED)
-        os.dup2(self.stdin_fd, 0)
-        os.dup2(self.stdout_fd, 1)
-        os.dup2(self.devnull, 2)
-        os.dup2(self.result_fd, 3)
+        # The streams get open file descriptions of their own, not the worker's: what a program sets on a
+        # description (byte-range OFD locks, flock, status flags) lasts as long as it, and the worker's outlive a test.
+        for path, target in (
+            (f"/proc/self/fd/{self.stdin_fd}", 0),
+            (f"/proc/self/fd/{self.stdout_fd}", 1),
+            (os.devnull, 2),
+            (f"/proc/self/fd/{self.result_fd}", 3),
+        ):
+            _open_as(path, target)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.landlock_fd is not None:
             _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, self.landlock_fd, 0), "landlock_restrict_self")

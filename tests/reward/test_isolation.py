@@ -196,6 +196,36 @@ print("{SECRET}" if os.stat(".").st_mtime_ns == {SECRET} or flags[0] & 0x40 else
     assert run(one_worker, reader).outcomes == ["wrong_answer"]
 
 
+def test_locks_and_flags_of_the_standard_streams_carry_nothing_to_the_next_program(one_worker):
+    """A byte-range lock holds 128 bits (its start and length) and lives as long as the open file description: on a
+    description the worker kept, the next program read it back. Each test now opens the stream files anew."""
+    writer = f"""
+import fcntl, os, struct
+fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_APPEND | os.O_NONBLOCK)
+for fd in (0, 1, 2, 3):
+    fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, {SECRET}, 77, 0))  # F_OFD_SETLK
+    fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked")
+"""
+    reader = f"""
+import fcntl, os, struct
+found = []
+if fcntl.fcntl(0, fcntl.F_GETFL) & (os.O_APPEND | os.O_NONBLOCK):
+    found.append("flags")
+for fd in (0, 1, 2, 3):
+    other = os.open(f"/proc/self/fd/{{fd}}", os.O_RDWR)  # another description of the same file
+    lock = fcntl.fcntl(other, 36, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))  # F_OFD_GETLK
+    found.append(str(struct.unpack("hhqqi4x", lock)[2]))
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        found.append("flock")
+print("{SECRET}" if "{SECRET}" in found or "flock" in found or "flags" in found else found)
+"""
+    assert printed(one_worker, writer) == "locked\n"  # a program may lock its streams
+    assert run(one_worker, reader).outcomes == ["wrong_answer"]
+
+
 def test_unix_socket_of_a_host_service_is_unreachable(one_worker, tmp_path):
     """A host service listening on a pathname socket the sandbox can see (the issue found one under /run)."""
     folder = Path("/run") if os.access("/run", os.W_OK) else tmp_path
