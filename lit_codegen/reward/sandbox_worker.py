@@ -223,6 +223,8 @@ _SECCOMP_ARCH = {  # machine: (AUDIT_ARCH value, syscall numbers)
         "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
         "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
         "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240,
+        "prlimit64": 302, "sched_setaffinity": 203, "sched_setscheduler": 144, "sched_setparam": 142,
+        "sched_setattr": 314, "setpriority": 141, "ioprio_set": 251,
     }),
     "aarch64": (0xC00000B7, {
         "socket": 198, "clone": 220, "unshare": 97, "clone3": 435, "ioctl": 29,
@@ -231,6 +233,8 @@ _SECCOMP_ARCH = {  # machine: (AUDIT_ARCH value, syscall numbers)
         "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "utimensat": 88,
         "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54,
         "shmget": 194, "semget": 190, "msgget": 186, "mq_open": 180,
+        "prlimit64": 261, "sched_setaffinity": 122, "sched_setscheduler": 119, "sched_setparam": 118,
+        "sched_setattr": 274, "setpriority": 140, "ioprio_set": 30,
     }),
 }
 # Denied outright: the kernel keyring (keys outlive the test and are shared by the uid: a channel between
@@ -253,6 +257,12 @@ _HOST_IPC_SYSCALLS = ("shmget", "semget", "msgget", "mq_open")
 # file's mode or group: those of any file would carry data to the next test, and `chmod 000` on a checkpoint folder
 # would stop the trainer. Changing either is denied then.
 _OWNER_SYSCALLS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat")
+# Then they may also change the limits and scheduling of the trainer's processes (Landlock does not cover these
+# calls): the template's, inherited by every later test (a channel), or the trainer's (`setpriority(PRIO_USER)` renices
+# every process of the uid). Limits and scheduling of the test itself (pid 0) stay allowed; nice and I/O priority,
+# whose targets include the whole uid, are denied.
+_SELF_ONLY_SYSCALLS = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr")
+_UID_WIDE_SYSCALLS = ("setpriority", "ioprio_set")
 
 
 def _seccomp_filter(private_ipc: bool, own_uid: bool) -> ctypes.Structure | None:
@@ -265,7 +275,8 @@ def _seccomp_filter(private_ipc: bool, own_uid: bool) -> ctypes.Structure | None
     `clone` with ``CLONE_PARENT`` (a sibling of the test is a child of the template, which neither kills it nor reaps
     it: as a zombie it would count against the sandbox uid's process limit in every later test); without
     `private_ipc` (no IPC namespace of the worker's own), creating or opening System V IPC objects and POSIX message
-    queues; without `own_uid` (tests run as the trainer's uid), changing any file's mode or owner. Setting an
+    queues; without `own_uid` (tests run as the trainer's uid), changing any file's mode or owner, the limits or
+    scheduling of another process (`prlimit64`, `sched_set*` with a pid) and nice or I/O priorities. Setting an
     extended attribute fails with ENOTSUP. `clone3` fails with ENOSYS, since its flags sit in memory a filter cannot
     read; the C library then falls back to `clone`. Foreign-ABI calls (32-bit, x32) fail too.
     """
@@ -280,11 +291,14 @@ def _seccomp_filter(private_ipc: bool, own_uid: bool) -> ctypes.Structure | None
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
     if audit_arch == 0xC000003E:  # x32 system calls share the arch value, with bit 30 set in the number
         prog += [(0x35, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # BPF_JMP|JGE|K
-    denied = _DENIED_SYSCALLS + (() if private_ipc else _HOST_IPC_SYSCALLS) + (() if own_uid else _OWNER_SYSCALLS)
+    denied = _DENIED_SYSCALLS + (() if private_ipc else _HOST_IPC_SYSCALLS)
+    denied += () if own_uid else _OWNER_SYSCALLS + _UID_WIDE_SYSCALLS
     for name, error in [(name, eperm) for name in denied] + [(name, enotsup) for name in _XATTR_SYSCALLS]:
         if name in nr:
             prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, error)]
     prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
+    for name in () if own_uid else _SELF_ONLY_SYSCALLS:  # the pid is the first argument; 0 is the caller
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, arg0), (jeq, 1, 0, 0), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
     prog += [(jeq, 0, 6, nr["ioctl"]), (ld, 0, 0, arg1)]  # the request is the second argument
     prog += [(jeq, 3, 0, FS_IOC_SETFLAGS), (jeq, 2, 0, FS_IOC32_SETFLAGS), (jeq, 1, 0, FS_IOC_FSSETXATTR)]
     prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
@@ -581,7 +595,8 @@ class Sandbox:
                 "IPv4/IPv6 (no unix, vsock or netlink), no io_uring, bpf, perf_event_open or userfaultfd; no file "
                 "times, extended attributes or inode flags set (they outlive the test)"
                 + ("" if self.ipc_namespace else "; no System V IPC objects or POSIX message queues (host-wide)")
-                + ("" if self.uid is not None else "; no file's mode or owner changed (tests own the trainer's files)")
+                + ("" if self.uid is not None else "; no file's mode or owner changed (tests own the trainer's files), "
+                   "no other process's limits, scheduling or priority changed")
             )
         self.tasks_before = 0  # tasks the uid already runs, added to RLIMIT_NPROC when tests share the uid
         self.tasks_counted_at = -math.inf

@@ -651,6 +651,22 @@ if os.stat(".").st_mtime_ns == 918273645:
     found.append("the mtime")
 print(found)
 '''
+processes = '''
+import os, resource
+resource.setrlimit(resource.RLIMIT_STACK, resource.getrlimit(resource.RLIMIT_STACK))  # its own: allowed
+os.sched_setaffinity(0, os.sched_getaffinity(0))
+outcomes = []
+for attempt in (lambda: resource.prlimit(os.getppid(), resource.RLIMIT_RTTIME, (918273645, 918273645)),
+                lambda: os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))}),
+                lambda: os.setpriority(os.PRIO_USER, 0, 19)):  # every process of the uid, the trainer's too
+    try:
+        attempt()
+        outcomes.append("changed")
+    except PermissionError:
+        outcomes.append("denied")
+print(*outcomes)
+'''
+nice = os.getpriority(os.PRIO_PROCESS, 0)
 results = [
     sandbox.run_program(vandal, None, [""]),
     sandbox.run_program("import os\\nprint(os.listdir('.'))", None, [""]),
@@ -660,11 +676,14 @@ results = [
     sandbox.run_program(forks, None, [""]),
     sandbox.run_program(channels_writer, None, [""]),
     sandbox.run_program(channels_reader, None, [""]),
+    sandbox.run_program(processes, None, [""]),
 ]
+reniced = os.getpriority(os.PRIO_PROCESS, 0) != nice
 owned_mode = oct(os.stat(owned).st_mode & 0o777)
 os.remove(owned)
 replies = [[status, None if payload is None else payload.decode()] for (status, payload), in results]
-report = {"uid": os.getuid(), "protections": sandbox.protections, "results": replies, "owned_mode": owned_mode}
+report = {"uid": os.getuid(), "protections": sandbox.protections, "results": replies, "owned_mode": owned_mode,
+          "reniced": reniced}
 print(json.dumps(report))
 sandbox.close()
 """
@@ -675,9 +694,9 @@ def test_tests_run_without_root():
     first choice, find their scratch folder empty after a test made folders in it (and, where seccomp cannot deny
     chmod, took write access away from them: the worker gives it back), and the process limit counts the tasks the
     uid already runs, so a test can start a thread beside a trainer with many threads, and still no more than 8
-    processes. The tests run as the trainer's uid: they cannot change the mode of the trainer's files, and neither a
-    host-wide System V segment nor the extended attributes or times of the scratch folder or the standard output
-    carry anything to the next program."""
+    processes. The tests run as the trainer's uid: they cannot change the mode of the trainer's files, nor the limits,
+    CPUs or priority of the trainer's processes (their own, yes), and neither a host-wide System V segment nor the
+    extended attributes or times of the scratch folder or the standard output carry anything to the next program."""
     proc = subprocess.run([sys.executable, "-c", WITHOUT_ROOT], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -685,10 +704,11 @@ def test_tests_run_without_root():
         pytest.skip(report["skip"])
     assert report["uid"] != 0
     assert "test processes are the OOM killer's first choice (oom_score_adj 1000)" in report["protections"]
-    vandal, listing, hello, oom, thread, forks, channels_writer, channels_reader = report["results"]
+    vandal, listing, hello, oom, thread, forks, channels_writer, channels_reader, processes = report["results"]
     assert vandal[0] == "ok" and listing == ["ok", "[]\n"]
     if SYSCALLS is not None:  # seccomp's rules are known for this architecture
         assert vandal[1] == "5\n" and report["owned_mode"] == "0o600"  # every chmod denied
         assert channels_writer == ["ok", "-1\n"] and channels_reader == ["ok", "[]\n"]
+        assert processes == ["ok", "denied denied denied\n"] and not report["reniced"]  # the trainer's processes
     assert hello == ["ok", "hello\n"] and oom == ["ok", "1000\n"] and thread == ["ok", "thread\n"]
     assert forks[0] == "ok" and 1 <= int(forks[1]) < 8
