@@ -917,9 +917,8 @@ class Sandbox:
 
     def _run_test(self, template: _Template, source: str, fn_name: str | None, test_input) -> tuple[str, bytes | None]:
         data = test_input.encode() if isinstance(test_input, str) else b""
-        for fd in (self.stdin_fd, self.stdout_fd, self.result_fd):
+        for fd in (self.stdin_fd, self.stdout_fd, self.result_fd):  # the test opens them anew, at offset 0
             os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
         if data:
             os.pwrite(self.stdin_fd, data, 0)
         self._clean_workdir()
